@@ -1,0 +1,86 @@
+"""Loading settings from a TOML file overlaid by prefixed environment variables.
+
+``DEPOT_ORIGIN_MAX_MANIFEST_BYTES=8MiB`` overrides ``max_manifest_bytes``; ``__`` nests
+(reserved for sectioned settings). Unknown keys are errors. This is the only module that
+reads ``os.environ``; it is handed the mapping so tests can pass their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from config.units import parse_duration, parse_size
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _convert(name: str, kind: Any, value: Any) -> Any:
+    try:
+        if kind is Path:
+            return Path(value)
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {value!r}")
+        if kind is int:
+            return parse_size(value) if name.endswith("_bytes") else int(value)
+        if kind is float:
+            return parse_duration(value) if name.endswith("_seconds") else float(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError(f"not a string: {value!r}")
+            return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+    raise ConfigError(f"{name}: unsupported setting type {kind!r}")
+
+
+def load(
+    cls: type[T],
+    *,
+    file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    prefix: str,
+    overrides: Mapping[str, Any] | None = None,
+) -> T:
+    """Build ``cls`` from defaults < file < environment < explicit overrides (CLI flags)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(cls)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            document = tomllib.loads(file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {file}: {exc}") from exc
+        values.update(document)
+    for key, value in (environ or {}).items():
+        if key.startswith(prefix):
+            values[key[len(prefix) :].lower()] = value
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(unknown)}")
+    converted = {}
+    for key, value in values.items():
+        kind = hints[key]
+        if isinstance(kind, types.UnionType):
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        converted[key] = _convert(key, kind, value)
+    return cls(**converted)

@@ -1,0 +1,28 @@
+"""The Quart application factory with registry-safe configuration."""
+
+from __future__ import annotations
+
+from quart_trio import QuartTrio
+
+from core.web.connection import RegistryHTTPConnection, RegistryRequest
+from core.web.errors import install_error_handlers
+from core.web.response import RegistryResponse
+
+
+def create_app(name: str) -> QuartTrio:
+    app = QuartTrio(name)
+    app.asgi_http_class = RegistryHTTPConnection
+    app.request_class = RegistryRequest
+    app.response_class = RegistryResponse
+    app.config.update(
+        # Quart's limits count buffered bytes and cut slow transfers silently; blob and
+        # manifest sizes are enforced while streaming instead.
+        MAX_CONTENT_LENGTH=None,
+        BODY_TIMEOUT=None,
+        RESPONSE_TIMEOUT=None,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+        JSON_SORT_KEYS=False,
+    )
+    app.url_map.strict_slashes = False
+    install_error_handlers(app)
+    return app

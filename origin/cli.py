@@ -1,0 +1,130 @@
+"""``depot-registry``: the operator CLI."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from config.loader import ConfigError, load
+from config.settings import OriginSettings
+from origin.server import bind_socket, bound_url, housekeeping, open_registry, serve
+
+ENV_PREFIX = "DEPOT_ORIGIN_"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="depot-registry", description=__doc__)
+    commands = parser.add_subparsers(dest="component", required=True)
+    origin = commands.add_parser("origin", help="the authoritative registry")
+    origin_commands = origin.add_subparsers(dest="command", required=True)
+
+    serve_cmd = origin_commands.add_parser("serve", help="serve the OCI Distribution API")
+    serve_cmd.add_argument("--listen", help="HOST:PORT (port 0 picks a free port)")
+    serve_cmd.add_argument("--data-dir", type=Path, help="where blobs and metadata live")
+    serve_cmd.add_argument("--config", type=Path, help="TOML settings file")
+    serve_cmd.add_argument("--workers", type=int, help="worker processes (default 1)")
+
+    worker = origin_commands.add_parser("worker", help=argparse.SUPPRESS)
+    worker.add_argument("--fd", type=int, required=True)
+    worker.add_argument("--data-dir", type=Path)
+    worker.add_argument("--config", type=Path)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> OriginSettings:
+    overrides: dict[str, Any] = {
+        "listen": getattr(args, "listen", None),
+        "data_dir": args.data_dir,
+        "workers": getattr(args, "workers", None),
+    }
+    return load(
+        OriginSettings,
+        file=args.config,
+        environ=os.environ,
+        prefix=ENV_PREFIX,
+        overrides=overrides,
+    )
+
+
+async def _until_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
+def _announce(url: str) -> None:
+    print(f"depot-registry origin listening on {url}", flush=True)
+
+
+async def _serve_one(settings: OriginSettings, sock: socket.socket) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve, settings, sock, shutdown_trigger=_until_signal))
+        _announce(bound_url(sock))
+
+
+def _serve_many(settings: OriginSettings, sock: socket.socket, args: argparse.Namespace) -> int:
+    async def clean() -> None:
+        async with open_registry(settings) as registry:
+            await housekeeping(registry, settings)
+
+    trio.run(clean)  # before any worker starts, so no in-flight upload is swept
+    command = [sys.executable, "-m", "origin.cli", "origin", "worker", "--fd", str(sock.fileno())]
+    command += ["--data-dir", str(settings.data_dir)]
+    if args.config:
+        command += ["--config", str(args.config)]
+    children = [
+        subprocess.Popen(command, pass_fds=[sock.fileno()]) for _ in range(settings.workers)
+    ]
+    _announce(bound_url(sock))
+    received: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda s, _frame: received.append(s))
+    try:
+        while not received and all(child.poll() is None for child in children):
+            time.sleep(0.2)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        codes = [child.wait() for child in children]
+    return 0 if received and all(code == 0 for code in codes) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"depot-registry: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "worker":
+        sock = socket.socket(fileno=args.fd)
+        trio.run(
+            partial(serve, settings, sock, shutdown_trigger=_until_signal, clean_at_start=False)
+        )
+        return 0
+    try:
+        sock = bind_socket(settings.listen)
+    except (OSError, ValueError) as exc:
+        print(f"depot-registry: cannot listen on {settings.listen}: {exc}", file=sys.stderr)
+        return 2
+    if settings.workers > 1:
+        return _serve_many(settings, sock, args)
+    trio.run(_serve_one, settings, sock)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Blobs of a repository: stat, stream, link (push/mount), unlink (delete)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from core.digest import Digest
+from core.errors import BlobUnknown, Unavailable
+from core.reference import RepositoryName
+from core.storage.driver import PathNotFound, StorageDriver, StorageError
+from core.web.blobs import BlobInfo
+from origin.metadata.store import MetadataStore
+from origin.registry.paths import blob_path
+
+
+class Blobs:
+    def __init__(
+        self, storage: StorageDriver, metadata: MetadataStore, clock: Callable[[], float]
+    ) -> None:
+        self._storage = storage
+        self._metadata = metadata
+        self._clock = clock
+
+    async def stat(self, name: RepositoryName, digest: Digest) -> BlobInfo:
+        """The blob as this repository may serve it; BlobUnknown when not linked here."""
+        record = await self._metadata.linked_blob(name.value, str(digest))
+        if record is None:
+            raise BlobUnknown(detail={"digest": str(digest)})
+        return BlobInfo(str(digest), record.size)
+
+    async def open(self, digest: Digest, offset: int, length: int) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes from ``offset``. Call only after :meth:`stat`."""
+        try:
+            async with self._storage.open_reader(blob_path(digest), offset) as reader:
+                async for chunk in reader.chunks(length):
+                    yield chunk
+        except PathNotFound as exc:
+            # Metadata says it exists but the bytes are gone: only a crash mid-GC does that.
+            raise BlobUnknown(detail={"digest": str(digest)}) from exc
+        except StorageError as exc:
+            raise Unavailable("storage read failed") from exc
+
+    async def exists(self, digest: Digest) -> bool:
+        if await self._metadata.blob(str(digest)) is None:
+            return False
+        try:
+            await self._storage.stat(blob_path(digest))
+        except PathNotFound:
+            return False
+        return True
+
+    async def commit(self, name: RepositoryName, staged: str, digest: Digest, size: int) -> None:
+        """Move verified staged bytes into the content store and link them to ``name``."""
+        now = self._clock()
+        if await self.exists(digest):
+            await self._storage.delete(staged)
+        else:
+            await self._storage.move(staged, blob_path(digest))
+            await self._metadata.add_blob(str(digest), size, now)
+        repository_id = await self._metadata.ensure_repository(name.value, now)
+        await self._metadata.link_blob(repository_id, str(digest), now)
+
+    async def mount(self, name: RepositoryName, source: RepositoryName, digest: Digest) -> bool:
+        """Link a blob of ``source`` into ``name``; False when ``source`` lacks it."""
+        if await self._metadata.linked_blob(source.value, str(digest)) is None:
+            return False
+        now = self._clock()
+        repository_id = await self._metadata.ensure_repository(name.value, now)
+        await self._metadata.link_blob(repository_id, str(digest), now)
+        return True
+
+    async def delete(self, name: RepositoryName, digest: Digest) -> None:
+        """Unlink from the repository; bytes are freed by garbage collection."""
+        repository_id = await self._metadata.repository_id(name.value)
+        if repository_id is None or not await self._metadata.unlink_blob(
+            repository_id, str(digest)
+        ):
+            raise BlobUnknown(detail={"digest": str(digest)})

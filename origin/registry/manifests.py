@@ -1,0 +1,115 @@
+"""Manifests, tags and referrers of a repository.
+
+Manifests are stored as the exact bytes pushed; they are parsed only to check that every
+descriptor they reference exists in the repository (a ``subject`` may be absent) and to
+index referrers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core.digest import Digest
+from core.errors import DigestInvalid, ManifestBlobUnknown, ManifestUnknown, NameUnknown
+from core.manifest import ParsedManifest, parse_manifest
+from core.reference import RepositoryName, Tag
+from origin.metadata.records import ManifestRecord, Reference, ReferrerRecord
+from origin.metadata.store import MetadataStore
+
+
+@dataclass(frozen=True, slots=True)
+class PushedManifest:
+    digest: str
+    subject: str | None
+
+
+class Manifests:
+    def __init__(self, metadata: MetadataStore, clock: Callable[[], float]) -> None:
+        self._metadata = metadata
+        self._clock = clock
+
+    async def put(
+        self,
+        name: RepositoryName,
+        reference: Tag | Digest,
+        payload: bytes,
+        content_type: str | None,
+    ) -> PushedManifest:
+        parsed = parse_manifest(payload, content_type)
+        if isinstance(reference, Digest):
+            actual = hashlib.new(reference.algorithm, payload).hexdigest()
+            if actual != reference.encoded:
+                raise DigestInvalid(
+                    "manifest digest does not match its content",
+                    detail={"digest": str(reference)},
+                )
+            digest = str(reference)
+        else:
+            digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+        references = _references(parsed)
+        existing_id = await self._metadata.repository_id(name.value)
+        missing = references
+        if existing_id is not None:
+            missing = await self._metadata.missing_references(existing_id, references)
+        if missing:
+            raise ManifestBlobUnknown(detail={"missing": [m.digest for m in missing[:50]]})
+        now = self._clock()
+        repository_id = existing_id or await self._metadata.ensure_repository(name.value, now)
+        record = ManifestRecord(
+            digest=digest,
+            media_type=parsed.media_type,
+            payload=payload,
+            subject=str(parsed.subject.digest) if parsed.subject else None,
+            artifact_type=parsed.artifact_type,
+            annotations=json.dumps(parsed.annotations) if parsed.annotations else None,
+        )
+        tag = reference.value if isinstance(reference, Tag) else None
+        await self._metadata.put_manifest(repository_id, record, references, tag, now)
+        return PushedManifest(digest, record.subject)
+
+    async def get(self, name: RepositoryName, reference: Tag | Digest) -> ManifestRecord:
+        if isinstance(reference, Tag):
+            record = await self._metadata.manifest(name.value, tag=reference.value)
+        else:
+            record = await self._metadata.manifest(name.value, digest=str(reference))
+        if record is None:
+            await self._require_repository(name)
+            raise ManifestUnknown(detail={"reference": str(reference)})
+        return record
+
+    async def delete(self, name: RepositoryName, reference: Tag | Digest) -> None:
+        repository_id = await self._require_repository(name)
+        if isinstance(reference, Tag):
+            deleted = await self._metadata.delete_tag(repository_id, reference.value)
+        else:
+            deleted = await self._metadata.delete_manifest(repository_id, str(reference))
+        if not deleted:
+            raise ManifestUnknown(detail={"reference": str(reference)})
+
+    async def tags(self, name: RepositoryName, n: int | None, last: str | None) -> list[str]:
+        repository_id = await self._require_repository(name)
+        return await self._metadata.list_tags(repository_id, n, last)
+
+    async def referrers(
+        self, name: RepositoryName, subject: Digest, artifact_type: str | None
+    ) -> list[ReferrerRecord]:
+        repository_id = await self._require_repository(name)
+        return await self._metadata.referrers(repository_id, str(subject), artifact_type)
+
+    async def _require_repository(self, name: RepositoryName) -> int:
+        repository_id = await self._metadata.repository_id(name.value)
+        if repository_id is None:
+            raise NameUnknown(detail={"name": name.value})
+        return repository_id
+
+
+def _references(parsed: ParsedManifest) -> list[Reference]:
+    seen: dict[str, Reference] = {}
+    for descriptor in parsed.blobs:
+        seen.setdefault(str(descriptor.digest), Reference(str(descriptor.digest), "blob"))
+    for descriptor in parsed.manifests:
+        seen.setdefault(str(descriptor.digest), Reference(str(descriptor.digest), "manifest"))
+    return list(seen.values())

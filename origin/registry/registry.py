@@ -1,0 +1,29 @@
+"""The origin registry: the OCI domain objects over one storage driver and metadata store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from core.storage.driver import StorageDriver
+from origin.metadata.store import MetadataStore
+from origin.registry.blobs import Blobs
+from origin.registry.manifests import Manifests
+from origin.registry.uploads import Uploads
+
+
+class Registry:
+    def __init__(
+        self,
+        storage: StorageDriver,
+        metadata: MetadataStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.storage = storage
+        self.metadata = metadata
+        self.blobs = Blobs(storage, metadata, clock)
+        self.uploads = Uploads(storage, metadata, self.blobs, clock)
+        self.manifests = Manifests(metadata, clock)
+
+    async def catalog(self, n: int, last: str | None) -> list[str]:
+        return await self.metadata.list_repositories(n, last)

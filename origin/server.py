@@ -1,0 +1,110 @@
+"""The origin process: the root nursery, housekeeping, and hypercorn serving the app."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import trio
+from hypercorn.config import Config, Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+
+from config.settings import OriginSettings
+from core.storage.filesystem import FilesystemDriver
+from origin.app import create_origin_app
+from origin.metadata.store import MetadataStore
+from origin.registry.registry import Registry
+
+log = logging.getLogger("depot.origin")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def bind_socket(listen: str) -> socket.socket:
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def bound_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@asynccontextmanager
+async def open_registry(settings: OriginSettings) -> AsyncIterator[Registry]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    storage = FilesystemDriver(settings.data_dir / "storage")
+    metadata = MetadataStore.open(settings.resolved_database_url)
+    try:
+        yield Registry(storage, metadata)
+    finally:
+        metadata.close()
+
+
+async def housekeeping(registry: Registry, settings: OriginSettings) -> None:
+    """Start-of-service cleanup; run only while no other process serves this data dir."""
+    temporary = await registry.storage.clean_temporary(0)
+    purged = await registry.uploads.purge(settings.upload_timeout_seconds, orphans=True)
+    if temporary or purged:
+        log.info("cleaned %d temporary files and %d abandoned uploads", temporary, purged)
+
+
+async def _sweep_uploads(registry: Registry, settings: OriginSettings) -> None:
+    while True:
+        await trio.sleep(settings.upload_sweep_interval_seconds)
+        try:
+            await registry.uploads.purge(settings.upload_timeout_seconds, orphans=False)
+            await registry.storage.clean_temporary(settings.upload_timeout_seconds)
+        except Exception:  # keep sweeping; the next round retries
+            log.exception("upload sweep failed")
+
+
+def hypercorn_config(settings: OriginSettings) -> Config:
+    config = Config()
+    config.graceful_timeout = settings.graceful_timeout_seconds
+    config.keep_alive_timeout = 75
+    config.h11_max_incomplete_size = 64 * 1024
+    config.accesslog = None
+    return config
+
+
+async def serve(
+    settings: OriginSettings,
+    sock: socket.socket,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    clean_at_start: bool = True,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the origin on an already bound, listening socket until shutdown.
+
+    ``task_status.started`` receives the bound URLs once hypercorn is accepting.
+    """
+    async with open_registry(settings) as registry:
+        if clean_at_start:
+            await housekeeping(registry, settings)
+        app = wrap_app(create_origin_app(registry, settings), 0, "asgi")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_sweep_uploads, registry, settings)
+            await worker_serve(
+                app,
+                hypercorn_config(settings),
+                sockets=Sockets([], [sock], []),
+                shutdown_trigger=shutdown_trigger,
+                task_status=task_status,
+            )
+            nursery.cancel_scope.cancel()  # serving has drained: stop the sweeper too

@@ -1,0 +1,48 @@
+"""Real origin servers on 127.0.0.1:0 inside the test's trio run."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from config.settings import OriginSettings
+from origin.server import bind_socket, bound_url, serve
+
+
+@dataclass
+class RunningOrigin:
+    url: str
+    settings: OriginSettings
+    shutdown: trio.Event
+
+
+async def start_origin(nursery: trio.Nursery, data_dir: Path, **overrides: object) -> RunningOrigin:
+    settings = OriginSettings(data_dir=data_dir, **overrides)  # type: ignore[arg-type]
+    sock = bind_socket("127.0.0.1:0")
+    shutdown = trio.Event()
+    await nursery.start(partial(serve, settings, sock, shutdown_trigger=shutdown.wait))
+    return RunningOrigin(bound_url(sock), settings, shutdown)
+
+
+@pytest.fixture
+async def origin(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[RunningOrigin]:
+    running = await start_origin(nursery, tmp_path / "data")
+    yield running
+    running.shutdown.set()
+
+
+@pytest.fixture
+async def client(origin: RunningOrigin) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=origin.url,
+        trust_env=False,
+        timeout=30,
+        headers={"Accept-Encoding": "identity"},
+    ) as http:
+        yield http
