@@ -1,0 +1,413 @@
+"""The origin's metadata store: SQLAlchemy Core over SQLite (embedded) or PostgreSQL (scale-out).
+
+One code path for both backends; engine set-up lives in ``engine.py``, statements in
+``queries.py``, tables in ``schema.py``.
+
+Every blocking call runs in a worker thread through ``trio.to_thread.run_sync`` with this
+store's own ``CapacityLimiter``: each sync ``_method`` has a thin async wrapper. SQLAlchemy
+errors become :class:`MetadataError` at this boundary and never leak upward. Each read is one
+autocommit statement; each write is one transaction. On SQLite the writers of one process also
+queue on a trio limiter of one, instead of spinning in SQLite's busy handler against each other
+(other processes are still waited for through ``busy_timeout``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, TypeVarTuple
+
+import sqlalchemy as sa
+import trio
+
+from origin.metadata import queries as q
+from origin.metadata.engine import open_engines
+from origin.metadata.records import (
+    BlobRecord,
+    ManifestRecord,
+    Reference,
+    ReferrerRecord,
+    UploadRecord,
+)
+from origin.metadata.schema import (
+    manifest_references,
+    manifests,
+    repo_blobs,
+    repositories,
+    tags,
+    uploads,
+)
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+Row = sa.Row[*tuple[Any, ...]]
+
+DEFAULT_MAX_THREADS = 8
+_KINDS = frozenset({"blob", "manifest"})
+
+
+class MetadataError(Exception):
+    """The metadata database failed or refused an operation: unreachable, locked past the busy
+    timeout, or a constraint (linking a blob never added, a duplicate upload id, a repository
+    id that does not exist)."""
+
+
+def _describe(exc: sa.exc.SQLAlchemyError) -> str:
+    # The driver's own message ("database is locked"), without SQL text or parameters.
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        return f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0]}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+class MetadataStore:
+    """Repositories, blobs and their links, manifests, tags, referrers and upload sessions.
+
+    Mutating methods take ``now`` (POSIX seconds): the caller owns the clock.
+    """
+
+    def __init__(self, reader: sa.Engine, writer: sa.Engine, *, max_threads: int) -> None:
+        self._reader = reader
+        self._writer = writer
+        sqlite = writer.dialect.name == "sqlite"
+        self._writes = q.WriteStatements.for_dialect(writer.dialect.name)
+        self._limiter = trio.CapacityLimiter(max_threads)
+        self._write_gate = trio.CapacityLimiter(1 if sqlite else max_threads)
+        self._closed = False
+
+    @classmethod
+    def open(cls, url: str, *, max_threads: int = DEFAULT_MAX_THREADS) -> MetadataStore:
+        """Connect to ``url`` (``sqlite:///path/to/file`` or ``postgresql+psycopg://…``) and
+        create missing tables. Blocking: call it at start-up, before serving.
+
+        Raises ``ValueError`` for an unusable URL, :class:`MetadataError` if the database fails.
+        """
+        try:
+            reader, writer = open_engines(url, pool_size=max_threads)
+        except sa.exc.SQLAlchemyError as exc:
+            raise MetadataError(_describe(exc)) from exc
+        return cls(reader, writer, max_threads=max_threads)
+
+    def close(self) -> None:
+        """Close every pooled connection; the store refuses calls afterwards."""
+        self._closed = True
+        self._reader.dispose()
+        self._writer.dispose()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        if self._closed:
+            raise MetadataError("metadata store is closed")
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        except sa.exc.SQLAlchemyError as exc:
+            raise MetadataError(_describe(exc)) from exc
+
+    async def _write(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
+        """Run ``fn(conn, *args)`` in one write transaction, committed when it returns."""
+        async with self._write_gate:
+            return await self._run(self._in_transaction, fn, *args)
+
+    def _in_transaction(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
+        with self._writer.begin() as conn:
+            return fn(conn, *args)
+
+    def _first(self, stmt: sa.Executable, params: dict[str, Any]) -> Row | None:
+        with self._reader.connect() as conn:
+            return conn.execute(stmt, params).first()
+
+    def _all(self, stmt: sa.Executable, params: dict[str, Any]) -> Sequence[Row]:
+        with self._reader.connect() as conn:
+            return conn.execute(stmt, params).all()
+
+    @staticmethod
+    def _execute(conn: sa.Connection, stmt: sa.Executable, params: Any) -> int:
+        """Execute one statement in a write transaction: the number of rows it touched."""
+        result: sa.CursorResult[*tuple[Any, ...]] = conn.execute(stmt, params)
+        return result.rowcount
+
+    # -- repositories ---------------------------------------------------------------------
+
+    async def ensure_repository(self, name: str, now: float) -> int:
+        """The id of repository ``name``, created if missing (safe against concurrent creators
+        in this and other processes)."""
+        existing = await self.repository_id(name)  # usual case: no write lock taken
+        if existing is not None:
+            return existing
+        return await self._write(self._ensure_repository, name, now)
+
+    def _ensure_repository(self, conn: sa.Connection, name: str, now: float) -> int:
+        conn.execute(self._writes.insert_repository, {"name": name, "created_at": now})
+        # Inserted here or by a racing creator whose commit ON CONFLICT waited for.
+        return int(conn.execute(q.REPOSITORY_ID, {"name": name}).scalar_one())
+
+    async def repository_id(self, name: str) -> int | None:
+        row = await self._run(self._first, q.REPOSITORY_ID, {"name": name})
+        return None if row is None else int(row[0])
+
+    async def list_repositories(self, n: int | None, last: str | None) -> list[str]:
+        """Repository names in byte-wise order, after ``last``, at most ``n``."""
+        return await self._page(repositories.c.name, None, n, last)
+
+    async def _page(
+        self,
+        column: sa.Column[str],
+        where: sa.ColumnElement[bool] | None,
+        n: int | None,
+        last: str | None,
+    ) -> list[str]:
+        if n is not None and n < 0:
+            raise ValueError(f"page size must not be negative: {n}")
+        if n == 0:
+            return []
+        stmt = sa.select(column).order_by(column)
+        if where is not None:
+            stmt = stmt.where(where)
+        if last is not None:
+            stmt = stmt.where(column > last)
+        if n is not None:
+            stmt = stmt.limit(n)
+        rows = await self._run(self._all, stmt, {})
+        return [str(row[0]) for row in rows]
+
+    # -- blobs ----------------------------------------------------------------------------
+
+    async def add_blob(self, digest: str, size: int, now: float) -> None:
+        """Record that the content store holds ``digest`` (idempotent)."""
+        await self._write(
+            self._execute,
+            self._writes.insert_blob,
+            {"digest": digest, "size": size, "created_at": now},
+        )
+
+    async def blob(self, digest: str) -> BlobRecord | None:
+        """The blob if the content store holds it, whichever repositories link it."""
+        row = await self._run(self._first, q.BLOB, {"digest": digest})
+        return None if row is None else BlobRecord(digest=row.digest, size=int(row.size))
+
+    async def link_blob(self, repository_id: int, digest: str, now: float) -> None:
+        """Let the repository serve ``digest`` (idempotent). The blob must have been added."""
+        params = {"repository_id": repository_id, "digest": digest, "created_at": now}
+        await self._write(self._execute, self._writes.insert_link, params)
+
+    async def linked_blob(self, repository: str, digest: str) -> BlobRecord | None:
+        """The blob if repository ``repository`` (by name) may serve it; one round trip."""
+        row = await self._run(
+            self._first, q.LINKED_BLOB, {"repository": repository, "digest": digest}
+        )
+        return None if row is None else BlobRecord(digest=row.digest, size=int(row.size))
+
+    async def unlink_blob(self, repository_id: int, digest: str) -> bool:
+        stmt = sa.delete(repo_blobs).where(
+            repo_blobs.c.repository_id == repository_id, repo_blobs.c.digest == digest
+        )
+        return await self._write(self._execute, stmt, {}) > 0
+
+    # -- manifests ------------------------------------------------------------------------
+
+    async def missing_references(
+        self, repository_id: int, references: list[Reference]
+    ) -> list[Reference]:
+        """The references the repository cannot satisfy, in the order given, without repeats:
+        blobs it does not link, manifests it does not hold."""
+        wanted = _unique(references)
+        if not wanted:
+            return []
+        params = {
+            "repository_id": repository_id,
+            "blob_digests": [ref.digest for ref in wanted if ref.kind == "blob"],
+            "manifest_digests": [ref.digest for ref in wanted if ref.kind == "manifest"],
+        }
+        rows = await self._run(self._all, q.PRESENT_REFERENCES, params)
+        present = {(row[0], row[1]) for row in rows}
+        return [ref for ref in wanted if (ref.digest, ref.kind) not in present]
+
+    async def put_manifest(
+        self,
+        repository_id: int,
+        record: ManifestRecord,
+        references: list[Reference],
+        tag: str | None,
+        now: float,
+    ) -> None:
+        """Store the manifest (if absent) and its references, and point ``tag`` at it, in one
+        transaction. Concurrent pushes of the same manifest all succeed."""
+        await self._write(self._put_manifest, repository_id, record, _unique(references), tag, now)
+
+    def _put_manifest(
+        self,
+        conn: sa.Connection,
+        repository_id: int,
+        record: ManifestRecord,
+        references: list[Reference],
+        tag: str | None,
+        now: float,
+    ) -> None:
+        conn.execute(
+            self._writes.insert_manifest,
+            {
+                "repository_id": repository_id,
+                "digest": record.digest,
+                "media_type": record.media_type,
+                "payload": record.payload,
+                "subject": record.subject,
+                "artifact_type": record.artifact_type,
+                "annotations": record.annotations,
+                "created_at": now,
+            },
+        )
+        if references:
+            # A fixed order keeps concurrent writers of overlapping rows from deadlocking.
+            rows = [
+                {
+                    "repository_id": repository_id,
+                    "manifest_digest": record.digest,
+                    "child_digest": ref.digest,
+                    "kind": ref.kind,
+                }
+                for ref in sorted(references, key=lambda ref: ref.digest)
+            ]
+            conn.execute(self._writes.insert_reference, rows)
+        if tag is not None:
+            conn.execute(
+                self._writes.upsert_tag,
+                {
+                    "repository_id": repository_id,
+                    "name": tag,
+                    "digest": record.digest,
+                    "updated_at": now,
+                },
+            )
+
+    async def manifest(
+        self, repository: str, *, digest: str | None = None, tag: str | None = None
+    ) -> ManifestRecord | None:
+        """The manifest of repository ``repository`` (by name) by digest or by tag (exactly
+        one of them); one round trip."""
+        if (digest is None) == (tag is None):
+            raise ValueError("give exactly one of digest and tag")
+        params: dict[str, Any]
+        if digest is not None:
+            stmt, params = q.MANIFEST_BY_DIGEST, {"repository": repository, "digest": digest}
+        else:
+            stmt, params = q.MANIFEST_BY_TAG, {"repository": repository, "tag": tag}
+        row = await self._run(self._first, stmt, params)
+        if row is None:
+            return None
+        return ManifestRecord(
+            digest=row.digest,
+            media_type=row.media_type,
+            payload=bytes(row.payload),  # psycopg hands bytea back as memoryview
+            subject=row.subject,
+            artifact_type=row.artifact_type,
+            annotations=row.annotations,
+        )
+
+    async def delete_manifest(self, repository_id: int, digest: str) -> bool:
+        """Delete the manifest, its reference rows and every tag pointing at it."""
+        return await self._write(self._delete_manifest, repository_id, digest)
+
+    def _delete_manifest(self, conn: sa.Connection, repository_id: int, digest: str) -> bool:
+        conn.execute(
+            sa.delete(tags).where(tags.c.repository_id == repository_id, tags.c.digest == digest)
+        )
+        conn.execute(
+            sa.delete(manifest_references).where(
+                manifest_references.c.repository_id == repository_id,
+                manifest_references.c.manifest_digest == digest,
+            )
+        )
+        stmt = sa.delete(manifests).where(
+            manifests.c.repository_id == repository_id, manifests.c.digest == digest
+        )
+        return self._execute(conn, stmt, {}) > 0
+
+    async def referrers(
+        self, repository_id: int, subject: str, artifact_type: str | None
+    ) -> list[ReferrerRecord]:
+        """Manifests of the repository whose subject is ``subject``, ordered by digest."""
+        stmt = q.REFERRERS
+        if artifact_type is not None:
+            stmt = stmt.where(manifests.c.artifact_type == artifact_type)
+        rows = await self._run(
+            self._all, stmt, {"repository_id": repository_id, "subject": subject}
+        )
+        return [
+            ReferrerRecord(
+                digest=row[0],
+                media_type=row[1],
+                size=int(row[2]),
+                artifact_type=row[3],
+                annotations=row[4],
+            )
+            for row in rows
+        ]
+
+    # -- tags -----------------------------------------------------------------------------
+
+    async def delete_tag(self, repository_id: int, tag: str) -> bool:
+        stmt = sa.delete(tags).where(tags.c.repository_id == repository_id, tags.c.name == tag)
+        return await self._write(self._execute, stmt, {}) > 0
+
+    async def list_tags(self, repository_id: int, n: int | None, last: str | None) -> list[str]:
+        """Tag names in byte-wise order, after ``last``, at most ``n``."""
+        return await self._page(tags.c.name, tags.c.repository_id == repository_id, n, last)
+
+    # -- upload sessions ------------------------------------------------------------------
+
+    async def create_upload(self, upload_id: str, repository_id: int, now: float) -> None:
+        params = {
+            "id": upload_id,
+            "repository_id": repository_id,
+            "size": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        await self._write(self._execute, sa.insert(uploads), params)
+
+    async def upload(self, upload_id: str) -> UploadRecord | None:
+        row = await self._run(self._first, q.UPLOAD, {"upload_id": upload_id})
+        if row is None:
+            return None
+        return UploadRecord(
+            id=row.id,
+            repository=row.name,
+            size=int(row.size),
+            created_at=float(row.created_at),
+            updated_at=float(row.updated_at),
+        )
+
+    async def advance_upload(
+        self, upload_id: str, expected_size: int, new_size: int, now: float
+    ) -> bool:
+        """Compare-and-set the received size: False if it is no longer ``expected_size`` (a
+        concurrent PATCH won) or the upload is gone."""
+        stmt = (
+            sa.update(uploads)
+            .where(uploads.c.id == upload_id, uploads.c.size == expected_size)
+            .values(size=new_size, updated_at=now)
+        )
+        return await self._write(self._execute, stmt, {}) > 0
+
+    async def delete_upload(self, upload_id: str) -> bool:
+        stmt = sa.delete(uploads).where(uploads.c.id == upload_id)
+        return await self._write(self._execute, stmt, {}) > 0
+
+    async def expired_uploads(self, updated_before: float) -> list[str]:
+        """Ids of uploads last advanced before ``updated_before``, oldest first."""
+        stmt = (
+            sa.select(uploads.c.id)
+            .where(uploads.c.updated_at < updated_before)
+            .order_by(uploads.c.updated_at, uploads.c.id)
+        )
+        rows = await self._run(self._all, stmt, {})
+        return [str(row[0]) for row in rows]
+
+
+def _unique(references: list[Reference]) -> list[Reference]:
+    """References without repeated digests, first occurrence kept; unknown kinds rejected."""
+    seen: dict[str, Reference] = {}
+    for ref in references:
+        if ref.kind not in _KINDS:
+            raise ValueError(f"unknown reference kind: {ref.kind!r}")
+        seen.setdefault(ref.digest, ref)
+    return list(seen.values())
