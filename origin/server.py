@@ -79,6 +79,8 @@ def hypercorn_config(settings: OriginSettings) -> Config:
     config.keep_alive_timeout = 75
     config.h11_max_incomplete_size = 64 * 1024
     config.accesslog = None
+    # A Logger (not "-") makes hypercorn log through our handlers instead of its own.
+    config.errorlog = logging.getLogger("hypercorn.error")
     return config
 
 

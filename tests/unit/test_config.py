@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import pytest
+
+from config.loader import ConfigError, load
+from config.settings import OriginSettings
+from config.units import parse_duration, parse_size
+
+
+def test_units() -> None:
+    assert parse_size("512MiB") == 512 << 20
+    assert parse_size("4MB") == 4_000_000
+    assert parse_size(10) == 10
+    assert parse_duration("7d") == 7 * 86400
+    assert parse_duration("1.5h") == 5400
+    for bad in ["", "12 parsecs", "MiB"]:
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_precedence_file_env_overrides(tmp_path: Path) -> None:
+    file = tmp_path / "origin.toml"
+    file.write_text('listen = "0.0.0.0:1"\nmax_manifest_bytes = "1MiB"\nworkers = 3\n')
+    settings = load(
+        OriginSettings,
+        file=file,
+        environ={"DEPOT_ORIGIN_WORKERS": "2", "OTHER": "x", "DEPOT_ORIGIN_DATA_DIR": "/srv"},
+        prefix="DEPOT_ORIGIN_",
+        overrides={"workers": None, "listen": "127.0.0.1:9"},
+    )
+    assert settings.listen == "127.0.0.1:9"  # explicit flag wins
+    assert settings.workers == 2  # environment beats the file
+    assert settings.max_manifest_bytes == 1 << 20
+    assert settings.data_dir == Path("/srv")
+    assert settings.resolved_database_url == "sqlite:////srv/registry.db"
+
+
+def test_unknown_and_invalid_keys_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown settings: nope"):
+        load(OriginSettings, environ={"DEPOT_ORIGIN_NOPE": "1"}, prefix="DEPOT_ORIGIN_")
+    with pytest.raises(ConfigError, match="workers"):
+        load(OriginSettings, environ={"DEPOT_ORIGIN_WORKERS": "many"}, prefix="DEPOT_ORIGIN_")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("listen = ")
+    with pytest.raises(ConfigError):
+        load(OriginSettings, file=bad, prefix="DEPOT_ORIGIN_")
