@@ -90,7 +90,7 @@ def _detect_media_type(content_type: str | None, document: dict[str, Any]) -> st
 def parse_manifest(payload: bytes, content_type: str | None) -> ParsedManifest:
     try:
         document = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # Recursion: deep nesting
         raise ManifestInvalid("manifest is not valid JSON") from exc
     if not isinstance(document, dict):
         raise ManifestInvalid("manifest must be a JSON object")
@@ -122,6 +122,8 @@ def parse_manifest(payload: bytes, content_type: str | None) -> ParsedManifest:
         if artifact_type is None:
             # The referrers API reports config.mediaType when artifactType is absent.
             artifact_type = config.media_type
+    if artifact_type is not None and not _is_utf8(artifact_type):
+        raise ManifestInvalid("artifactType is not valid UTF-8 text")
     return ParsedManifest(
         media_type=media_type,
         blobs=tuple(blobs),
@@ -130,3 +132,12 @@ def parse_manifest(payload: bytes, content_type: str | None) -> ParsedManifest:
         artifact_type=artifact_type,
         annotations=annotations,
     )
+
+
+def _is_utf8(text: str) -> bool:
+    """False for strings JSON can carry but UTF-8 cannot (lone surrogates such as "\\ud800")."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

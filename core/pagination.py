@@ -22,7 +22,7 @@ def parse_page(args: Mapping[str, str], default: int = MAX_PAGE) -> Page:
     raw_n, last = args.get("n"), args.get("last") or None
     if raw_n is None or raw_n == "":
         return Page(default, last, False)
-    if not raw_n.isdigit():
+    if not (raw_n.isascii() and raw_n.isdigit()):  # isdigit alone admits non-ASCII digits
         raise PaginationNumberInvalid(detail={"n": raw_n[:50]})
     return Page(min(int(raw_n), MAX_PAGE), last, True)
 

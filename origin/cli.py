@@ -57,20 +57,37 @@ def _settings(args: argparse.Namespace) -> OriginSettings:
     )
 
 
-async def _until_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            return
-
-
 def _announce(url: str) -> None:
     print(f"depot-registry origin listening on {url}", flush=True)
 
 
-async def _serve_one(settings: OriginSettings, sock: socket.socket) -> None:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(partial(serve, settings, sock, shutdown_trigger=_until_signal))
-        _announce(bound_url(sock))
+async def _serve_until_signal(
+    settings: OriginSettings, sock: socket.socket, *, clean_at_start: bool, announce: bool
+) -> None:
+    """Serve; the first SIGINT/SIGTERM starts a graceful drain. The receiver stays open
+    until the drain ends, so a repeated signal cannot kill the process half-way."""
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for _ in signals:
+                    shutdown.set()
+
+            async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+                await serve(
+                    settings,
+                    sock,
+                    shutdown_trigger=shutdown.wait,
+                    clean_at_start=clean_at_start,
+                    task_status=task_status,
+                )
+                nursery.cancel_scope.cancel()  # drained: stop watching for signals
+
+            nursery.start_soon(watch)
+            await nursery.start(run)
+            if announce:
+                _announce(bound_url(sock))
 
 
 def _serve_many(settings: OriginSettings, sock: socket.socket, args: argparse.Namespace) -> int:
@@ -111,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "worker":
         sock = socket.socket(fileno=args.fd)
-        trio.run(
-            partial(serve, settings, sock, shutdown_trigger=_until_signal, clean_at_start=False)
-        )
+        trio.run(partial(_serve_until_signal, settings, sock, clean_at_start=False, announce=False))
         return 0
     try:
         sock = bind_socket(settings.listen)
@@ -122,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if settings.workers > 1:
         return _serve_many(settings, sock, args)
-    trio.run(_serve_one, settings, sock)
+    trio.run(partial(_serve_until_signal, settings, sock, clean_at_start=True, announce=True))
     return 0
 
 

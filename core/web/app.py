@@ -24,5 +24,15 @@ def create_app(name: str) -> QuartTrio:
         JSON_SORT_KEYS=False,
     )
     app.url_map.strict_slashes = False
+    # Werkzeug would answer "/v2/a//b/..." with an HTML 308 to another repository's path;
+    # unmerged, the registry's own path parser refuses the name (NAME_INVALID) instead.
+    app.url_map.merge_slashes = False
     install_error_handlers(app)
+
+    @app.after_request
+    async def _api_version(response: RegistryResponse) -> RegistryResponse:
+        # On every response, errors included: clients probe it to recognise a registry.
+        response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
+        return response
+
     return app

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from functools import partial
 
 from core import mediatypes
 from core.ranges import parse_range
+from core.web.readahead import ReadAheadBody
 from core.web.response import RegistryResponse as Response
 
 
@@ -17,8 +20,8 @@ class BlobInfo:
     media_type: str = mediatypes.OCTET_STREAM
 
 
-#: Opens the blob's bytes from ``offset`` for ``length`` bytes.
-BodyOpener = Callable[[int, int], AsyncIterator[bytes]]
+#: Opens the blob's bytes from ``offset`` for ``length`` bytes, as chunks.
+BodyOpener = Callable[[int, int], AbstractAsyncContextManager[AsyncIterator[bytes]]]
 
 
 def blob_headers(info: BlobInfo) -> dict[str, str]:
@@ -44,7 +47,8 @@ def blob_response(
     if method == "HEAD":
         response = Response(b"", status=status, headers=headers)
     else:
-        response = Response(open_body(offset, length), status=status, headers=headers)
+        body = ReadAheadBody(partial(open_body, offset, length))
+        response = Response(body, status=status, headers=headers)
     response.timeout = None
     # Set after construction: Quart rewrites an explicit header on an empty body to 0.
     response.content_length = length

@@ -144,9 +144,19 @@ class MetadataStore:
         row = await self._run(self._first, q.REPOSITORY_ID, {"name": name})
         return None if row is None else int(row[0])
 
-    async def list_repositories(self, n: int | None, last: str | None) -> list[str]:
-        """Repository names in byte-wise order, after ``last``, at most ``n``."""
-        return await self._page(repositories.c.name, None, n, last)
+    async def list_repositories(
+        self, n: int | None, last: str | None, *, with_content: bool = False
+    ) -> list[str]:
+        """Repository names in byte-wise order, after ``last``, at most ``n``; with
+        ``with_content``, only those holding a manifest or a blob (starting an upload
+        creates the row too)."""
+        where = None
+        if with_content:
+            where = sa.or_(
+                sa.exists().where(manifests.c.repository_id == repositories.c.id),
+                sa.exists().where(repo_blobs.c.repository_id == repositories.c.id),
+            )
+        return await self._page(repositories.c.name, where, n, last)
 
     async def _page(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from core.digest import Digest
 from core.errors import BlobUnknown, Unavailable
@@ -28,12 +29,14 @@ class Blobs:
             raise BlobUnknown(detail={"digest": str(digest)})
         return BlobInfo(str(digest), record.size)
 
-    async def open(self, digest: Digest, offset: int, length: int) -> AsyncIterator[bytes]:
-        """Stream ``length`` bytes from ``offset``. Call only after :meth:`stat`."""
+    @asynccontextmanager
+    async def open(
+        self, digest: Digest, offset: int, length: int
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """``length`` bytes from ``offset``, as chunks. Call only after :meth:`stat`."""
         try:
             async with self._storage.open_reader(blob_path(digest), offset) as reader:
-                async for chunk in reader.chunks(length):
-                    yield chunk
+                yield reader.chunks(length)
         except PathNotFound as exc:
             # Metadata says it exists but the bytes are gone: only a crash mid-GC does that.
             raise BlobUnknown(detail={"digest": str(digest)}) from exc

@@ -96,7 +96,10 @@ class Manifests:
     async def referrers(
         self, name: RepositoryName, subject: Digest, artifact_type: str | None
     ) -> list[ReferrerRecord]:
-        repository_id = await self._require_repository(name)
+        # The spec forbids a 404 from the referrers API: an unknown repository has none.
+        repository_id = await self._metadata.repository_id(name.value)
+        if repository_id is None:
+            return []
         return await self._metadata.referrers(repository_id, str(subject), artifact_type)
 
     async def _require_repository(self, name: RepositoryName) -> int:

@@ -26,4 +26,5 @@ class Registry:
         self.manifests = Manifests(metadata, clock)
 
     async def catalog(self, n: int, last: str | None) -> list[str]:
-        return await self.metadata.list_repositories(n, last)
+        # Starting an upload creates the repository row; only pushed content lists it.
+        return await self.metadata.list_repositories(n, last, with_content=True)

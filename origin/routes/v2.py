@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 
 from quart import Quart, request
 
@@ -20,7 +21,6 @@ from origin.metadata.records import UploadRecord
 from origin.registry.registry import Registry
 from origin.registry.uploads import range_header
 
-API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 _ALLOWED = {
     Kind.BASE: {"GET", "HEAD"},
     Kind.CATALOG: {"GET"},
@@ -46,9 +46,7 @@ def install_v2_routes(
         endpoint = parse_endpoint(request.path)
         if request.method not in _ALLOWED[endpoint.kind]:
             raise Unsupported(headers={"Allow": ", ".join(sorted(_ALLOWED[endpoint.kind]))})
-        response = await handlers.dispatch(endpoint)
-        response.headers.update(API_VERSION)
-        return response
+        return await handlers.dispatch(endpoint)
 
 
 def _body() -> AsyncIterator[bytes]:
@@ -132,27 +130,29 @@ class _Handlers:
     async def get_blob(self, name: RepositoryName, digest: Digest) -> Response:
         info = await self.registry.blobs.stat(name, digest)
 
-        def open_body(offset: int, length: int) -> AsyncIterator[bytes]:
-            return self.registry.blobs.open(digest, offset, length)
-
-        return blob_response(request.method, request.headers.get("Range"), info, open_body)
+        return blob_response(
+            request.method,
+            request.headers.get("Range"),
+            info,
+            partial(self.registry.blobs.open, digest),
+        )
 
     async def start_upload(self, name: RepositoryName) -> Response:
         args = request.args
         mount, source = args.get("mount"), args.get("from")
         if mount:
-            digest = parse_digest(mount)
+            mounted = parse_digest(mount)
             if source and await self.registry.blobs.mount(
-                name, parse_repository_name(source), digest
+                name, parse_repository_name(source), mounted
             ):
-                return self._blob_created(name, digest)
+                return self._blob_created(name, mounted)
+        single = _digest_arg(args.get("digest")) if "digest" in args else None
         record = await self.registry.uploads.start(name)
-        if "digest" in args:  # single-request monolithic upload
-            digest = _digest_arg(args.get("digest"))
+        if single is not None:  # single-request monolithic upload
             await self.registry.uploads.finish(
-                name, record.id, digest, _body(), None, request.content_length
+                name, record.id, single, _body(), None, request.content_length
             )
-            return self._blob_created(name, digest)
+            return self._blob_created(name, single)
         return Response(b"", 202, _upload_headers(record, self.chunk_min_length))
 
     @staticmethod

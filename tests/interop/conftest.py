@@ -15,25 +15,19 @@ Everything a server writes goes to ``tmp_path/<name>.log``; failure messages quo
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 
 from tests.peers import require_program
+from tests.processes import distribution_process, origin_process, tail
 
-START_SECONDS = 30
-STOP_SECONDS = 20
 SKOPEO_SECONDS = 180
-LISTENING_PREFIX = b"depot-registry origin listening on http://"
 
 
 @dataclass(frozen=True)
@@ -52,166 +46,23 @@ class Registry:
         return tail(self.log, lines)
 
 
-def tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return f"<{path} missing>"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def origin_command() -> list[str]:
-    script = Path(sys.executable).with_name("depot-registry")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from origin.cli import main; sys.exit(main())"]
-
-
-async def _drain(stream: trio.abc.ReceiveStream, sink: Path, initial: bytes) -> None:
-    with sink.open("wb") as out:
-        out.write(initial)
-        while chunk := await stream.receive_some():
-            out.write(chunk)
-            out.flush()
-
-
-async def _stop(process: trio.Process) -> int:
-    """SIGTERM, wait up to STOP_SECONDS, then SIGKILL. Returns the exit code (-9 if killed)."""
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(STOP_SECONDS):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return process.returncode
-
-
 @asynccontextmanager
 async def run_origin(tmp: Path, extra_args: Sequence[str] = ()) -> AsyncIterator[Registry]:
-    log = tmp / "origin.log"
-    stdout_log = tmp / "origin.stdout"
     data_dir = tmp / "origin-data"
     data_dir.mkdir()
-    command = [
-        *origin_command(),
-        *("origin", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)),
-        *extra_args,
-    ]
-    with log.open("wb") as stderr:
-        process = await trio.lowlevel.open_process(
-            command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL
-        )
-    try:
-        assert process.stdout is not None
-        host, rest = await _read_listening_line(process, process.stdout, log)
-        async with trio.open_nursery() as nursery:
-            # Keep reading stdout so a chatty server never blocks on a full pipe.
-            nursery.start_soon(_drain, process.stdout, stdout_log, rest)
-            try:
-                yield Registry("origin", host, log)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await _stop(process)  # stdout reaches EOF, so _drain ends
-    finally:
-        with trio.CancelScope(shield=True):
-            returncode = await _stop(process)  # no-op once stopped; returns the exit code
+    async with origin_process(data_dir, tmp / "origin.log", extra_args) as origin:
+        yield Registry("origin", origin.host, origin.log)
+        returncode = await origin.stop()
     assert returncode == 0, (
-        f"origin exited with {returncode} after SIGTERM (expected 0); stderr tail:\n{tail(log, 40)}"
+        f"origin exited with {returncode} after SIGTERM (expected 0); stderr tail:\n"
+        f"{tail(origin.log, 40)}"
     )
-
-
-async def _read_listening_line(
-    process: trio.Process, stdout: trio.abc.ReceiveStream, log: Path
-) -> tuple[str, bytes]:
-    """Read stdout up to the first newline; return (HOST:PORT, bytes read after the line)."""
-    buffer = b""
-    with trio.move_on_after(START_SECONDS):
-        while b"\n" not in buffer:
-            chunk = await stdout.receive_some()
-            if not chunk:
-                break
-            buffer += chunk
-    line, _, rest = buffer.partition(b"\n")
-    if not line.startswith(LISTENING_PREFIX):
-        raise AssertionError(
-            f"origin did not print {LISTENING_PREFIX.decode()!r}HOST:PORT (waited up to "
-            f"{START_SECONDS}s; exit code {process.poll()}); stdout {buffer[:500]!r}; "
-            f"stderr tail:\n{tail(log, 40)}"
-        )
-    host = line.removeprefix(LISTENING_PREFIX).decode().strip().rstrip("/")
-    _, _, port = host.rpartition(":")
-    assert host.startswith("127.0.0.1:") and port.isdigit() and port != "0", line
-    return host, rest
-
-
-DISTRIBUTION_CONFIG = """\
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: {root}
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: {addr}
-"""
 
 
 @asynccontextmanager
 async def run_distribution(tmp: Path) -> AsyncIterator[Registry]:
-    program = require_program("docker-registry")
-    root = tmp / "distribution-data"
-    root.mkdir()
-    host = f"127.0.0.1:{free_port()}"
-    config = tmp / "distribution.yml"
-    config.write_text(DISTRIBUTION_CONFIG.format(root=root, addr=host))
-    log = tmp / "distribution.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    with log.open("wb") as output:
-        process = await trio.lowlevel.open_process(
-            [program, "serve", str(config)],
-            stdout=output,
-            stderr=output,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    try:
-        await _wait_ready(process, f"http://{host}/v2/", log)
+    async with distribution_process(tmp, require_program("docker-registry")) as (host, log):
         yield Registry("distribution", host, log)
-    finally:
-        with trio.CancelScope(shield=True):
-            await _stop(process)
-
-
-async def _wait_ready(process: trio.Process, url: str, log: Path) -> None:
-    async with httpx.AsyncClient(trust_env=False, timeout=2) as client:
-        with trio.move_on_after(START_SECONDS):
-            while process.poll() is None:
-                try:
-                    if (await client.get(url)).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await trio.sleep(0.05)
-    raise AssertionError(
-        f"{url} not ready within {START_SECONDS}s (exit code {process.poll()}); "
-        f"log tail:\n{tail(log, 40)}"
-    )
 
 
 @pytest.fixture

@@ -1,0 +1,185 @@
+"""Real server processes for tests and benchmarks: the origin (signals, kill -9, restarts)
+and CNCF Distribution as a peer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import trio
+
+LISTENING_PREFIX = b"depot-registry origin listening on "
+START_SECONDS = 30
+STOP_SECONDS = 20
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def stop_process(process: trio.Process) -> int:
+    """SIGTERM, wait up to STOP_SECONDS, then SIGKILL. Returns the exit code (-9 if killed)."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_SECONDS):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode
+
+
+def origin_command() -> list[str]:
+    script = Path(sys.executable).with_name("depot-registry")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from origin.cli import main; sys.exit(main())"]
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"<{path} missing>"
+
+
+@dataclass
+class OriginProcess:
+    process: trio.Process
+    url: str  # http://127.0.0.1:PORT
+    log: Path
+
+    @property
+    def host(self) -> str:
+        return self.url.removeprefix("http://")
+
+    async def stop(self) -> int:
+        return await stop_process(self.process)
+
+    async def kill(self) -> None:
+        self.process.kill()  # SIGKILL: no cleanup of any kind runs
+        await self.process.wait()
+
+
+@asynccontextmanager
+async def origin_process(
+    data_dir: Path, log: Path, extra_args: Sequence[str] = ()
+) -> AsyncIterator[OriginProcess]:
+    """Start an origin on 127.0.0.1:0; the caller's block runs while it serves."""
+    command = [
+        *origin_command(),
+        *("origin", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)),
+        *extra_args,
+    ]
+    with log.open("ab") as stderr:
+        process = await trio.lowlevel.open_process(
+            command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL
+        )
+    running = OriginProcess(process, "", log)
+    try:
+        assert process.stdout is not None
+        running.url = await _read_listening_url(process.stdout, log)
+        async with trio.open_nursery() as nursery:
+            # Keep reading stdout so a chatty server never blocks on a full pipe.
+            nursery.start_soon(_discard, process.stdout)
+            try:
+                yield running
+            finally:
+                with trio.CancelScope(shield=True):
+                    await running.stop()
+    finally:
+        with trio.CancelScope(shield=True):
+            await running.stop()
+
+
+async def _discard(stream: trio.abc.ReceiveStream) -> None:
+    while await stream.receive_some():
+        pass
+
+
+async def _read_listening_url(stdout: trio.abc.ReceiveStream, log: Path) -> str:
+    buffer = b""
+    with trio.move_on_after(START_SECONDS):
+        while b"\n" not in buffer:
+            chunk = await stdout.receive_some()
+            if not chunk:
+                break
+            buffer += chunk
+    line = buffer.partition(b"\n")[0]
+    if not line.startswith(LISTENING_PREFIX):
+        raise AssertionError(f"origin did not start: {buffer[:300]!r}\n{tail(log)}")
+    return line.removeprefix(LISTENING_PREFIX).decode().strip()
+
+
+DISTRIBUTION_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: {addr}
+"""
+
+
+@asynccontextmanager
+async def distribution_process(tmp: Path, program: str) -> AsyncIterator[tuple[str, Path]]:
+    """CNCF Distribution on a free port with filesystem storage under ``tmp``; yields
+    (HOST:PORT, log path)."""
+    root = tmp / "distribution-data"
+    root.mkdir()
+    host = f"127.0.0.1:{free_port()}"
+    config = tmp / "distribution.yml"
+    config.write_text(DISTRIBUTION_CONFIG.format(root=root, addr=host))
+    log = tmp / "distribution.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    with log.open("wb") as output:
+        process = await trio.lowlevel.open_process(
+            [program, "serve", str(config)],
+            stdout=output,
+            stderr=output,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    try:
+        await _wait_ready(process, f"http://{host}/v2/", log)
+        yield host, log
+    finally:
+        with trio.CancelScope(shield=True):
+            await stop_process(process)
+
+
+async def _wait_ready(process: trio.Process, url: str, log: Path) -> None:
+    async with httpx.AsyncClient(trust_env=False, timeout=2) as client:
+        with trio.move_on_after(START_SECONDS):
+            while process.poll() is None:
+                try:
+                    if (await client.get(url)).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await trio.sleep(0.05)
+    raise AssertionError(
+        f"{url} not ready within {START_SECONDS}s (exit code {process.poll()}); "
+        f"log tail:\n{tail(log, 40)}"
+    )
