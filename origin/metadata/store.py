@@ -72,6 +72,7 @@ class MetadataStore:
         self._limiter = trio.CapacityLimiter(max_threads)
         self._write_gate = trio.CapacityLimiter(1 if sqlite else max_threads)
         self._closed = False
+        self._inline_reads = sqlite
 
     @classmethod
     def open(cls, url: str, *, max_threads: int = DEFAULT_MAX_THREADS) -> MetadataStore:
@@ -99,6 +100,22 @@ class MetadataStore:
             raise MetadataError("metadata store is closed")
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        except sa.exc.SQLAlchemyError as exc:
+            raise MetadataError(_describe(exc)) from exc
+
+    async def _run_hot(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """The per-request reads (manifest and blob lookups). On SQLite they run inline: an
+        indexed read of a WAL database took ~50 µs here while the thread hop around it cost
+        ~180 µs, which capped manifest GETs at ~800 requests/s per process. WAL readers never
+        wait for writers, so the loop is blocked only for the read itself. PostgreSQL reads
+        cross the network and keep using the thread pool."""
+        if not self._inline_reads:
+            return await self._run(fn, *args)
+        if self._closed:
+            raise MetadataError("metadata store is closed")
+        await trio.lowlevel.checkpoint()
+        try:
+            return fn(*args)
         except sa.exc.SQLAlchemyError as exc:
             raise MetadataError(_describe(exc)) from exc
 
@@ -201,7 +218,7 @@ class MetadataStore:
 
     async def linked_blob(self, repository: str, digest: str) -> BlobRecord | None:
         """The blob if repository ``repository`` (by name) may serve it; one round trip."""
-        row = await self._run(
+        row = await self._run_hot(
             self._first, q.LINKED_BLOB, {"repository": repository, "digest": digest}
         )
         return None if row is None else BlobRecord(digest=row.digest, size=int(row.size))
@@ -300,7 +317,7 @@ class MetadataStore:
             stmt, params = q.MANIFEST_BY_DIGEST, {"repository": repository, "digest": digest}
         else:
             stmt, params = q.MANIFEST_BY_TAG, {"repository": repository, "tag": tag}
-        row = await self._run(self._first, stmt, params)
+        row = await self._run_hot(self._first, stmt, params)
         if row is None:
             return None
         return ManifestRecord(
