@@ -174,6 +174,8 @@ async def run_origin(tmp: Path, workers: int | None) -> AsyncIterator[Target]:
     command = [
         *origin_command(),
         *("origin", "serve", "--listen", f"{LOOPBACK}:0", "--data-dir", str(data_dir)),
+        # Distribution runs without auth here too: the comparison is of serving bytes.
+        "--no-auth",
         *(("--workers", str(workers)) if workers is not None else ()),
     ]
     with log.open("wb") as stderr:

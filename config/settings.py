@@ -22,6 +22,20 @@ class OriginSettings:
     #: In-flight requests get this long to finish on SIGTERM/Ctrl-C.
     graceful_timeout_seconds: float = 30
 
+    #: Off only for local experiments (``--no-auth``); then only loopback addresses bind.
+    auth: bool = True
+    #: With ``registry.example`` here, ``acme.registry.example`` addresses org ``acme``.
+    base_domain: str = ""
+    #: ``service`` of the Docker token protocol and the audience of every bearer token.
+    token_service: str = "depot-registry"
+    token_issuer: str = "depot-registry"
+    token_ttl_seconds: float = 300
+    #: Failed token exchanges allowed per client address per window before 429.
+    token_failures_allowed: int = 10
+    token_failure_window_seconds: float = 60
+    #: OIDC issuers over plain http on loopback (tests and local experiments only).
+    oidc_allow_insecure_loopback: bool = False
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

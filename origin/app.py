@@ -6,16 +6,29 @@ from quart_trio import QuartTrio
 
 from config.settings import OriginSettings
 from core.web.app import create_app
+from origin.auth.gate import Gate
+from origin.auth.issuer import TokenIssuer
+from origin.auth.keys import KeyRing
 from origin.registry.registry import Registry
+from origin.routes.token import install_token_routes
 from origin.routes.v2 import install_v2_routes
 
 
-def create_origin_app(registry: Registry, settings: OriginSettings) -> QuartTrio:
+def create_origin_app(
+    registry: Registry,
+    settings: OriginSettings,
+    gate: Gate,
+    issuer: TokenIssuer,
+    keys: KeyRing,
+) -> QuartTrio:
     app = create_app("depot-origin")
     install_v2_routes(
         app,
         registry,
+        gate,
         max_manifest_bytes=settings.max_manifest_bytes,
         chunk_min_length=settings.chunk_min_length_bytes,
+        base_domain=settings.base_domain,
     )
+    install_token_routes(app, issuer, keys)
     return app

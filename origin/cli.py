@@ -18,7 +18,15 @@ import trio
 
 from config.loader import ConfigError, load
 from config.settings import OriginSettings
-from origin.server import bind_socket, bound_url, housekeeping, open_registry, serve
+from origin import cli_tenancy
+from origin.server import (
+    bind_socket,
+    bound_url,
+    housekeeping,
+    is_loopback,
+    open_registry,
+    serve,
+)
 
 ENV_PREFIX = "DEPOT_ORIGIN_"
 
@@ -34,11 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--data-dir", type=Path, help="where blobs and metadata live")
     serve_cmd.add_argument("--config", type=Path, help="TOML settings file")
     serve_cmd.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve_cmd.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="anonymous push and pull, for local experiments; loopback addresses only",
+    )
 
     worker = origin_commands.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("--fd", type=int, required=True)
     worker.add_argument("--data-dir", type=Path)
     worker.add_argument("--config", type=Path)
+    worker.add_argument("--no-auth", action="store_true")
+    cli_tenancy.add_commands(commands)
     return parser
 
 
@@ -47,6 +62,7 @@ def _settings(args: argparse.Namespace) -> OriginSettings:
         "listen": getattr(args, "listen", None),
         "data_dir": args.data_dir,
         "workers": getattr(args, "workers", None),
+        "auth": False if getattr(args, "no_auth", False) else None,
     }
     return load(
         OriginSettings,
@@ -100,6 +116,8 @@ def _serve_many(settings: OriginSettings, sock: socket.socket, args: argparse.Na
     command += ["--data-dir", str(settings.data_dir)]
     if args.config:
         command += ["--config", str(args.config)]
+    if not settings.auth:
+        command += ["--no-auth"]
     children = [
         subprocess.Popen(command, pass_fds=[sock.fileno()]) for _ in range(settings.workers)
     ]
@@ -120,6 +138,8 @@ def _serve_many(settings: OriginSettings, sock: socket.socket, args: argparse.Na
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.component in cli_tenancy.COMPONENTS:
+        return cli_tenancy.run(args, _settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = _settings(args)
@@ -130,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         sock = socket.socket(fileno=args.fd)
         trio.run(partial(_serve_until_signal, settings, sock, clean_at_start=False, announce=False))
         return 0
+    if not settings.auth and not is_loopback(settings.listen):
+        print(
+            f"depot-registry: --no-auth refuses to listen on {settings.listen}: "
+            "only loopback addresses (127.0.0.0/8, ::1, localhost) may serve without auth",
+            file=sys.stderr,
+        )
+        return 2
     try:
         sock = bind_socket(settings.listen)
     except (OSError, ValueError) as exc:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
+import httpx
 import trio
 from hypercorn.config import Config, Sockets
 from hypercorn.trio.run import worker_serve
@@ -15,6 +19,11 @@ from hypercorn.utils import wrap_app
 from config.settings import OriginSettings
 from core.storage.filesystem import FilesystemDriver
 from origin.app import create_origin_app
+from origin.auth.gate import Gate
+from origin.auth.issuer import TokenIssuer
+from origin.auth.keys import KeyRing
+from origin.auth.oidc import OidcVerifier
+from origin.auth.store import TenancyStore
 from origin.metadata.store import MetadataStore
 from origin.registry.registry import Registry
 
@@ -26,6 +35,19 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def is_loopback(listen: str) -> bool:
+    try:
+        host, _ = parse_listen(listen)
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def bind_socket(listen: str) -> socket.socket:
@@ -44,6 +66,17 @@ def bound_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+@dataclass
+class Services:
+    """Everything one origin process serves with, opened together and closed together."""
+
+    registry: Registry
+    tenancy: TenancyStore
+    keys: KeyRing
+    gate: Gate
+    issuer: TokenIssuer
+
+
 @asynccontextmanager
 async def open_registry(settings: OriginSettings) -> AsyncIterator[Registry]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -53,6 +86,27 @@ async def open_registry(settings: OriginSettings) -> AsyncIterator[Registry]:
         yield Registry(storage, metadata)
     finally:
         metadata.close()
+
+
+@asynccontextmanager
+async def open_services(
+    settings: OriginSettings, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Services]:
+    async with (
+        open_registry(settings) as registry,
+        httpx.AsyncClient(trust_env=False, timeout=10) as http,
+    ):
+        tenancy = TenancyStore.open(settings.resolved_database_url)
+        try:
+            keys = KeyRing.load(settings.data_dir / "keys")
+            gate = Gate(settings, tenancy, keys, clock)
+            oidc = OidcVerifier(
+                http, clock, allow_insecure_loopback=settings.oidc_allow_insecure_loopback
+            )
+            issuer = TokenIssuer(settings, tenancy, keys, gate, oidc, clock)
+            yield Services(registry, tenancy, keys, gate, issuer)
+        finally:
+            tenancy.close()
 
 
 async def housekeeping(registry: Registry, settings: OriginSettings) -> None:
@@ -96,14 +150,16 @@ async def serve(
 
     ``task_status.started`` receives the bound URLs once hypercorn is accepting.
     """
-    async with open_registry(settings) as registry:
+    async with open_services(settings) as services:
+        registry = services.registry
         if clean_at_start:
             await housekeeping(registry, settings)
-        app = wrap_app(create_origin_app(registry, settings), 0, "asgi")
+        app = create_origin_app(registry, settings, services.gate, services.issuer, services.keys)
+        wrapped = wrap_app(app, 0, "asgi")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_sweep_uploads, registry, settings)
             await worker_serve(
-                app,
+                wrapped,
                 hypercorn_config(settings),
                 sockets=Sockets([], [sock], []),
                 shutdown_trigger=shutdown_trigger,

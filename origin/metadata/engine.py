@@ -27,8 +27,11 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 _PG_SCHEMA_LOCK_KEY = 0x64_65_70_6F_74  # "depot"
 
 
-def open_engines(url: str, *, pool_size: int) -> tuple[sa.Engine, sa.Engine]:
-    """``(reader, writer)`` for ``url``; the tables exist when this returns.
+def open_engines(
+    url: str, *, pool_size: int, tables: sa.MetaData = metadata
+) -> tuple[sa.Engine, sa.Engine]:
+    """``(reader, writer)`` for ``url``; the tables of ``tables`` (by default the metadata
+    store's) exist when this returns.
 
     Raises ``ValueError`` for a URL this store cannot use.
     """
@@ -51,7 +54,7 @@ def open_engines(url: str, *, pool_size: int) -> tuple[sa.Engine, sa.Engine]:
             if backend == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_SCHEMA_LOCK_KEY)))
             # On SQLite the IMMEDIATE transaction does the same for concurrent processes.
-            metadata.create_all(conn)
+            tables.create_all(conn)
     except BaseException:
         reader.dispose()
         writer.dispose()

@@ -13,7 +13,7 @@ queue on a trio limiter of one, instead of spinning in SQLite's busy handler aga
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar, TypeVarTuple
 
 import sqlalchemy as sa
@@ -162,17 +162,31 @@ class MetadataStore:
         return None if row is None else int(row[0])
 
     async def list_repositories(
-        self, n: int | None, last: str | None, *, with_content: bool = False
+        self,
+        n: int | None,
+        last: str | None,
+        *,
+        with_content: bool = False,
+        orgs: Collection[str] | None = None,
     ) -> list[str]:
         """Repository names in byte-wise order, after ``last``, at most ``n``; with
         ``with_content``, only those holding a manifest or a blob (starting an upload
-        creates the row too)."""
-        where = None
+        creates the row too); with ``orgs``, only names under ``<org>/``."""
+        conditions: list[sa.ColumnElement[bool]] = []
         if with_content:
-            where = sa.or_(
-                sa.exists().where(manifests.c.repository_id == repositories.c.id),
-                sa.exists().where(repo_blobs.c.repository_id == repositories.c.id),
+            conditions.append(
+                sa.or_(
+                    sa.exists().where(manifests.c.repository_id == repositories.c.id),
+                    sa.exists().where(repo_blobs.c.repository_id == repositories.c.id),
+                )
             )
+        if orgs is not None:
+            # A byte range per org ('/' + 1 == '0'): no LIKE escaping, uses the index.
+            name = repositories.c.name
+            conditions.append(
+                sa.or_(sa.false(), *((name > f"{org}/") & (name < f"{org}0") for org in orgs))
+            )
+        where = sa.and_(sa.true(), *conditions) if conditions else None
         return await self._page(repositories.c.name, where, n, last)
 
     async def _page(

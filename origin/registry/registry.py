@@ -25,6 +25,9 @@ class Registry:
         self.uploads = Uploads(storage, metadata, self.blobs, clock)
         self.manifests = Manifests(metadata, clock)
 
-    async def catalog(self, n: int, last: str | None) -> list[str]:
-        # Starting an upload creates the repository row; only pushed content lists it.
-        return await self.metadata.list_repositories(n, last, with_content=True)
+    async def catalog(
+        self, n: int, last: str | None, orgs: frozenset[str] | None = None
+    ) -> list[str]:
+        """Repositories holding content (starting an upload creates the row too), limited
+        to the given orgs' namespaces unless ``orgs`` is None."""
+        return await self.metadata.list_repositories(n, last, with_content=True, orgs=orgs)

@@ -11,12 +11,14 @@ from quart import Quart, request
 from core import mediatypes
 from core.digest import Digest, parse_digest
 from core.endpoints import Endpoint, Kind, parse_endpoint
-from core.errors import DigestInvalid, TooLarge, Unsupported
+from core.errors import DigestInvalid, NameUnknown, TooLarge, Unsupported
 from core.pagination import next_link, parse_page
 from core.ranges import ByteRange, parse_content_range
 from core.reference import RepositoryName, parse_manifest_reference, parse_repository_name
+from core.tenancy import org_from_host
 from core.web.blobs import blob_response
 from core.web.response import RegistryResponse as Response
+from origin.auth.gate import Authorization, Caller, Gate, RequestView
 from origin.metadata.records import UploadRecord
 from origin.registry.registry import Registry
 from origin.registry.uploads import range_header
@@ -35,9 +37,15 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def install_v2_routes(
-    app: Quart, registry: Registry, *, max_manifest_bytes: int, chunk_min_length: int
+    app: Quart,
+    registry: Registry,
+    gate: Gate,
+    *,
+    max_manifest_bytes: int,
+    chunk_min_length: int,
+    base_domain: str,
 ) -> None:
-    handlers = _Handlers(registry, max_manifest_bytes, chunk_min_length)
+    handlers = _Handlers(registry, max_manifest_bytes, chunk_min_length, base_domain)
 
     @app.route("/v2", methods=_METHODS)
     @app.route("/v2/", methods=_METHODS)
@@ -46,7 +54,17 @@ def install_v2_routes(
         endpoint = parse_endpoint(request.path)
         if request.method not in _ALLOWED[endpoint.kind]:
             raise Unsupported(headers={"Allow": ", ".join(sorted(_ALLOWED[endpoint.kind]))})
-        return await handlers.dispatch(endpoint)
+        authorization = await gate.authorize(
+            RequestView(
+                method=request.method,
+                host=request.host,
+                scheme=request.scheme,
+                authorization=request.headers.get("Authorization"),
+                endpoint=endpoint,
+                query=request.args,
+            )
+        )
+        return await handlers.dispatch(endpoint, authorization)
 
 
 def _body() -> AsyncIterator[bytes]:
@@ -58,9 +76,11 @@ def _content_range() -> ByteRange | None:
     return parse_content_range(header) if header else None
 
 
-def _upload_headers(record: UploadRecord, chunk_min_length: int) -> dict[str, str]:
+def _upload_headers(
+    record: UploadRecord, external: RepositoryName, chunk_min_length: int
+) -> dict[str, str]:
     headers = {
-        "Location": f"/v2/{record.repository}/blobs/uploads/{record.id}",
+        "Location": f"/v2/{external}/blobs/uploads/{record.id}",
         "Range": range_header(record.size),
         "Docker-Upload-UUID": record.id,
     }
@@ -76,19 +96,31 @@ def _digest_arg(value: str | None) -> Digest:
 
 
 class _Handlers:
-    def __init__(self, registry: Registry, max_manifest_bytes: int, chunk_min_length: int):
+    def __init__(
+        self,
+        registry: Registry,
+        max_manifest_bytes: int,
+        chunk_min_length: int,
+        base_domain: str,
+    ):
         self.registry = registry
         self.max_manifest_bytes = max_manifest_bytes
         self.chunk_min_length = chunk_min_length
+        self.base_domain = base_domain or None
 
-    async def dispatch(self, endpoint: Endpoint) -> Response:
+    async def dispatch(self, endpoint: Endpoint, authorization: Authorization) -> Response:
+        """``ext`` is the name as the client wrote it (for Location and JSON bodies);
+        ``name`` is the repository it means."""
         method = request.method
         if endpoint.kind is Kind.BASE:
             return Response(b"{}", content_type=mediatypes.JSON)
         if endpoint.kind is Kind.CATALOG:
-            return await self.catalog()
+            return await self.catalog(authorization.caller)
         assert endpoint.name is not None
-        name, arg = endpoint.name, endpoint.argument or ""
+        ext, arg = endpoint.name, endpoint.argument or ""
+        name = authorization.names.get(ext.value)
+        if name is None:
+            raise NameUnknown(detail={"name": ext.value})
         match endpoint.kind, method:
             case Kind.BLOB, "GET" | "HEAD":
                 return await self.get_blob(name, parse_digest(arg))
@@ -96,33 +128,33 @@ class _Handlers:
                 await self.registry.blobs.delete(name, parse_digest(arg))
                 return Response(b"", status=202)
             case Kind.UPLOADS, _:
-                return await self.start_upload(name)
+                return await self.start_upload(name, ext, authorization)
             case Kind.UPLOAD, "GET":
                 record = await self.registry.uploads.status(name, arg)
-                return Response(b"", 204, _upload_headers(record, self.chunk_min_length))
+                return Response(b"", 204, _upload_headers(record, ext, self.chunk_min_length))
             case Kind.UPLOAD, "PATCH":
                 record = await self.registry.uploads.append(
                     name, arg, _body(), _content_range(), request.content_length
                 )
-                return Response(b"", 202, _upload_headers(record, self.chunk_min_length))
+                return Response(b"", 202, _upload_headers(record, ext, self.chunk_min_length))
             case Kind.UPLOAD, "PUT":
                 digest = _digest_arg(request.args.get("digest"))
                 await self.registry.uploads.finish(
                     name, arg, digest, _body(), _content_range(), request.content_length
                 )
-                return self._blob_created(name, digest)
+                return self._blob_created(ext, digest)
             case Kind.UPLOAD, "DELETE":
                 await self.registry.uploads.cancel(name, arg)
                 return Response(b"", status=204)
             case Kind.MANIFEST, "GET" | "HEAD":
                 return await self.get_manifest(name, arg)
             case Kind.MANIFEST, "PUT":
-                return await self.put_manifest(name, arg)
+                return await self.put_manifest(name, ext, arg)
             case Kind.MANIFEST, "DELETE":
                 await self.registry.manifests.delete(name, parse_manifest_reference(arg))
                 return Response(b"", status=202)
             case Kind.TAGS, _:
-                return await self.tags(name)
+                return await self.tags(name, ext)
             case Kind.REFERRERS, _:
                 return await self.referrers(name, parse_digest(arg))
         raise Unsupported()
@@ -137,27 +169,36 @@ class _Handlers:
             partial(self.registry.blobs.open, digest),
         )
 
-    async def start_upload(self, name: RepositoryName) -> Response:
+    async def start_upload(
+        self, name: RepositoryName, ext: RepositoryName, authorization: Authorization
+    ) -> Response:
         args = request.args
         mount, source = args.get("mount"), args.get("from")
         if mount:
             mounted = parse_digest(mount)
-            if source and await self.registry.blobs.mount(
-                name, parse_repository_name(source), mounted
+            # A source the caller may not read is no error: the upload goes on as a plain
+            # one, and a blob of another tenant is never linked by knowing its digest.
+            if source:
+                parse_repository_name(source)  # a malformed name is a 400, not a fallback
+            source_name = authorization.names.get(source or "")
+            if (
+                source_name is not None
+                and authorization.mount_allowed
+                and await self.registry.blobs.mount(name, source_name, mounted)
             ):
-                return self._blob_created(name, mounted)
+                return self._blob_created(ext, mounted)
         single = _digest_arg(args.get("digest")) if "digest" in args else None
         record = await self.registry.uploads.start(name)
         if single is not None:  # single-request monolithic upload
             await self.registry.uploads.finish(
                 name, record.id, single, _body(), None, request.content_length
             )
-            return self._blob_created(name, single)
-        return Response(b"", 202, _upload_headers(record, self.chunk_min_length))
+            return self._blob_created(ext, single)
+        return Response(b"", 202, _upload_headers(record, ext, self.chunk_min_length))
 
     @staticmethod
-    def _blob_created(name: RepositoryName, digest: Digest) -> Response:
-        headers = {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": str(digest)}
+    def _blob_created(ext: RepositoryName, digest: Digest) -> Response:
+        headers = {"Location": f"/v2/{ext}/blobs/{digest}", "Docker-Content-Digest": str(digest)}
         return Response(b"", status=201, headers=headers)
 
     async def get_manifest(self, name: RepositoryName, arg: str) -> Response:
@@ -172,7 +213,7 @@ class _Handlers:
         response.content_length = record.size
         return response
 
-    async def put_manifest(self, name: RepositoryName, arg: str) -> Response:
+    async def put_manifest(self, name: RepositoryName, ext: RepositoryName, arg: str) -> Response:
         reference = parse_manifest_reference(arg)
         limit = self.max_manifest_bytes
         if (request.content_length or 0) > limit:
@@ -186,25 +227,33 @@ class _Handlers:
             name, reference, bytes(payload), request.headers.get("Content-Type")
         )
         headers = {
-            "Location": f"/v2/{name}/manifests/{pushed.digest}",
+            "Location": f"/v2/{ext}/manifests/{pushed.digest}",
             "Docker-Content-Digest": pushed.digest,
         }
         if pushed.subject:
             headers["OCI-Subject"] = pushed.subject
         return Response(b"", status=201, headers=headers)
 
-    async def tags(self, name: RepositoryName) -> Response:
+    async def tags(self, name: RepositoryName, ext: RepositoryName) -> Response:
         page = parse_page(request.args)
         tags = await self.registry.manifests.tags(name, page.n + 1, page.last)
-        response = _json({"name": name.value, "tags": tags[: page.n]})
+        response = _json({"name": ext.value, "tags": tags[: page.n]})
         link = next_link(request.path, page, tags)
         if link:
             response.headers["Link"] = link
         return response
 
-    async def catalog(self) -> Response:
+    async def catalog(self, caller: Caller) -> Response:
+        """Only the caller's orgs; on an org's subdomain, only that org, names as seen there."""
         page = parse_page(request.args, default=1000)
-        names = await self.registry.catalog(page.n + 1, page.last)
+        host_org = org_from_host(request.host, self.base_domain)
+        orgs: frozenset[str] | None = None if caller.everything else caller.orgs
+        prefix = ""
+        if host_org is not None and not caller.everything:
+            orgs, prefix = orgs & {host_org} if orgs else frozenset(), f"{host_org}/"
+        last = prefix + page.last if page.last else None
+        internal = await self.registry.catalog(page.n + 1, last, orgs)
+        names = [n.removeprefix(prefix) for n in internal]
         response = _json({"repositories": names[: page.n]})
         link = next_link(request.path, page, names)
         if link:

@@ -32,7 +32,8 @@ async def start_origin(nursery: trio.Nursery, data_dir: Path, **overrides: objec
 
 @pytest.fixture
 async def origin(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[RunningOrigin]:
-    running = await start_origin(nursery, tmp_path / "data")
+    """An origin with auth off: the OCI API suite tests the protocol, not tenancy."""
+    running = await start_origin(nursery, tmp_path / "data", auth=False)
     yield running
     running.shutdown.set()
 

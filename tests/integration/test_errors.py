@@ -251,7 +251,6 @@ UNKNOWN_PATHS = [
     "/v2/lib/app/referrers/",
     "/v2/lib/app/unknown/thing",
     "/v2/_catalog/extra",
-    "/token",
 ]
 
 

@@ -14,6 +14,7 @@ import trio
 from tests.processes import OriginProcess, origin_process
 
 MIB = 1 << 20
+NO_AUTH = ("--no-auth",)  # these tests are about processes, not tenancy
 
 
 def _client(origin: OriginProcess) -> httpx.AsyncClient:
@@ -39,7 +40,7 @@ def _staged_files(data_dir: Path) -> list[Path]:
 async def test_sigterm_lets_an_inflight_download_finish_then_exits_0(tmp_path: Path) -> None:
     data = os.urandom(48 * MIB)
     with trio.fail_after(60):
-        async with origin_process(tmp_path / "data", tmp_path / "origin.log") as origin:
+        async with origin_process(tmp_path / "data", tmp_path / "origin.log", NO_AUTH) as origin:
             async with _client(origin) as client:
                 digest = await _push(client, "drain/me", data)
                 received = bytearray()
@@ -60,7 +61,7 @@ async def test_kill_9_mid_push_leaves_nothing_visible(tmp_path: Path) -> None:
     data = os.urandom(64 * MIB)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     with trio.fail_after(60):
-        async with origin_process(data_dir, tmp_path / "origin.log") as origin:
+        async with origin_process(data_dir, tmp_path / "origin.log", NO_AUTH) as origin:
             async with _client(origin) as client:
                 started = await client.post("/v2/crash/push/blobs/uploads/")
                 location = started.headers["Location"]
@@ -80,7 +81,7 @@ async def test_kill_9_mid_push_leaves_nothing_visible(tmp_path: Path) -> None:
                         headers={"Content-Length": str(len(data))},
                     )
                 await upload.aclose()  # httpx abandons it mid-way
-        async with origin_process(data_dir, tmp_path / "origin.log") as origin:
+        async with origin_process(data_dir, tmp_path / "origin.log", NO_AUTH) as origin:
             async with _client(origin) as client:
                 assert (await client.head(f"/v2/crash/push/blobs/{digest}")).status_code == 404
                 assert (await client.get(f"/v2/crash/push/blobs/{digest}")).status_code == 404
@@ -102,7 +103,7 @@ async def test_kill_9_mid_chunk_then_resume_after_restart(tmp_path: Path) -> Non
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     first, second = data[: 8 * MIB], data[8 * MIB :]
     with trio.fail_after(60):
-        async with origin_process(data_dir, tmp_path / "origin.log") as origin:
+        async with origin_process(data_dir, tmp_path / "origin.log", NO_AUTH) as origin:
             async with _client(origin) as client:
                 location = (await client.post("/v2/crash/chunks/blobs/uploads/")).headers[
                     "Location"
@@ -131,7 +132,7 @@ async def test_kill_9_mid_chunk_then_resume_after_restart(tmp_path: Path) -> Non
                         },
                     )
                 await upload.aclose()
-        async with origin_process(data_dir, tmp_path / "origin.log") as origin:
+        async with origin_process(data_dir, tmp_path / "origin.log", NO_AUTH) as origin:
             async with _client(origin) as client:
                 status = await client.get(location)
                 assert status.status_code == 204

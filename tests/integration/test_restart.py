@@ -28,7 +28,7 @@ async def running_origin(data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
     """An origin on ``data_dir`` and a client on it; on exit the client is closed and the
     origin shut down and waited for (so the next one starts on a quiet data dir)."""
     async with trio.open_nursery() as nursery:
-        origin = await start_origin(nursery, data_dir)
+        origin = await start_origin(nursery, data_dir, auth=False)
         try:
             async with httpx.AsyncClient(
                 base_url=origin.url,

@@ -47,7 +47,9 @@ class Registry:
 
 
 @asynccontextmanager
-async def run_origin(tmp: Path, extra_args: Sequence[str] = ()) -> AsyncIterator[Registry]:
+async def run_origin(
+    tmp: Path, extra_args: Sequence[str] = ("--no-auth",)
+) -> AsyncIterator[Registry]:
     data_dir = tmp / "origin-data"
     data_dir.mkdir()
     async with origin_process(data_dir, tmp / "origin.log", extra_args) as origin:

@@ -1,0 +1,161 @@
+"""The token service (Docker token protocol): credentials in, a short-lived signed JWT out.
+
+Credentials are a registry token or a CI provider's OIDC ID token, sent as the password of
+Basic auth (``docker login -u x-token -p <token>``) or of an OAuth2 password grant. No
+credentials earn an anonymous token that reaches only public repositories. The granted
+scopes are the requested ones cut down to what the credential allows; names are resolved
+in the context of the host the request came to.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from config.settings import OriginSettings
+from core.auth.permissions import grant_accesses
+from core.auth.principal import ANONYMOUS, Principal
+from core.auth.scopes import Access, merge
+from core.auth.tokens import Grant, sign_grant
+from core.errors import NameInvalid, TooManyRequests, Unauthorized
+from core.reference import parse_repository_name
+from origin.auth.gate import Gate
+from origin.auth.keys import KeyRing
+from origin.auth.oidc import OidcVerifier, TrustRule, principal_for
+from origin.auth.ratelimit import FailureLimiter
+from origin.auth.store import TenancyStore
+from origin.auth.token_format import looks_like_registry_token
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    expires_in: int
+    issued_at: str  # RFC 3339
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "token": self.token,
+            "access_token": self.token,
+            "expires_in": self.expires_in,
+            "issued_at": self.issued_at,
+        }
+
+
+class TokenIssuer:
+    def __init__(
+        self,
+        settings: OriginSettings,
+        tenancy: TenancyStore,
+        keys: KeyRing,
+        gate: Gate,
+        oidc: OidcVerifier,
+        clock: Callable[[], float],
+    ) -> None:
+        self._settings = settings
+        self._tenancy = tenancy
+        self._keys = keys
+        self._gate = gate
+        self._oidc = oidc
+        self._clock = clock
+        self._failures = FailureLimiter(
+            settings.token_failures_allowed, settings.token_failure_window_seconds
+        )
+
+    async def exchange(
+        self, *, host: str, client: str, password: str | None, scopes: Sequence[Access]
+    ) -> IssuedToken:
+        now = self._clock()
+        retry = self._failures.retry_after(client, now)
+        if retry is not None:
+            raise TooManyRequests(
+                "too many failed token requests", headers={"Retry-After": str(int(retry))}
+            )
+        principal = ANONYMOUS
+        if password is not None:
+            found = await self._principal(password)
+            if found is None:
+                self._failures.record_failure(client, now)
+                raise Unauthorized("invalid credentials")
+            principal = found
+        return await self._issue(principal, host, scopes, now)
+
+    async def _principal(self, password: str) -> Principal | None:
+        if looks_like_registry_token(password):
+            return await self._tenancy.authenticate(password, self._clock())
+        issuer = OidcVerifier.unverified_issuer(password)
+        if issuer is None:
+            return None
+        rules = [
+            TrustRule(
+                id=trust.id,
+                org_slug=trust.org_slug,
+                issuer=trust.issuer,
+                audience=trust.audience,
+                conditions=trust.conditions,
+                actions=frozenset(trust.actions),
+                project_id=trust.project_id,
+            )
+            for trust in await self._tenancy.trusts_for_issuer(issuer)
+        ]
+        if not rules:
+            return None
+        try:
+            rule, claims = await self._oidc.verify(password, rules)
+        except Unauthorized:
+            return None
+        return principal_for(rule, claims)
+
+    async def _issue(
+        self, principal: Principal, host: str, scopes: Sequence[Access], now: float
+    ) -> IssuedToken:
+        resolved: dict[str, str] = {}
+        public: set[str] = set()
+        for access in merge(scopes):
+            if access.type != "repository" or access.name in resolved:
+                continue
+            try:
+                name = parse_repository_name(access.name)
+            except NameInvalid:
+                continue
+            internal = await self._gate.resolve(host, name)
+            if internal is None:
+                continue
+            resolved[access.name] = internal.value
+            if await self._tenancy.is_public(internal.value):
+                public.add(internal.value)
+        granted = grant_accesses(
+            principal,
+            merge(scopes),
+            resolve=resolved.get,
+            is_public=public.__contains__,
+        )
+        issued_at = int(now)
+        ttl = int(self._settings.token_ttl_seconds)
+        grant = Grant(
+            subject=principal.subject,
+            kind=principal.kind,
+            orgs=principal.orgs,
+            access=tuple(granted),
+            issued_at=issued_at,
+            expires_at=issued_at + ttl,
+            token_id=secrets.token_urlsafe(12),
+        )
+        key = self._keys.current
+        token = sign_grant(
+            grant,
+            private_key=key.private_key,
+            kid=key.kid,
+            issuer=self._settings.token_issuer,
+            audience=self._settings.token_service,
+        )
+        return IssuedToken(token, ttl, _rfc3339(issued_at))
+
+
+def _rfc3339(timestamp: int) -> str:
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

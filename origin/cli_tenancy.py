@@ -1,0 +1,264 @@
+"""``depot-registry org|project|user|token``: tenancy administration on the origin's database.
+
+Works on the database the origin serves from (``registry.db`` in the data directory, or
+``database_url`` from the config file or ``DEPOT_ORIGIN_DATABASE_URL``), with settings loaded
+exactly as ``depot-registry origin serve`` loads them; a running origin sees changes at once.
+
+A token's secret is printed once, by the command that creates it, and nowhere else. Failures
+print one line to stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from config.loader import ConfigError
+from config.settings import OriginSettings
+from config.units import parse_duration
+from origin.auth.records import TokenRecord
+from origin.auth.store import TenancyError, TenancyStore
+from origin.auth.token_format import KINDS, parse_token
+
+COMPONENTS = frozenset({"org", "project", "user", "token"})
+_PROG = "depot-registry"
+
+Command = Callable[[TenancyStore, argparse.Namespace, float], Awaitable[None]]
+
+
+class _Refused(Exception):
+    """The command cannot do what was asked (an unknown org, nothing to revoke)."""
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the tenancy commands on the top-level subparsers of ``depot-registry``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, help="the origin's data directory")
+    common.add_argument("--config", type=Path, help="TOML settings file")
+    common.add_argument("--json", action="store_true", help="print JSON")
+
+    def command(group: Any, name: str, handler: Command, help: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help)
+        parser.set_defaults(tenancy_handler=handler)
+        return parser
+
+    org = commands.add_parser("org", help="organizations").add_subparsers(
+        dest="command", required=True
+    )
+    org_create = command(org, "create", _org_create, "create an org and its first org token")
+    org_create.add_argument("name", help="the org's slug: a-z, 0-9 and '-'; never changes")
+    command(org, "list", _org_list, "list orgs")
+
+    project = commands.add_parser("project", help="projects").add_subparsers(
+        dest="command", required=True
+    )
+    project_create = command(project, "create", _project_create, "create a project")
+    project_create.add_argument("--org", required=True, help="org slug")
+    project_create.add_argument("name")
+    project_list = command(project, "list", _project_list, "list an org's projects")
+    project_list.add_argument("--org", required=True, help="org slug")
+
+    user = commands.add_parser("user", help="users").add_subparsers(dest="command", required=True)
+    user_create = command(user, "create", _user_create, "create a user")
+    user_create.add_argument("name")
+    user_create.add_argument(
+        "--org", action="append", default=[], help="make the user a member (repeatable)"
+    )
+
+    token = commands.add_parser("token", help="long-lived tokens").add_subparsers(
+        dest="command", required=True
+    )
+    token_create = command(token, "create", _token_create, "create a token (printed once)")
+    token_create.add_argument("--kind", required=True, choices=sorted(KINDS))
+    token_create.add_argument("--org", help="org slug (org and pull tokens)")
+    token_create.add_argument("--project", help="project id (project and pull tokens)")
+    token_create.add_argument("--user", help="user name (user tokens)")
+    token_create.add_argument("--expires", help="lifetime, e.g. 30d or 12h (default: never)")
+    token_create.add_argument("--description", default="")
+    token_list = command(token, "list", _token_list, "list tokens (never their secrets)")
+    token_list.add_argument("--org", help="org slug; without it, user and edge tokens")
+    token_list.add_argument("--all", action="store_true", help="include revoked tokens")
+    token_revoke = command(token, "revoke", _token_revoke, "revoke a token")
+    token_revoke.add_argument("token_id", help="the token's id (or the token itself)")
+
+
+def run(
+    args: argparse.Namespace, load_settings: Callable[[argparse.Namespace], OriginSettings]
+) -> int:
+    """Run a parsed tenancy command; the exit status."""
+    try:
+        settings = load_settings(args)
+        if not settings.database_url:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = TenancyStore.open(settings.resolved_database_url)
+    except (ConfigError, TenancyError, ValueError, OSError) as exc:
+        return _fail(exc)
+    try:
+        trio.run(args.tenancy_handler, store, args, time.time())
+    except (TenancyError, ValueError, _Refused) as exc:
+        return _fail(exc)
+    finally:
+        store.close()
+    return 0
+
+
+def _fail(exc: BaseException) -> int:
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    print(f"{_PROG}: {message}", file=sys.stderr)
+    return 2
+
+
+def _print(args: argparse.Namespace, document: Any, text: str) -> None:
+    if args.json:
+        print(json.dumps(document), flush=True)
+    elif text:
+        print(text, flush=True)
+
+
+async def _org_id(store: TenancyStore, slug: str) -> str:
+    org = await store.org_by_slug(slug)
+    if org is None:
+        raise _Refused(f"no organization {slug!r}")
+    return org.id
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+async def _org_create(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
+    org = await store.create_org(args.name, now)
+    _, token = await store.create_token(
+        "org", org_id=org.id, description="created with the organization", now=now
+    )
+    text = (
+        f"created organization {org.slug} ({org.id})\n"
+        f"organization token (shown only now; store it safely):\n{token}"
+    )
+    _print(args, {"org_id": org.id, "name": org.slug, "token": token}, text)
+
+
+async def _org_list(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
+    orgs = await store.list_orgs()
+    document = [{"org_id": o.id, "name": o.slug, "created_at": o.created_at} for o in orgs]
+    _print(args, document, "\n".join(f"{o.slug}\t{o.id}\t{_time(o.created_at)}" for o in orgs))
+
+
+async def _project_create(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
+    project = await store.create_project(await _org_id(store, args.org), args.name, now)
+    document = {
+        "project_id": project.id,
+        "org": project.org_slug,
+        "name": project.name,
+        "repository": project.repository,
+    }
+    _print(args, document, project.id)
+
+
+async def _project_list(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
+    projects = await store.list_projects(await _org_id(store, args.org))
+    document = [{"project_id": p.id, "name": p.name, "repository": p.repository} for p in projects]
+    _print(args, document, "\n".join(f"{p.id}\t{p.name}\t{p.repository}" for p in projects))
+
+
+async def _user_create(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
+    org_ids = [await _org_id(store, slug) for slug in args.org]  # all known before creating
+    user = await store.create_user(args.name, now)
+    for org_id in org_ids:
+        await store.add_member(user.id, org_id)
+    document = {"user_id": user.id, "name": user.name, "orgs": args.org}
+    _print(args, document, f"created user {user.name} ({user.id})")
+
+
+async def _token_create(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
+    expires_at = None
+    if args.expires is not None:
+        lifetime = parse_duration(args.expires)
+        if lifetime <= 0:
+            raise ValueError(f"--expires must be a positive duration, not {args.expires!r}")
+        expires_at = now + lifetime
+    user_id = None
+    if args.user is not None:
+        user = await store.user_by_name(args.user)
+        if user is None:
+            raise _Refused(f"no user {args.user!r}")
+        user_id = user.id
+    record, token = await store.create_token(
+        args.kind,
+        org_id=None if args.org is None else await _org_id(store, args.org),
+        project_id=args.project,
+        user_id=user_id,
+        description=args.description,
+        expires_at=expires_at,
+        now=now,
+    )
+    document = {
+        "token_id": record.token_id,
+        "kind": record.kind,
+        "token": token,
+        "expires_at": record.expires_at,
+    }
+    expiry = "never expires" if expires_at is None else f"expires {_time(expires_at)}"
+    text = f"{record.kind} token {record.token_id} ({expiry}), shown only now:\n{token}"
+    _print(args, document, text)
+
+
+async def _token_list(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
+    org_id = None if args.org is None else await _org_id(store, args.org)
+    records = await store.list_tokens(org_id, include_revoked=args.all)
+    _print(args, [_token_document(r) for r in records], "\n".join(map(_token_line, records)))
+
+
+async def _token_revoke(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
+    parsed = parse_token(args.token_id)
+    token_id = args.token_id if parsed is None else parsed[1]  # never echo a pasted secret
+    if not await store.revoke_token(token_id, now):
+        raise _Refused(f"no unrevoked token with id {token_id[:40]!r}")
+    _print(args, {"token_id": token_id, "revoked_at": now}, f"revoked token {token_id}")
+
+
+# -- formatting -------------------------------------------------------------------------------
+
+
+def _time(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _token_document(record: TokenRecord) -> dict[str, Any]:
+    return {
+        "token_id": record.token_id,
+        "kind": record.kind,
+        "org_id": record.org_id,
+        "project_id": record.project_id,
+        "user_id": record.user_id,
+        "description": record.description,
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+        "revoked_at": record.revoked_at,
+        "last_used_at": record.last_used_at,
+    }
+
+
+def _token_line(record: TokenRecord) -> str:
+    scope = record.project_id or record.user_id or record.org_id or "-"
+    state = "revoked " + _time(record.revoked_at) if record.revoked_at else "active"
+    return "\t".join(
+        [
+            record.token_id,
+            record.kind,
+            scope,
+            state,
+            f"expires {_time(record.expires_at)}",
+            f"last used {_time(record.last_used_at)}",
+            record.description,
+        ]
+    )
