@@ -18,6 +18,7 @@ import trio
 
 from config.loader import ConfigError, load
 from config.settings import OriginSettings
+from core.cli import main as cli_main
 from origin import cli_tenancy
 from origin.server import (
     bind_socket,
@@ -31,10 +32,10 @@ from origin.server import (
 ENV_PREFIX = "DEPOT_ORIGIN_"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="depot-registry", description=__doc__)
-    commands = parser.add_subparsers(dest="component", required=True)
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``origin serve`` and the tenancy commands (org, project, user, token)."""
     origin = commands.add_parser("origin", help="the authoritative registry")
+    origin.set_defaults(handler=_run_origin)
     origin_commands = origin.add_subparsers(dest="command", required=True)
 
     serve_cmd = origin_commands.add_parser("serve", help="serve the OCI Distribution API")
@@ -54,7 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--config", type=Path)
     worker.add_argument("--no-auth", action="store_true")
     cli_tenancy.add_commands(commands)
-    return parser
+    for name in cli_tenancy.COMPONENTS:
+        commands.choices[name].set_defaults(
+            handler=partial(cli_tenancy.run, load_settings=_settings)
+        )
 
 
 def _settings(args: argparse.Namespace) -> OriginSettings:
@@ -137,9 +141,11 @@ def _serve_many(settings: OriginSettings, sock: socket.socket, args: argparse.Na
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.component in cli_tenancy.COMPONENTS:
-        return cli_tenancy.run(args, _settings)
+    """The origin's commands alone (``python -m origin.cli``, used to start workers)."""
+    return cli_main(argv, registrars=[register])
+
+
+def _run_origin(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = _settings(args)
