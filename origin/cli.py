@@ -19,15 +19,9 @@ import trio
 from config.loader import ConfigError, load
 from config.settings import OriginSettings
 from core.cli import main as cli_main
+from core.web.serving import bind_socket, bound_url, is_loopback, serve_until_signal
 from origin import cli_tenancy
-from origin.server import (
-    bind_socket,
-    bound_url,
-    housekeeping,
-    is_loopback,
-    open_registry,
-    serve,
-)
+from origin.server import housekeeping, open_registry, serve
 
 ENV_PREFIX = "DEPOT_ORIGIN_"
 
@@ -81,33 +75,16 @@ def _announce(url: str) -> None:
     print(f"depot-registry origin listening on {url}", flush=True)
 
 
-async def _serve_until_signal(
+def _serve_until_signal(
     settings: OriginSettings, sock: socket.socket, *, clean_at_start: bool, announce: bool
 ) -> None:
-    """Serve; the first SIGINT/SIGTERM starts a graceful drain. The receiver stays open
-    until the drain ends, so a repeated signal cannot kill the process half-way."""
-    shutdown = trio.Event()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                async for _ in signals:
-                    shutdown.set()
-
-            async def run(task_status: trio.TaskStatus[list[str]]) -> None:
-                await serve(
-                    settings,
-                    sock,
-                    shutdown_trigger=shutdown.wait,
-                    clean_at_start=clean_at_start,
-                    task_status=task_status,
-                )
-                nursery.cancel_scope.cancel()  # drained: stop watching for signals
-
-            nursery.start_soon(watch)
-            await nursery.start(run)
-            if announce:
-                _announce(bound_url(sock))
+    trio.run(
+        partial(
+            serve_until_signal,
+            partial(serve, settings, sock, clean_at_start=clean_at_start),
+            announce=partial(_announce, bound_url(sock)) if announce else None,
+        )
+    )
 
 
 def _serve_many(settings: OriginSettings, sock: socket.socket, args: argparse.Namespace) -> int:
@@ -154,7 +131,7 @@ def _run_origin(args: argparse.Namespace) -> int:
         return 2
     if args.command == "worker":
         sock = socket.socket(fileno=args.fd)
-        trio.run(partial(_serve_until_signal, settings, sock, clean_at_start=False, announce=False))
+        _serve_until_signal(settings, sock, clean_at_start=False, announce=False)
         return 0
     if not settings.auth and not is_loopback(settings.listen):
         print(
@@ -170,7 +147,7 @@ def _run_origin(args: argparse.Namespace) -> int:
         return 2
     if settings.workers > 1:
         return _serve_many(settings, sock, args)
-    trio.run(partial(_serve_until_signal, settings, sock, clean_at_start=True, announce=True))
+    _serve_until_signal(settings, sock, clean_at_start=True, announce=True)
     return 0
 
 

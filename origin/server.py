@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import time
@@ -12,12 +11,10 @@ from dataclasses import dataclass
 
 import httpx
 import trio
-from hypercorn.config import Config, Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 
 from config.settings import OriginSettings
 from core.storage.filesystem import FilesystemDriver
+from core.web.serving import serve_app
 from origin.app import create_origin_app
 from origin.auth.gate import Gate
 from origin.auth.issuer import TokenIssuer
@@ -28,42 +25,6 @@ from origin.metadata.store import MetadataStore
 from origin.registry.registry import Registry
 
 log = logging.getLogger("depot.origin")
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def is_loopback(listen: str) -> bool:
-    try:
-        host, _ = parse_listen(listen)
-    except ValueError:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def bind_socket(listen: str) -> socket.socket:
-    host, port = parse_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    return sock
-
-
-def bound_url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 @dataclass
@@ -127,17 +88,6 @@ async def _sweep_uploads(registry: Registry, settings: OriginSettings) -> None:
             log.exception("upload sweep failed")
 
 
-def hypercorn_config(settings: OriginSettings) -> Config:
-    config = Config()
-    config.graceful_timeout = settings.graceful_timeout_seconds
-    config.keep_alive_timeout = 75
-    config.h11_max_incomplete_size = 64 * 1024
-    config.accesslog = None
-    # A Logger (not "-") makes hypercorn log through our handlers instead of its own.
-    config.errorlog = logging.getLogger("hypercorn.error")
-    return config
-
-
 async def serve(
     settings: OriginSettings,
     sock: socket.socket,
@@ -154,14 +104,15 @@ async def serve(
         registry = services.registry
         if clean_at_start:
             await housekeeping(registry, settings)
-        app = create_origin_app(registry, settings, services.gate, services.issuer, services.keys)
-        wrapped = wrap_app(app, 0, "asgi")
+        app = create_origin_app(
+            registry, settings, services.gate, services.issuer, services.keys, services.tenancy
+        )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_sweep_uploads, registry, settings)
-            await worker_serve(
-                wrapped,
-                hypercorn_config(settings),
-                sockets=Sockets([], [sock], []),
+            await serve_app(
+                app,
+                sock,
+                graceful_timeout_seconds=settings.graceful_timeout_seconds,
                 shutdown_trigger=shutdown_trigger,
                 task_status=task_status,
             )

@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from config.settings import OriginSettings
-from origin.server import bind_socket, bound_url, serve
+from core.web.serving import bind_socket, bound_url
+from origin.server import serve
 
 
 @dataclass
