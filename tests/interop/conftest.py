@@ -8,26 +8,31 @@
 - ``registry``: each of the two, so every round-trip test also checks itself against the
   reference implementation (a test failing only on ``[origin]`` points at the origin).
 - ``skopeo``: skopeo with a private policy, registries.conf, HOME/XDG dirs and TMPDIR.
+- ``auth_origin``: an origin with auth on (no ``--no-auth``), org ``acme`` and a pull token of
+  it created with the ``depot-registry org|token create`` CLI on the same data dir.
 
 Everything a server writes goes to ``tmp_path/<name>.log``; failure messages quote its tail.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from tests.peers import require_program
-from tests.processes import distribution_process, origin_process, tail
+from tests.processes import distribution_process, origin_command, origin_process, tail
 
 SKOPEO_SECONDS = 180
+CLI_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,57 @@ async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 
 
 @dataclass(frozen=True)
+class AuthOrigin:
+    """An origin with auth on, org ``org`` and two of its tokens, made with the CLI."""
+
+    registry: Registry
+    data_dir: Path
+    org: str
+    org_token: str  # may push and pull in the org
+    pull_token: str  # may only pull
+
+    @property
+    def host(self) -> str:
+        return self.registry.host
+
+    def ref(self, repository: str, reference: str) -> str:
+        return self.registry.ref(repository, reference)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self.registry.log_tail(lines)
+
+    async def cli(self, *args: str) -> Any:
+        """``depot-registry ARGS --data-dir DATA --json`` against this origin's database."""
+        return await run_cli(self.data_dir, *args)
+
+
+async def run_cli(data_dir: Path, *args: str) -> Any:
+    """Run a tenancy command of the CLI with ``--json``; return its parsed stdout."""
+    command = [*origin_command(), *args, "--data-dir", str(data_dir), "--json"]
+    with trio.fail_after(CLI_SECONDS):
+        result = await trio.run_process(
+            command, capture_stdout=True, capture_stderr=True, check=False, stdin=subprocess.DEVNULL
+        )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} exited {result.returncode}:\n"
+            f"{result.stderr.decode(errors='replace')[-2000:]}"
+        )
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+async def auth_origin(tmp_path: Path) -> AsyncIterator[AuthOrigin]:
+    """An origin with auth on; ``acme`` and its tokens are created while it serves (the
+    server reads the same SQLite database, so it sees them at once)."""
+    async with run_origin(tmp_path, extra_args=()) as registry:
+        data_dir = tmp_path / "origin-data"
+        org = await run_cli(data_dir, "org", "create", "acme")
+        pull = await run_cli(data_dir, "token", "create", "--kind", "pull", "--org", org["name"])
+        yield AuthOrigin(registry, data_dir, org["name"], org["token"], pull["token"])
+
+
+@dataclass(frozen=True)
 class Skopeo:
     program: str
     workdir: Path
@@ -102,11 +158,11 @@ class Skopeo:
             str(self.workdir / "tmp"),
         ]
 
-    async def run(self, *args: str) -> bytes:
-        """Run ``skopeo --debug ARGS``; return stdout, fail with the stderr tail otherwise."""
+    async def attempt(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """Run ``skopeo --debug ARGS`` and return the result, whatever the exit status."""
         command = [self.program, "--debug", *self._global_args(), *args]
         with trio.fail_after(SKOPEO_SECONDS):
-            result = await trio.run_process(
+            return await trio.run_process(
                 command,
                 capture_stdout=True,
                 capture_stderr=True,
@@ -114,10 +170,14 @@ class Skopeo:
                 env=self.env,
                 stdin=subprocess.DEVNULL,
             )
+
+    async def run(self, *args: str) -> bytes:
+        """Run ``skopeo --debug ARGS``; return stdout, fail with the stderr tail otherwise."""
+        result = await self.attempt(*args)
         if result.returncode != 0:
             stderr = "\n".join(result.stderr.decode(errors="replace").splitlines()[-60:])
             raise AssertionError(
-                f"skopeo exited {result.returncode}: {' '.join(command)}\n{stderr}"
+                f"skopeo exited {result.returncode}: {' '.join(result.args)}\n{stderr}"
             )
         return result.stdout
 
