@@ -21,7 +21,8 @@
     ├── NotFound                      404 NOT_FOUND       (no such endpoint)
     ├── TooManyRequests               429 TOOMANYREQUESTS
     ├── Unavailable                   503 UNAVAILABLE
-    └── PaginationNumberInvalid       400 PAGINATION_NUMBER_INVALID
+    ├── PaginationNumberInvalid       400 PAGINATION_NUMBER_INVALID
+    └── BadRequest                    400 INVALID_REQUEST  (management API: bad JSON input)
 
 Lower layers (storage, SQL, httpx) translate their own exceptions into these at their
 boundary with ``raise ... from exc``; the web layer renders them with
@@ -133,3 +134,7 @@ class Unavailable(RegistryError):
 
 class PaginationNumberInvalid(RegistryError):
     code, status, default_message = "PAGINATION_NUMBER_INVALID", 400, "invalid number of results"
+
+
+class BadRequest(RegistryError):
+    code, status, default_message = "INVALID_REQUEST", 400, "invalid request"

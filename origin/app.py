@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from quart_trio import QuartTrio
 
 from config.settings import OriginSettings
@@ -9,7 +12,9 @@ from core.web.app import create_app
 from origin.auth.gate import Gate
 from origin.auth.issuer import TokenIssuer
 from origin.auth.keys import KeyRing
+from origin.auth.store import TenancyStore
 from origin.registry.registry import Registry
+from origin.routes.api import install_api_routes
 from origin.routes.token import install_token_routes
 from origin.routes.v2 import install_v2_routes
 
@@ -20,6 +25,8 @@ def create_origin_app(
     gate: Gate,
     issuer: TokenIssuer,
     keys: KeyRing,
+    tenancy: TenancyStore,
+    clock: Callable[[], float] = time.time,
 ) -> QuartTrio:
     app = create_app("depot-origin")
     install_v2_routes(
@@ -31,4 +38,7 @@ def create_origin_app(
         base_domain=settings.base_domain,
     )
     install_token_routes(app, issuer, keys)
+    install_api_routes(
+        app, tenancy, clock, allow_insecure_loopback=settings.oidc_allow_insecure_loopback
+    )
     return app

@@ -1,0 +1,358 @@
+"""``/api/v1/``: the JSON management API (orgs, projects, tokens, trust relationships,
+repository visibility), authenticated with long-lived registry tokens only.
+
+``Authorization: Bearer <token>`` or Basic ``x-token:<token>``; the short-lived JWTs of
+``/token`` are not accepted. Org and user tokens manage the orgs they reach; project and pull
+tokens only read (a project token: its own project). An org the caller does not reach is
+answered exactly like one that does not exist (404). A new token's secret is in the 201
+response and nowhere else: not in listings, not in logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from quart import Quart, request
+
+from core.auth.credentials import parse_authorization
+from core.auth.principal import ALL_ACTIONS, Principal
+from core.errors import BadRequest, Denied, NotFound, Unauthorized, Unavailable
+from core.tenancy import internal_name, is_org_slug
+from core.web.response import RegistryResponse as Response
+from origin.auth.issuer_url import MAX_ISSUER_LENGTH, check_issuer
+from origin.auth.records import OrgRecord, ProjectRecord, TokenRecord, TrustRecord
+from origin.auth.store import TenancyError, TenancyNotFound, TenancyStore
+from origin.routes.json_body import read_json_object
+
+log = logging.getLogger("depot.api")
+
+PREFIX = "/api/v1/orgs"
+MAX_CONDITIONS = 32
+MAX_CONDITION_VALUE_LENGTH = 1000
+#: Ten years: beyond that, a token that never expires says what is meant.
+MAX_EXPIRES_IN_SECONDS = 10 * 365 * 86400
+#: Token kinds that manage the orgs they reach; the others only read.
+MANAGERS = frozenset({"org", "user"})
+CREATABLE_KINDS = ("org", "project", "pull")
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="depot-registry"'}
+
+
+def install_api_routes(
+    app: Quart,
+    tenancy: TenancyStore,
+    clock: Callable[[], float],
+    *,
+    allow_insecure_loopback: bool = False,
+) -> None:
+    api = _Api(tenancy, clock, allow_insecure_loopback)
+    rules: list[tuple[str, str, Callable[..., Any]]] = [
+        ("", "GET", api.list_orgs),
+        ("/<org>", "GET", api.get_org),
+        ("/<org>/projects", "GET", api.list_projects),
+        ("/<org>/projects", "POST", api.create_project),
+        ("/<org>/projects/<project_id>", "GET", api.get_project),
+        ("/<org>/tokens", "GET", api.list_tokens),
+        ("/<org>/tokens", "POST", api.create_token),
+        ("/<org>/tokens/<token_id>", "DELETE", api.revoke_token),
+        ("/<org>/trust-relationships", "GET", api.list_trusts),
+        ("/<org>/trust-relationships", "POST", api.create_trust),
+        ("/<org>/trust-relationships/<trust_id>", "DELETE", api.revoke_trust),
+        ("/<org>/repositories/<path:name>/visibility", "GET", api.get_visibility),
+        ("/<org>/repositories/<path:name>/visibility", "PUT", api.set_visibility),
+    ]
+    for rule, method, view in rules:
+        app.add_url_rule(PREFIX + rule, f"api_{view.__name__}", view, methods=[method])
+
+
+def _json(document: Any, status: int = 200) -> Response:
+    return Response(json.dumps(document), status=status, content_type="application/json")
+
+
+def _no_content() -> Response:
+    return Response(b"", status=204)
+
+
+@asynccontextmanager
+async def _store_errors() -> AsyncIterator[None]:
+    """The store's refusals as API errors: bad arguments 400, unknown objects 404, a failing
+    database 503 (its message stays in the log: it is about the server, not the request)."""
+    try:
+        yield
+    except ValueError as exc:
+        raise BadRequest(str(exc)[:300]) from exc
+    except TenancyNotFound as exc:
+        raise NotFound(str(exc)[:300]) from exc
+    except TenancyError as exc:
+        log.warning("tenancy store failed: %s", exc)
+        raise Unavailable("the tenancy database is unavailable") from exc
+
+
+class _Api:
+    def __init__(
+        self, tenancy: TenancyStore, clock: Callable[[], float], allow_insecure_loopback: bool
+    ) -> None:
+        self._tenancy = tenancy
+        self._clock = clock
+        self._allow_insecure_loopback = allow_insecure_loopback
+
+    # -- who is asking, and for which org -------------------------------------------------
+
+    async def _principal(self) -> Principal:
+        credentials = parse_authorization(request.headers.get("Authorization"))
+        if credentials is None:
+            raise Unauthorized(headers=_CHALLENGE)
+        principal = None
+        if credentials.scheme in ("bearer", "basic") and credentials.secret:
+            async with _store_errors():
+                principal = await self._tenancy.authenticate(credentials.secret, self._clock())
+        if principal is None:
+            # Never echo the credential: it may be a real token with one character wrong.
+            raise Unauthorized("a valid registry token is required", headers=_CHALLENGE)
+        return principal
+
+    async def _org(self, ref: str) -> tuple[Principal, OrgRecord]:
+        """The caller and the org ``ref`` (slug or id) names; 404 unless the caller reaches
+        it, so another org's existence is not revealed."""
+        principal = await self._principal()
+        async with _store_errors():
+            if is_org_slug(ref):
+                org = await self._tenancy.org_by_slug(ref)
+            else:
+                org = await self._tenancy.org_by_id(ref)
+        if org is None or org.slug not in principal.orgs:
+            raise NotFound("organization not found", detail={"org": ref[:100]})
+        return principal, org
+
+    async def _managed_org(self, ref: str) -> tuple[Principal, OrgRecord]:
+        principal, org = await self._org(ref)
+        if principal.kind not in MANAGERS:
+            raise Denied(f"a {principal.kind} token cannot manage the organization")
+        return principal, org
+
+    async def _project_of(self, org: OrgRecord, project_id: str) -> ProjectRecord:
+        async with _store_errors():
+            project = await self._tenancy.project(project_id)
+        if project is None or project.org_id != org.id:
+            raise NotFound("project not found", detail={"project_id": project_id[:100]})
+        return project
+
+    # -- orgs and projects ----------------------------------------------------------------
+
+    async def list_orgs(self) -> Response:
+        principal = await self._principal()
+        found: list[OrgRecord] = []
+        if principal.orgs:
+            async with _store_errors():
+                found = await self._tenancy.list_orgs(principal.orgs)
+        return _json({"orgs": [_org_document(o) for o in found if o.slug in principal.orgs]})
+
+    async def get_org(self, org: str) -> Response:
+        _, record = await self._org(org)
+        return _json(_org_document(record))
+
+    async def list_projects(self, org: str) -> Response:
+        principal, record = await self._org(org)
+        async with _store_errors():
+            found = await self._tenancy.list_projects(record.id)
+        visible = [p for p in found if principal.project in (None, p.id)]
+        return _json({"projects": [_project_document(p) for p in visible]})
+
+    async def get_project(self, org: str, project_id: str) -> Response:
+        principal, record = await self._org(org)
+        if principal.project not in (None, project_id):
+            raise NotFound("project not found", detail={"project_id": project_id[:100]})
+        return _json(_project_document(await self._project_of(record, project_id)))
+
+    async def create_project(self, org: str) -> Response:
+        principal, record = await self._managed_org(org)
+        body = await read_json_object()
+        name = body.text("name")
+        body.done()
+        async with _store_errors():
+            project = await self._tenancy.create_project(record.id, name, self._clock())
+        log.info("org %s: project %s created by %s", record.slug, project.id, principal.subject)
+        return _json(_project_document(project), 201)
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    async def list_tokens(self, org: str) -> Response:
+        principal, record = await self._org(org)
+        include_revoked = request.args.get("include_revoked", "") in ("1", "true")
+        async with _store_errors():
+            found = await self._tenancy.list_tokens(record.id, include_revoked=include_revoked)
+        visible = [t for t in found if principal.project in (None, t.project_id)]
+        return _json({"tokens": [_token_document(t) for t in visible]})
+
+    async def create_token(self, org: str) -> Response:
+        principal, record = await self._managed_org(org)
+        body = await read_json_object()
+        kind = body.text("kind")
+        project_id = body.optional_text("project_id")
+        description = body.optional_text("description") or ""
+        expires_in = body.optional_positive("expires_in_seconds", maximum=MAX_EXPIRES_IN_SECONDS)
+        body.done()
+        if kind not in CREATABLE_KINDS:
+            raise BadRequest(f"kind must be one of {', '.join(CREATABLE_KINDS)}")
+        if kind == "org" and project_id is not None:
+            raise BadRequest("an org token belongs to no project: leave out project_id")
+        if kind == "project" and project_id is None:
+            raise BadRequest("a project token needs project_id")
+        if project_id is not None:
+            await self._project_of(record, project_id)
+        now = self._clock()
+        async with _store_errors():
+            created, secret = await self._tenancy.create_token(
+                kind,
+                org_id=record.id,
+                project_id=project_id,
+                description=description,
+                expires_at=None if expires_in is None else now + expires_in,
+                now=now,
+            )
+        log.info(
+            "org %s: %s token %s created by %s",
+            record.slug,
+            kind,
+            created.token_id,
+            principal.subject,
+        )
+        response = _json({**_token_document(created), "token": secret}, 201)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def revoke_token(self, org: str, token_id: str) -> Response:
+        principal, record = await self._managed_org(org)
+        async with _store_errors():
+            found = await self._tenancy.list_tokens(record.id, include_revoked=True)
+            if not any(t.token_id == token_id for t in found):
+                raise NotFound("token not found", detail={"token_id": token_id[:40]})
+            revoked = await self._tenancy.revoke_token(token_id, self._clock())
+        if revoked:  # already revoked: DELETE is idempotent
+            log.info("org %s: token %s revoked by %s", record.slug, token_id, principal.subject)
+        return _no_content()
+
+    # -- OIDC trust relationships ---------------------------------------------------------
+
+    async def list_trusts(self, org: str) -> Response:
+        principal, record = await self._org(org)
+        async with _store_errors():
+            found = await self._tenancy.list_trusts(record.id)
+        visible = [t for t in found if principal.project in (None, t.project_id)]
+        return _json({"trust_relationships": [_trust_document(t) for t in visible]})
+
+    async def create_trust(self, org: str) -> Response:
+        principal, record = await self._managed_org(org)
+        body = await read_json_object()
+        issuer = body.text("issuer", limit=MAX_ISSUER_LENGTH)
+        audience = body.text("audience")
+        conditions = body.string_map(
+            "conditions", max_entries=MAX_CONDITIONS, max_value=MAX_CONDITION_VALUE_LENGTH
+        )
+        actions = body.choices("actions", ALL_ACTIONS)
+        project_id = body.optional_text("project_id")
+        description = body.optional_text("description") or ""
+        body.done()
+        try:
+            check_issuer(issuer, allow_insecure_loopback=self._allow_insecure_loopback)
+        except ValueError as exc:
+            raise BadRequest(str(exc), detail={"issuer": issuer[:200]}) from exc
+        if project_id is not None:
+            await self._project_of(record, project_id)
+        async with _store_errors():
+            trust = await self._tenancy.create_trust(
+                record.id,
+                issuer=issuer,
+                audience=audience,
+                conditions=conditions,
+                actions=actions,
+                project_id=project_id,
+                description=description,
+                now=self._clock(),
+            )
+        log.info("org %s: trust %s created by %s", record.slug, trust.id, principal.subject)
+        return _json(_trust_document(trust), 201)
+
+    async def revoke_trust(self, org: str, trust_id: str) -> Response:
+        principal, record = await self._managed_org(org)
+        async with _store_errors():
+            found = await self._tenancy.list_trusts(record.id, include_revoked=True)
+            if not any(t.id == trust_id for t in found):
+                raise NotFound("trust relationship not found", detail={"id": trust_id[:40]})
+            revoked = await self._tenancy.revoke_trust(trust_id, self._clock())
+        if revoked:
+            log.info("org %s: trust %s revoked by %s", record.slug, trust_id, principal.subject)
+        return _no_content()
+
+    # -- repository visibility ------------------------------------------------------------
+
+    async def get_visibility(self, org: str, name: str) -> Response:
+        principal, record = await self._org(org)
+        repository = internal_name(record.slug, name).value
+        if principal.project is not None and repository != f"{record.slug}/{principal.project}":
+            raise NotFound("repository not found", detail={"name": name[:300]})
+        async with _store_errors():
+            public = await self._tenancy.is_public(repository)
+        return _json({"repository": repository, "public": public})
+
+    async def set_visibility(self, org: str, name: str) -> Response:
+        principal, record = await self._managed_org(org)
+        repository = internal_name(record.slug, name).value
+        body = await read_json_object()
+        public = body.boolean("public")
+        body.done()
+        async with _store_errors():
+            await self._tenancy.set_public(record.id, repository, public)
+        log.info("repository %s: public=%s set by %s", repository, public, principal.subject)
+        return _json({"repository": repository, "public": public})
+
+
+# -- documents --------------------------------------------------------------------------------
+
+
+def _org_document(org: OrgRecord) -> dict[str, Any]:
+    return {"id": org.id, "name": org.slug, "created_at": org.created_at}
+
+
+def _project_document(project: ProjectRecord) -> dict[str, Any]:
+    return {
+        "id": project.id,
+        "name": project.name,
+        "org_id": project.org_id,
+        "repository": project.repository,
+        "created_at": project.created_at,
+    }
+
+
+def _token_document(token: TokenRecord) -> dict[str, Any]:
+    """Never a secret or its hash: a :class:`TokenRecord` carries neither."""
+    return {
+        "token_id": token.token_id,
+        "kind": token.kind,
+        "org_id": token.org_id,
+        "project_id": token.project_id,
+        "description": token.description,
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+        "revoked_at": token.revoked_at,
+        "last_used_at": token.last_used_at,
+    }
+
+
+def _trust_document(trust: TrustRecord) -> dict[str, Any]:
+    conditions: Mapping[str, str] = trust.conditions
+    return {
+        "id": trust.id,
+        "org_id": trust.org_id,
+        "issuer": trust.issuer,
+        "audience": trust.audience,
+        "conditions": dict(conditions),
+        "actions": sorted(trust.actions),
+        "project_id": trust.project_id,
+        "description": trust.description,
+        "created_at": trust.created_at,
+        "revoked_at": trust.revoked_at,
+    }
