@@ -66,6 +66,14 @@ def install_api_routes(
     ]
     for rule, method, view in rules:
         app.add_url_rule(PREFIX + rule, f"api_{view.__name__}", view, methods=[method])
+    # Legacy project URLs name only a project: edges (and the project's own org) ask here
+    # which org it belongs to.
+    app.add_url_rule(
+        "/api/v1/projects/<project_id>",
+        "api_resolve_project",
+        api.resolve_project,
+        methods=["GET"],
+    )
 
 
 def _json(document: Any, status: int = 200) -> Response:
@@ -166,6 +174,18 @@ class _Api:
         if principal.project not in (None, project_id):
             raise NotFound("project not found", detail={"project_id": project_id[:100]})
         return _json(_project_document(await self._project_of(record, project_id)))
+
+    async def resolve_project(self, project_id: str) -> Response:
+        principal = await self._principal()
+        async with _store_errors():
+            project = await self._tenancy.project(project_id)
+        reachable = project is not None and (
+            principal.kind == "edge"
+            or (project.org_slug in principal.orgs and principal.project in (None, project.id))
+        )
+        if project is None or not reachable:
+            raise NotFound("project not found", detail={"project_id": project_id[:100]})
+        return _json({**_project_document(project), "org_slug": project.org_slug})
 
     async def create_project(self, org: str) -> Response:
         principal, record = await self._managed_org(org)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -292,3 +293,29 @@ async def test_secrets_stay_out_of_listings_and_logs(
             assert secret[20:] not in text  # not even the secret part alone
     for secret in [*created, *fixed_secrets(tenants)]:
         assert secret not in caplog.text
+
+
+async def test_projects_resolve_for_edges_and_their_own_org_only(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    tenants = await start_tenants(nursery, tmp_path / "data")
+    try:
+        _, edge_token = await tenants.store.create_token("edge", now=time.time())
+        with trio.fail_after(30):
+            async with httpx.AsyncClient(base_url=tenants.url, trust_env=False) as http:
+                path = f"/api/v1/projects/{tenants.project}"
+                for token in (edge_token, tenants.acme, tenants.acme_pull):
+                    response = await http.get(path, headers=basic(token))
+                    assert response.status_code == 200, response.text
+                    assert response.json()["org_slug"] == "acme"
+                    assert response.json()["id"] == tenants.project
+                hidden = await http.get(path, headers=basic(tenants.other))
+                assert hidden.status_code == 404
+                unknown = await http.get(
+                    "/api/v1/projects/nosuchproject", headers=basic(edge_token)
+                )
+                assert unknown.status_code == 404
+                assert (await http.get(path)).status_code == 401
+    finally:
+        tenants.origin.shutdown.set()
+        tenants.store.close()
