@@ -9,16 +9,16 @@ host that resolves to the same repository.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from config.settings import OriginSettings
 from core.auth.challenge import bearer_challenge
 from core.auth.credentials import parse_authorization
 from core.auth.permissions import allowed_actions
 from core.auth.principal import ANONYMOUS, Principal
+from core.auth.request import Authorization, Caller, RequestView
 from core.auth.scopes import Access, required_access
 from core.auth.tokens import Grant, verify_grant
-from core.endpoints import Endpoint, Kind
+from core.endpoints import Kind
 from core.errors import Denied, NameInvalid, Unauthorized
 from core.reference import RepositoryName, parse_repository_name
 from core.tenancy import address, internal_name
@@ -26,34 +26,6 @@ from origin.auth.keys import KeyRing
 from origin.auth.store import TenancyStore
 
 CATALOG = "catalog"
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who made the request, as far as listing is concerned."""
-
-    orgs: frozenset[str]
-    everything: bool = False  # auth disabled: the registry is one open namespace
-
-
-@dataclass(frozen=True)
-class Authorization:
-    caller: Caller
-    #: External name → internal name, for every repository the request touches.
-    names: Mapping[str, RepositoryName] = field(default_factory=dict)
-    #: False when the caller may not read the ``from`` repository of a mount: the upload
-    #: then proceeds as a plain one (as Distribution does) instead of failing.
-    mount_allowed: bool = True
-
-
-@dataclass(frozen=True)
-class RequestView:
-    method: str
-    host: str
-    scheme: str
-    authorization: str | None
-    endpoint: Endpoint
-    query: Mapping[str, str]
 
 
 class Gate:

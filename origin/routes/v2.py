@@ -9,6 +9,7 @@ from functools import partial
 from quart import Quart, request
 
 from core import mediatypes
+from core.auth.request import Authorization, Caller, RequestView
 from core.digest import Digest, parse_digest
 from core.endpoints import Endpoint, Kind, parse_endpoint
 from core.errors import DigestInvalid, NameUnknown, TooLarge, Unsupported
@@ -18,7 +19,7 @@ from core.reference import RepositoryName, parse_manifest_reference, parse_repos
 from core.tenancy import org_from_host
 from core.web.blobs import blob_response
 from core.web.response import RegistryResponse as Response
-from origin.auth.gate import Authorization, Caller, Gate, RequestView
+from origin.auth.gate import Gate
 from origin.metadata.records import UploadRecord
 from origin.registry.registry import Registry
 from origin.registry.uploads import range_header

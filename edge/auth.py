@@ -1,0 +1,363 @@
+"""Authorising ``/v2/`` requests at the edge, with origin's rules and answers but without a
+round trip per request.
+
+The contract is origin's ``Gate.authorize`` (see :mod:`core.auth.request`): the same names
+(org subdomain, path style, legacy project id → internal ``<org>/<path>``), the same 401
+challenges (realm: this edge's ``/token``, which forwards to origin), the same 403 for valid
+Basic credentials that are not enough.
+
+- Bearer tokens are verified locally against origin's JWKS, loaded at start, refreshed every
+  few minutes, and refetched (at most once per 30 s) when a token names a key id the edge
+  has not seen: origin rotated its key.
+- Basic ``x-token:<token>`` is exchanged at origin's ``/token`` as if the client had asked
+  there (same Host, same scopes); the resulting grant is cached under the token's sha256,
+  the host and the scopes until shortly before it expires. Refused secrets are remembered
+  briefly, sparing origin (whose failure limit counts the edge's address).
+- No credentials: origin serves public repositories to anyone, so the edge asks origin for
+  an anonymous grant (cached the same way) before challenging.
+- The edge serves reads only. Any other method is passed to origin with the client's own
+  ``Authorization``: then the gate only resolves names and origin decides.
+
+Secrets and tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jwt
+import trio
+
+from core.auth.challenge import bearer_challenge
+from core.auth.credentials import parse_authorization
+from core.auth.request import Authorization, Caller, RequestView
+from core.auth.scopes import Access, required_access
+from core.auth.tokens import MAX_TOKEN_LENGTH, Grant, verify_grant
+from core.endpoints import Kind
+from core.errors import Denied, NameInvalid, Unauthorized, Unavailable
+from core.reference import RepositoryName, parse_repository_name
+from core.tenancy import address, internal_name
+
+log = logging.getLogger("depot.edge.auth")
+
+#: Methods the edge serves itself; anything else is origin's to authorise.
+READ_METHODS = frozenset({"GET", "HEAD"})
+JWKS_REFRESH_SECONDS = 300.0
+#: At most one JWKS refetch per this long because of an unknown key id.
+KID_REFETCH_SECONDS = 30.0
+#: Retry backoff while origin's keys cannot be fetched: 1 s, doubling up to this.
+LOAD_RETRY_MAX_SECONDS = 30.0
+#: An exchanged grant is reused until this long before it expires (at most half its life).
+GRANT_EXPIRY_MARGIN_SECONDS = 30.0
+#: A secret origin refused is refused from memory for this long.
+REFUSED_SECONDS = 10.0
+CACHE_SIZE = 10_000
+BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="depot-registry"'}
+
+
+class OriginAuthority(Protocol):
+    """What the gate needs from origin (:class:`edge.upstream.OriginUpstream` has it)."""
+
+    async def jwks(self) -> dict[str, Any]: ...
+
+    async def project_org(self, project_id: str) -> str | None: ...
+
+    async def token(
+        self, *, host: str, secret: str | None, service: str, scopes: Sequence[str]
+    ) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Credentials:
+    kind: str  # "anonymous" | "bearer" | "basic"
+    grant: Grant | None  # what the caller may do: a verified or an exchanged token
+    bearer_error: str | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.kind != "anonymous" and self.grant is not None
+
+
+class _Expiring:
+    """A bounded LRU map whose entries expire at a given time."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, tuple[Any, float]] = OrderedDict()
+
+    def get(self, key: str, now: float) -> Any:
+        entry = self._entries.get(key)
+        if entry is None or entry[1] <= now:
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: str, value: Any, until: float) -> None:
+        self._entries[key] = (value, until)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
+class EdgeGate:
+    def __init__(
+        self,
+        origin: OriginAuthority,
+        *,
+        base_domain: str = "",
+        token_service: str = "depot-registry",
+        token_issuer: str = "depot-registry",
+        auth: bool = True,
+        clock: Callable[[], float] = time.time,
+        jwks_refresh_seconds: float = JWKS_REFRESH_SECONDS,
+        kid_refetch_seconds: float = KID_REFETCH_SECONDS,
+    ) -> None:
+        """``clock`` is wall time (token expiry); throttles use trio's clock."""
+        self._origin = origin
+        self._base_domain = base_domain or None
+        self._service = token_service
+        self._issuer = token_issuer
+        self._auth = auth
+        self._clock = clock
+        self._jwks_refresh_seconds = jwks_refresh_seconds
+        self._kid_refetch_seconds = kid_refetch_seconds
+        self._jwks: dict[str, Any] | None = None
+        self._kids: frozenset[str] = frozenset()
+        self._next_kid_refetch = -float("inf")
+        self._refetch_lock = trio.Lock()
+        self._grants = _Expiring(CACHE_SIZE)
+        self._refused = _Expiring(CACHE_SIZE)
+        self._exchanges: dict[str, trio.Lock] = {}
+
+    # -- origin's keys -------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True once origin's keys are loaded (always, with auth off): for ``/readyz``."""
+        return not self._auth or self._jwks is not None
+
+    async def load(self) -> None:
+        """Fetch origin's JWKS now; Unavailable when origin cannot be asked."""
+        document = await self._origin.jwks()
+        listed = document.get("keys")
+        keys = [
+            dict(key)
+            for key in (listed if isinstance(listed, list) else [])
+            if isinstance(key, Mapping) and isinstance(key.get("kid"), str)
+        ]
+        if not keys:
+            raise Unavailable("origin publishes no token keys")
+        self._jwks = {"keys": keys}
+        self._kids = frozenset(key["kid"] for key in keys)
+        log.debug("loaded %d token keys from origin", len(keys))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load origin's keys (started after the first attempt, ready or not), then keep
+        them fresh; while origin cannot be reached, retry with backoff."""
+        if not self._auth:
+            task_status.started()
+            return
+        loaded = await self._try_load()
+        task_status.started()
+        delay = 1.0
+        while True:
+            if loaded:
+                delay = 1.0
+                await trio.sleep(self._jwks_refresh_seconds)
+            else:
+                await trio.sleep(delay)
+                delay = min(delay * 2, LOAD_RETRY_MAX_SECONDS)
+            loaded = await self._try_load()
+
+    async def _try_load(self) -> bool:
+        try:
+            await self.load()
+        except Unavailable as exc:
+            log.warning("cannot load origin's token keys: %s", exc.message)
+            return False
+        return True
+
+    async def _verify(self, token: str) -> Grant:
+        kid = _unverified_kid(token)
+        if kid is not None and kid not in self._kids:
+            await self._refetch_for(kid)
+        if self._jwks is None:
+            raise Unavailable("the edge has not loaded origin's token keys yet")
+        return verify_grant(
+            token, jwks=self._jwks, issuer=self._issuer, audience=self._service, now=self._clock()
+        )
+
+    async def _refetch_for(self, kid: str) -> None:
+        async with self._refetch_lock:
+            now = trio.current_time()
+            if kid in self._kids or now < self._next_kid_refetch:
+                return
+            self._next_kid_refetch = now + self._kid_refetch_seconds
+            log.info("a token names an unknown key id: refetching origin's keys")
+            await self._try_load()
+
+    # -- names ---------------------------------------------------------------------------
+
+    async def resolve(self, host: str, name: RepositoryName) -> RepositoryName | None:
+        """The internal name ``name`` means on ``host``; None when it addresses nothing."""
+        if not self._auth:
+            return name
+        try:
+            addressed = address(host, name, self._base_domain)
+        except NameInvalid:
+            return None
+        if addressed.org is not None:
+            return internal_name(addressed.org, addressed.path)
+        assert addressed.project_id is not None
+        org = await self._origin.project_org(addressed.project_id)
+        if org is None:
+            return None
+        return internal_name(org, addressed.project_id)
+
+    async def _names(self, host: str, required: Sequence[Access]) -> dict[str, RepositoryName]:
+        names: dict[str, RepositoryName] = {}
+        for access in required:
+            if _is_repo(access) and access.name not in names:
+                internal = await self.resolve(host, parse_repository_name(access.name))
+                if internal is not None:
+                    names[access.name] = internal
+        return names
+
+    # -- authorising -----------------------------------------------------------------------
+
+    async def authorize(self, view: RequestView) -> Authorization:
+        external = view.endpoint.name.value if view.endpoint.name else None
+        required = required_access(view.method, view.endpoint.kind, external, view.query)
+        if not self._auth:
+            names = {a.name: parse_repository_name(a.name) for a in required if _is_repo(a)}
+            return Authorization(Caller(frozenset(), everything=True), names)
+        names = await self._names(view.host, required)
+        if view.method.upper() not in READ_METHODS:
+            return Authorization(Caller(frozenset()), names)  # origin authorises writes
+
+        credentials = await self._credentials(view, required, names)
+        missing = [
+            access
+            for access in required
+            if not access.actions <= _allowed(access, credentials, names)
+        ]
+        if view.endpoint.kind is Kind.BASE and not credentials.authenticated:
+            missing.append(Access("registry", "base", frozenset()))
+        if missing:
+            self._refuse(view, credentials, required)
+        grant = credentials.grant
+        return Authorization(Caller(grant.orgs if grant is not None else frozenset()), names)
+
+    async def _credentials(
+        self, view: RequestView, required: Sequence[Access], names: Mapping[str, RepositoryName]
+    ) -> _Credentials:
+        credentials = parse_authorization(view.authorization)
+        if credentials is not None and credentials.scheme == "bearer":
+            try:
+                return _Credentials("bearer", await self._verify(credentials.secret))
+            except Unauthorized:
+                return _Credentials("bearer", None, "invalid_token")
+        if credentials is not None and credentials.scheme == "basic":
+            if not credentials.secret:
+                raise Unauthorized("invalid credentials", headers=BASIC_CHALLENGE)
+            grant = await self._exchange(credentials.secret, view.host, required)
+            return _Credentials("basic", grant)
+        # Anonymous (or a scheme we do not take): origin would still serve public repositories.
+        if any(_is_repo(access) and access.name in names for access in required):
+            return _Credentials("anonymous", await self._exchange(None, view.host, required))
+        return _Credentials("anonymous", None)
+
+    async def _exchange(self, secret: str | None, host: str, required: Sequence[Access]) -> Grant:
+        """The grant origin's ``/token`` gives ``secret`` (None: anonymous) for ``required``
+        asked on ``host``, from the cache while it lasts."""
+        fingerprint = "-" if secret is None else hashlib.sha256(secret.encode()).hexdigest()
+        scopes = sorted({str(access) for access in required})
+        key = "\n".join([fingerprint, host.lower(), *scopes])
+        if self._refused.get(fingerprint, self._clock()):
+            raise Unauthorized("invalid credentials", headers=BASIC_CHALLENGE)
+        cached: Grant | None = self._grants.get(key, self._clock())
+        if cached is not None:
+            return cached
+        lock = self._exchanges.setdefault(key, trio.Lock())
+        try:
+            async with lock:  # one exchange at a time per key; the others find it cached
+                cached = self._grants.get(key, self._clock())
+                if cached is not None:
+                    return cached
+                return await self._exchange_now(secret, fingerprint, host, scopes, key)
+        finally:
+            if not lock.statistics().tasks_waiting:
+                self._exchanges.pop(key, None)
+
+    async def _exchange_now(
+        self, secret: str | None, fingerprint: str, host: str, scopes: list[str], key: str
+    ) -> Grant:
+        try:
+            token = await self._origin.token(
+                host=host, secret=secret, service=self._service, scopes=scopes
+            )
+        except Unauthorized:
+            if secret is not None:
+                self._refused.put(fingerprint, True, self._clock() + REFUSED_SECONDS)
+            raise
+        try:
+            grant = await self._verify(token)
+        except Unauthorized as exc:
+            raise Unavailable("origin issued a token the edge cannot verify") from exc
+        lifetime = grant.expires_at - grant.issued_at
+        until = grant.expires_at - min(GRANT_EXPIRY_MARGIN_SECONDS, lifetime / 2)
+        if until > self._clock():
+            self._grants.put(key, grant, until)
+        return grant
+
+    def _refuse(
+        self, view: RequestView, credentials: _Credentials, required: Sequence[Access]
+    ) -> None:
+        if credentials.kind == "basic":
+            # Valid Basic credentials that are not enough: asking again will not help.
+            raise Denied(detail=[str(a) for a in required])
+        realm = f"{view.scheme}://{view.host}/token"
+        scopes = [a for a in required if a.actions]
+        error = credentials.bearer_error
+        if error is None and credentials.kind == "bearer":
+            error = "insufficient_scope"
+        challenge = bearer_challenge(realm, self._service, scopes, error)
+        raise Unauthorized(headers={"WWW-Authenticate": challenge})
+
+
+def _allowed(
+    access: Access, credentials: _Credentials, names: Mapping[str, RepositoryName]
+) -> frozenset[str]:
+    if not _is_repo(access):
+        # The catalog: any authenticated caller lists what it can see.
+        return access.actions if credentials.authenticated else frozenset()
+    internal = names.get(access.name)
+    grant = credentials.grant
+    if internal is None or grant is None:
+        return frozenset()
+    return frozenset(
+        action
+        for granted in grant.access
+        if granted.type == "repository" and granted.name == internal.value
+        for action in granted.actions
+    )
+
+
+def _unverified_kid(token: str) -> str | None:
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+    return kid if isinstance(kid, str) and kid else None
+
+
+def _is_repo(access: Access) -> bool:
+    return access.type == "repository"
