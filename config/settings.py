@@ -41,3 +41,28 @@ class OriginSettings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSettings:
+    listen: str = "127.0.0.1:5001"
+    #: The origin's base URL, e.g. ``http://127.0.0.1:5000``.
+    upstream: str = ""
+    cache_dir: Path = Path("./edge-cache")
+    cache_size_bytes: int = 50 * 1024**3
+    #: File holding the edge's service token (``dpe_...``), created with
+    #: ``depot-registry token create --kind edge``.
+    upstream_token_file: Path | None = None
+    base_domain: str = ""
+    token_service: str = "depot-registry"
+    token_issuer: str = "depot-registry"
+    #: A cached tag is answered locally this long, then revalidated with origin.
+    tag_freshness_seconds: float = 30
+    #: Manifest, tag and HEAD requests to origin give up after this long (then stale/503).
+    upstream_deadline_seconds: float = 10
+    #: A whole blob fill is abandoned after this long.
+    fill_deadline_seconds: float = 3600
+    #: Retry-After on a 503 for an uncached object while origin is unavailable.
+    unavailable_retry_after_seconds: int = 10
+    jwks_refresh_seconds: float = 300
+    graceful_timeout_seconds: float = 30

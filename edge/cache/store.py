@@ -1,0 +1,315 @@
+"""The edge's disk cache: blobs, manifests, tags and repository links in one diskcache.
+
+Layout under the edge's cache directory (one filesystem)::
+
+    cache/     diskcache (SQLite index + value files); nothing else may live here, because
+               ``check(fix=True)`` at start deletes every file the index does not know
+    spool/     fills in progress: ``<digest-hex>.<random>.spool``; a live fill holds
+               ``flock(LOCK_EX)`` on its spool, so a cleaner skips it
+    counters/  a second diskcache holding hits, misses and evictions (never culled)
+
+Keys: ``blob:<digest>`` (a file, adopted by rename, tagged with its size), ``manifest:<digest>``
+(the payload, tagged with its media type), ``tag:<repository>:<tag>`` (JSON text),
+``link:<repository>@<digest>``. Repository names hold no ``:`` or ``@``, so keys cannot collide.
+
+Eviction is ours: diskcache's automatic culling is off (``cull_limit=0``; its batch cull can
+evict the value just stored) and :meth:`EdgeCache.adopt_blob` evicts least-recently-used
+entries one at a time, never the blob just adopted, until the volume fits. Every blocking
+call runs in a worker thread under the cache's own limiter. diskcache is thread- and
+process-safe, so ``stats``/``purge`` work from another process while an edge runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar, cast
+
+import diskcache
+import trio
+
+from edge.cache.disk import Adopt, AdoptingDisk
+
+log = logging.getLogger("depot.edge.cache")
+
+T = TypeVar("T")
+
+#: Threads this cache may occupy at once (SQLite serialises writers anyway).
+THREADS = 8
+
+_BLOB, _MANIFEST, _TAG, _LINK = "blob:", "manifest:", "tag:", "link:"
+_SPOOL_SUFFIX = ".spool"
+_DIGEST_PATH_SAFE = re.compile(r"[a-z0-9]+:[a-zA-Z0-9=_-]+")
+# The least recently used entry other than the one just stored (diskcache's own LRU order).
+_LRU_VICTIM = "SELECT key FROM Cache WHERE NOT (key = ? AND raw = 1) ORDER BY access_time LIMIT 1"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedBlob:
+    """A cached blob, opened: reading ``file`` keeps working if the entry is evicted."""
+
+    size: int
+    file: BinaryIO
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@dataclass(frozen=True, slots=True)
+class TagEntry:
+    digest: str
+    media_type: str
+    fetched_at: float  # POSIX seconds: when the upstream last confirmed it
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    volume_bytes: int
+    size_limit: int
+    entries: int
+    blobs: int
+    evictions: int
+    hits: int  # blob lookups only
+    misses: int
+
+
+def lock_spool(fd: int) -> bool:
+    """Take the spool lock a live fill holds; False when another open file holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+class EdgeCache:
+    def __init__(
+        self,
+        cache: diskcache.Cache,
+        counters: diskcache.Cache,
+        spool_dir: Path,
+        size_limit: int,
+        max_blob_bytes: int,
+    ) -> None:
+        self._cache = cache
+        self._counters = counters
+        self.spool_dir = spool_dir
+        self.size_limit = size_limit
+        self.max_blob_bytes = max_blob_bytes
+        self._limiter = trio.CapacityLimiter(THREADS)
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        size_limit: int | None = None,
+        *,
+        max_blob_bytes: int | None = None,
+        recover: bool = True,
+    ) -> EdgeCache:
+        """Open (creating) the cache under ``directory``; blocking, call it at start.
+
+        ``size_limit`` None keeps the limit recorded by the last open (for tools attaching to
+        an edge's cache). Blobs over ``max_blob_bytes`` (default half the limit) are served
+        but never cached. ``recover`` deletes spools left by a killed process (a live fill's
+        spool is locked and kept) and runs diskcache's ``check(fix=True)``, which also
+        deletes files the index does not know (a value whose ``set`` was killed mid-way).
+        """
+        cache_dir, spool_dir = directory / "cache", directory / "spool"
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        settings: dict[str, Any] = {"eviction_policy": "least-recently-used", "cull_limit": 0}
+        if size_limit is not None:
+            settings["size_limit"] = size_limit
+        cache = diskcache.Cache(str(cache_dir), disk=AdoptingDisk, **settings)
+        counters = diskcache.Cache(str(directory / "counters"), cull_limit=0)
+        if recover:
+            removed = remove_stale_spools(spool_dir)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")  # recorded by check(), even under -W error
+                problems = cache.check(fix=True, retry=True)
+            if removed or problems:
+                log.warning(
+                    "cache recovery: %d stale spools deleted, %d fixes", removed, len(problems)
+                )
+                for problem in problems:
+                    log.info("cache recovery: %s", problem.message)
+        limit = int(cache.size_limit)
+        return cls(cache, counters, spool_dir, limit, max_blob_bytes or limit // 2)
+
+    def close(self) -> None:
+        self._cache.close()
+        self._counters.close()
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(partial(function, *args), limiter=self._limiter)
+
+    # --- blobs ----------------------------------------------------------------------------
+
+    def spool_path(self, digest: str) -> Path:
+        """A fresh spool file name for one fill of ``digest``."""
+        if not _DIGEST_PATH_SAFE.fullmatch(digest):
+            raise ValueError(f"not a digest: {digest[:100]!r}")
+        encoded = digest.split(":", 1)[1]
+        return self.spool_dir / f"{encoded}.{secrets.token_hex(8)}{_SPOOL_SUFFIX}"
+
+    async def open_blob(self, digest: str) -> CachedBlob | None:
+        """Open a cached blob (a use: it becomes most recently used), or None on a miss."""
+        return await self._run(self._open_blob, digest, True)
+
+    async def blob_size(self, digest: str) -> int | None:
+        blob = await self._run(self._open_blob, digest, False)
+        if blob is None:
+            return None
+        blob.close()
+        return blob.size
+
+    def _open_blob(self, digest: str, count: bool) -> CachedBlob | None:
+        key = _BLOB + digest
+        file, expected = self._cache.get(key, read=True, tag=True, retry=True)
+        blob = None
+        if file is not None:
+            size = os.fstat(file.fileno()).st_size
+            if size == expected:
+                blob = CachedBlob(size, cast(BinaryIO, file))
+            else:
+                # A file cut short by a crash; check(fix=True) "fixes" the recorded size.
+                file.close()
+                self._cache.delete(key, retry=True)
+        if count:
+            self._counters.incr("hits" if blob is not None else "misses", retry=True)
+        return blob
+
+    async def adopt_blob(self, digest: str, spool_path: Path, size: int) -> bool:
+        """Move a verified spool file into the cache; False (file left alone) when refused.
+
+        Refused: a blob over ``max_blob_bytes``. Then the least recently used entries are
+        evicted, one at a time and never this blob, until the volume is within the limit.
+        """
+        if size > self.max_blob_bytes:
+            return False
+        await self._run(self._adopt, _BLOB + digest, spool_path, size)
+        return True
+
+    def _adopt(self, key: str, spool_path: Path, size: int) -> None:
+        actual = os.stat(spool_path).st_size
+        if actual != size:
+            raise ValueError(f"spool holds {actual} bytes, expected {size}")
+        self._cache.set(key, Adopt(spool_path, size), tag=size, retry=True)
+        self._cull(keep=key)
+
+    def _cull(self, keep: str) -> int:
+        evicted = 0
+        while self._cache.volume() > self.size_limit:
+            with self._cache.transact(retry=True):
+                rows = self._cache._sql(_LRU_VICTIM, (keep,)).fetchall()
+                if not rows:
+                    break
+                if self._cache.delete(rows[0][0], retry=True):
+                    evicted += 1
+        if evicted:
+            self._counters.incr("evictions", evicted, retry=True)
+        return evicted
+
+    # --- manifests, tags, links -----------------------------------------------------------
+
+    async def get_manifest(self, digest: str) -> tuple[str, bytes] | None:
+        payload, media_type = await self._run(
+            partial(self._cache.get, _MANIFEST + digest, tag=True, retry=True)
+        )
+        return None if payload is None else (str(media_type), bytes(payload))
+
+    async def put_manifest(self, digest: str, media_type: str, payload: bytes) -> None:
+        await self._run(
+            partial(self._cache.set, _MANIFEST + digest, payload, tag=media_type, retry=True)
+        )
+
+    async def get_tag(self, repository: str, tag: str) -> TagEntry | None:
+        text = await self._run(partial(self._cache.get, _tag_key(repository, tag), retry=True))
+        if text is None:
+            return None
+        fields = json.loads(text)
+        return TagEntry(
+            str(fields["digest"]), str(fields["media_type"]), float(fields["fetched_at"])
+        )
+
+    async def put_tag(
+        self, repository: str, tag: str, digest: str, media_type: str, fetched_at: float
+    ) -> None:
+        text = json.dumps({"digest": digest, "media_type": media_type, "fetched_at": fetched_at})
+        await self._run(partial(self._cache.set, _tag_key(repository, tag), text, retry=True))
+
+    async def drop_tag(self, repository: str, tag: str) -> None:
+        await self._run(partial(self._cache.delete, _tag_key(repository, tag), retry=True))
+
+    async def add_links(self, repository: str, digests: Iterable[str]) -> None:
+        keys = [_link_key(repository, digest) for digest in digests]
+        await self._run(self._set_all, keys)
+
+    def _set_all(self, keys: list[str]) -> None:
+        with self._cache.transact(retry=True):
+            for key in keys:
+                self._cache.set(key, 1, retry=True)
+
+    async def has_link(self, repository: str, digest: str) -> bool:
+        key = _link_key(repository, digest)
+        return await self._run(partial(self._cache.get, key, retry=True)) is not None
+
+    # --- management -----------------------------------------------------------------------
+
+    async def stats(self) -> CacheStats:
+        return await self._run(self._stats)
+
+    def _stats(self) -> CacheStats:
+        blobs = sum(1 for key in self._cache.iterkeys() if str(key).startswith(_BLOB))
+        return CacheStats(
+            volume_bytes=int(self._cache.volume()),
+            size_limit=self.size_limit,
+            entries=len(self._cache),
+            blobs=blobs,
+            evictions=int(self._counters.get("evictions", 0, retry=True)),
+            hits=int(self._counters.get("hits", 0, retry=True)),
+            misses=int(self._counters.get("misses", 0, retry=True)),
+        )
+
+    async def purge(self) -> int:
+        """Remove every entry (counters are kept); return how many. Open readers go on."""
+        return int(await self._run(partial(self._cache.clear, retry=True)))
+
+
+def _tag_key(repository: str, tag: str) -> str:
+    return f"{_TAG}{repository}:{tag}"
+
+
+def _link_key(repository: str, digest: str) -> str:
+    return f"{_LINK}{repository}@{digest}"
+
+
+def remove_stale_spools(spool_dir: Path) -> int:
+    """Delete spool files no live fill holds locked; return how many."""
+    removed = 0
+    for path in spool_dir.iterdir():
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        try:
+            if lock_spool(fd):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        finally:
+            os.close(fd)
+    return removed

@@ -1,0 +1,106 @@
+"""``depot-registry edge serve`` and ``depot-registry edge cache stats|purge``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from config.loader import ConfigError, load
+from config.settings import EdgeSettings
+from core.web.serving import bind_socket, bound_url, serve_until_signal
+from edge.cache.store import EdgeCache
+from edge.server import ConfigurationError, read_upstream_token, serve
+
+ENV_PREFIX = "DEPOT_EDGE_"
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    edge = commands.add_parser("edge", help="a cache-filling edge node in front of the origin")
+    edge_commands = edge.add_subparsers(dest="command", required=True)
+
+    serve_cmd = edge_commands.add_parser("serve", help="serve pulls from cache, fill from origin")
+    serve_cmd.add_argument("--listen", help="HOST:PORT (port 0 picks a free port)")
+    serve_cmd.add_argument("--upstream", help="the origin's URL")
+    serve_cmd.add_argument("--cache-dir", type=Path)
+    serve_cmd.add_argument("--cache-size", help="e.g. 50GiB")
+    serve_cmd.add_argument("--upstream-token-file", type=Path, help="file with a dpe_ token")
+    serve_cmd.add_argument("--base-domain", help="e.g. registry.example for org subdomains")
+    serve_cmd.add_argument("--config", type=Path, help="TOML settings file")
+    serve_cmd.set_defaults(handler=_run_serve)
+
+    cache = edge_commands.add_parser("cache", help="inspect or empty an edge's cache")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    for name, handler, text in (
+        ("stats", _run_stats, "size, entries, hits, misses, evictions"),
+        ("purge", _run_purge, "delete every cached object"),
+    ):
+        sub = cache_commands.add_parser(name, help=text)
+        sub.add_argument("--cache-dir", type=Path, required=True)
+        sub.add_argument("--json", action="store_true")
+        sub.set_defaults(handler=handler)
+
+
+def _settings(args: argparse.Namespace) -> EdgeSettings:
+    overrides: dict[str, Any] = {
+        "listen": args.listen,
+        "upstream": args.upstream,
+        "cache_dir": args.cache_dir,
+        "cache_size_bytes": args.cache_size,
+        "upstream_token_file": args.upstream_token_file,
+        "base_domain": args.base_domain,
+    }
+    return load(
+        EdgeSettings, file=args.config, environ=os.environ, prefix=ENV_PREFIX, overrides=overrides
+    )
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = _settings(args)
+        if not settings.upstream:
+            raise ConfigurationError("--upstream is required (the origin's URL)")
+        read_upstream_token(settings)
+        sock = bind_socket(settings.listen)
+    except (ConfigError, ConfigurationError, OSError, ValueError) as exc:
+        print(f"depot-registry: {exc}", file=sys.stderr)
+        return 2
+
+    def announce() -> None:
+        print(f"depot-registry edge listening on {bound_url(sock)}", flush=True)
+
+    trio.run(partial(serve_until_signal, partial(serve, settings, sock), announce=announce))
+    return 0
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    cache = EdgeCache.open(args.cache_dir, recover=False)
+    try:
+        stats = trio.run(cache.stats)
+    finally:
+        cache.close()
+    if args.json:
+        print(json.dumps(asdict(stats)))
+    else:
+        for key, value in asdict(stats).items():
+            print(f"{key}\t{value}")
+    return 0
+
+
+def _run_purge(args: argparse.Namespace) -> int:
+    cache = EdgeCache.open(args.cache_dir, recover=False)
+    try:
+        removed = trio.run(cache.purge)
+    finally:
+        cache.close()
+    print(json.dumps({"removed": removed}) if args.json else f"removed {removed} entries")
+    return 0

@@ -1,0 +1,427 @@
+"""Single-flight cache fills: one upstream fetch per digest, streamed to every waiter.
+
+A miss starts a fill in the process's root nursery (a client that leaves does not stop what
+others wait on) or joins the one in flight. The fill streams the upstream body into a spool
+file: chunks go to a writer task at once while it is idle and are batched (up to ~1 MiB)
+while it is busy; it writes and hashes each batch in a worker thread and publishes how many
+bytes the spool holds. Every waiter reads the spool
+through its own descriptor, so bytes reach clients while the fill runs; but a read that
+reaches the end of the blob is held one byte short until the fill is verified (size ==
+Content-Length, digest matches, fsynced) and adopted into the cache. On any failure every
+reader raises instead of finishing, so the HTTP layer cuts the body short: a client never
+receives a complete wrong blob. Nothing is cached, the spool is deleted, and the next
+``open`` starts afresh (no negative caching).
+
+Descriptors: the fill keeps one read descriptor on its spool while it runs or anyone is
+joining; each stream holds a ``dup`` of it (or of the cached file), so an eviction, a rename
+into the cache or an unlink on failure never disturbs a reader.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from core.digest import parse_digest
+from core.errors import BlobUnknown, NameUnknown, RegistryError, Unavailable
+from core.storage.driver import CHUNK_SIZE
+from edge.cache.store import EdgeCache, lock_spool
+from edge.upstream_types import Upstream, UpstreamBlob
+
+log = logging.getLogger("depot.edge.fill")
+
+T = TypeVar("T")
+
+WRITE_BATCH = 1 << 20  # most bytes per spool write (one thread hop)
+_MAX_PIECES = 512  # chunks per batch (os.writev takes at most IOV_MAX buffers)
+PROGRESS_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class FillStatistics:
+    in_flight: int
+    waiters_coalesced: int  # opens that joined a fill already in flight
+    completed: int
+    failed: int
+    bytes_from_upstream: int
+
+
+class _Spool:
+    """A fill's spool file: a locked write descriptor and the read descriptor readers dup.
+
+    Every method blocks; call them in a worker thread.
+    """
+
+    def __init__(self, path: Path, write_fd: int, read_fd: int) -> None:
+        self.path, self.write_fd, self.read_fd = path, write_fd, read_fd
+
+    @classmethod
+    def create(cls, path: Path) -> _Spool:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            # A cleaner that opened the file before we locked it may have deleted it.
+            if not lock_spool(fd) or os.stat(path).st_ino != os.fstat(fd).st_ino:
+                raise Unavailable("spool file taken away while created")
+            return cls(path, fd, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def write(self, pieces: list[bytes], hasher: Any) -> int:
+        for piece in pieces:
+            hasher.update(piece)  # releases the GIL on buffers over 2 KiB
+        total = sum(map(len, pieces))
+        written = os.writev(self.write_fd, pieces)
+        if written < total:  # a short write: finish it piece by piece
+            rest = memoryview(b"".join(pieces))[written:]
+            while rest:
+                rest = rest[os.write(self.write_fd, rest) :]
+        return total
+
+    def sync(self) -> None:
+        os.fsync(self.write_fd)
+
+    def finish(self, adopted: bool) -> None:
+        """Delete the file unless the cache adopted it; drop the lock."""
+        try:
+            if not adopted:
+                self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.write_fd)
+
+
+class _Fill:
+    """One fill's state, shared by the fill task and its readers (all in the trio thread)."""
+
+    def __init__(self, repository: str, digest: str, started_at: float) -> None:
+        self.repository, self.digest, self.started_at = repository, digest, started_at
+        self.size: int | None = None  # from Content-Length, once the upstream answered
+        self.durable = 0  # bytes written to the spool, readable through any descriptor
+        self.verified = False
+        self.from_cache = False  # the flight found the blob cached: no fill at all
+        self.failure: Exception | None = None
+        self.spool: _Spool | None = None
+        self.read_fd: int | None = None
+        self._refs = 1  # the fill task, plus joiners not yet holding their own dup
+        self._changed = trio.Event()
+
+    def publish(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+    def acquire(self) -> None:
+        self._refs += 1
+
+    def release(self) -> None:
+        self._refs -= 1
+        if self._refs == 0 and self.read_fd is not None:
+            os.close(self.read_fd)
+            self.read_fd = None
+
+    def error(self) -> Exception:
+        """A fresh exception for one waiter (one object must not be raised in many tasks)."""
+        failure = self.failure
+        if isinstance(failure, RegistryError):
+            fresh: Exception = type(failure)(
+                failure.message, detail=failure.detail, headers=failure.headers
+            )
+        else:
+            fresh = Unavailable("blob fill failed")
+        fresh.__cause__ = failure
+        return fresh
+
+
+class BlobStream:
+    """An open blob, cached or being filled: ``size`` and one body via ``chunks``.
+
+    ``chunks(offset, length)`` matches ``core.web.blobs.BodyOpener``; leaving its context
+    closes the stream. A stream never read should be closed (garbage collection does it too).
+    """
+
+    def __init__(self, fd: int, size: int, fill: _Fill | None, limiter: trio.CapacityLimiter):
+        self.size = size
+        self._fd = fd
+        self._fill = fill
+        self._limiter = limiter
+        self._close = weakref.finalize(self, os.close, fd)
+
+    @property
+    def from_cache(self) -> bool:
+        return self._fill is None
+
+    def close(self) -> None:
+        self._close()
+
+    @asynccontextmanager
+    async def chunks(self, offset: int, length: int) -> AsyncIterator[AsyncIterator[bytes]]:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(f"range {offset}+{length} outside a blob of {self.size} bytes")
+        if not self._close.alive:
+            raise RuntimeError("blob stream already read or closed")
+        try:
+            yield _Chunks(self, offset, length)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._close, limiter=self._limiter)
+
+
+class _Chunks:
+    """Up to CHUNK_SIZE per read; tails the spool while the fill runs."""
+
+    def __init__(self, stream: BlobStream, offset: int, length: int) -> None:
+        self._stream = stream
+        self._pos, self._remaining = offset, length
+        self._to_end = offset + length == stream.size
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        stream, fill = self._stream, self._stream._fill
+        while True:
+            if self._remaining == 0 and not self._to_end:
+                raise StopAsyncIteration  # a range short of the end needs no verification
+            if fill is not None and fill.failure is not None:
+                raise fill.error()
+            verified = fill is None or fill.verified
+            durable = stream.size if fill is None else fill.durable
+            available = min(self._remaining, durable - self._pos)
+            if self._to_end and not verified:
+                available = min(available, self._remaining - 1)  # the last byte waits
+            if available > 0:
+                break
+            if self._remaining == 0 and verified:
+                raise StopAsyncIteration
+            assert fill is not None
+            await fill.changed()
+        data = await trio.to_thread.run_sync(
+            os.pread, stream._fd, min(available, CHUNK_SIZE), self._pos, limiter=stream._limiter
+        )
+        if not data:
+            raise Unavailable("cached blob file ended early")
+        self._pos += len(data)
+        self._remaining -= len(data)
+        return data
+
+
+class Fills:
+    def __init__(
+        self,
+        cache: EdgeCache,
+        upstream: Upstream,
+        nursery: trio.Nursery,
+        *,
+        fill_deadline_seconds: float,
+        clock: Callable[[], float],
+        progress_timeout_seconds: float = PROGRESS_TIMEOUT_SECONDS,
+        threads: int = 16,
+    ) -> None:
+        """``nursery`` must be the process's root nursery; ``clock`` gives POSIX seconds."""
+        self._cache = cache
+        self._upstream = upstream
+        self._nursery = nursery
+        self._deadline = fill_deadline_seconds
+        self._progress_timeout = progress_timeout_seconds
+        self._clock = clock
+        self._read_limiter = trio.CapacityLimiter(threads)
+        self._write_limiter = trio.CapacityLimiter(threads)
+        self._in_flight: dict[str, _Fill] = {}
+        self._ended = trio.Event()
+        self._running = 0  # fill tasks, until their spool is cleaned up
+        self._coalesced = self._completed = self._failed = self._bytes = 0
+
+    def statistics(self) -> FillStatistics:
+        return FillStatistics(
+            len(self._in_flight), self._coalesced, self._completed, self._failed, self._bytes
+        )
+
+    async def wait_idle(self) -> None:
+        """Return once no fill task runs, its spool gone (for shutdown and tests)."""
+        while self._running:
+            await self._ended.wait()
+
+    async def open(self, repository: str, digest: str) -> BlobStream:
+        """Open ``digest`` from the cache, or from its fill once the upstream gave the size.
+
+        The caller has authorised ``repository`` for ``digest``; the upstream is asked with
+        it. Raises what the upstream raised before the size was known (``BlobUnknown``,
+        ``Unavailable``, ...); a joined fill started for another repository that does not
+        hold the blob is retried once with ``repository``.
+        """
+        parse_digest(digest)  # DigestInvalid before anything is fetched or named after it
+        for attempt in (1, 2):
+            fill = self._in_flight.get(digest)
+            joined = fill is not None
+            if fill is None:
+                fill = self._start(repository, digest)
+            fill.acquire()
+            try:
+                while fill.read_fd is None and fill.failure is None:
+                    await fill.changed()
+                if fill.failure is None:
+                    assert fill.size is not None and fill.read_fd is not None
+                    if joined and not fill.from_cache:
+                        self._coalesced += 1
+                    source = None if fill.from_cache else fill
+                    return BlobStream(os.dup(fill.read_fd), fill.size, source, self._read_limiter)
+            finally:
+                fill.release()
+            other_repository = fill.repository != repository
+            if attempt == 2 or not (
+                other_repository and isinstance(fill.failure, (BlobUnknown, NameUnknown))
+            ):
+                raise fill.error()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _start(self, repository: str, digest: str) -> _Fill:
+        fill = _Fill(repository, digest, self._clock())
+        self._nursery.start_soon(self._run, fill)  # raises if the process is stopping
+        self._in_flight[digest] = fill
+        self._running += 1
+        return fill
+
+    async def _run(self, fill: _Fill) -> None:
+        adopted = False
+        try:
+            cached = await self._cache.open_blob(fill.digest)
+            if cached is not None:  # a flight of one cache lookup
+                try:
+                    fill.read_fd = os.dup(cached.file.fileno())
+                finally:
+                    cached.close()
+                fill.size = fill.durable = cached.size
+                fill.from_cache = fill.verified = True
+                return
+            try:
+                with trio.fail_after(self._deadline):
+                    await self._fetch(fill)
+            except trio.TooSlowError:
+                raise Unavailable(f"blob fill exceeded {self._deadline:g} s") from None
+            assert fill.spool is not None
+            adopted = await self._cache.adopt_blob(fill.digest, fill.spool.path, fill.durable)
+            fill.verified = True
+            self._completed += 1
+            seconds = max(self._clock() - fill.started_at, 1e-9)
+            log.info(
+                "filled %s: %d bytes in %.2f s (%.0f MB/s)%s",
+                fill.digest, fill.durable, seconds, fill.durable / seconds / 1e6,
+                "" if adopted else ", not cached (too large)",
+            )  # fmt: skip
+        except Exception as exc:
+            fill.failure = exc
+            if isinstance(exc, RegistryError):
+                log.warning("fill of %s failed: %s", fill.digest, exc)
+            else:
+                log.exception("fill of %s failed", fill.digest)
+        finally:
+            if not fill.verified:
+                self._failed += 1
+                if fill.failure is None:  # cancelled: the process is stopping
+                    fill.failure = Unavailable("blob fill cancelled")
+            if self._in_flight.get(fill.digest) is fill:
+                del self._in_flight[fill.digest]
+            fill.release()
+            fill.publish()
+            try:
+                if fill.spool is not None:
+                    with trio.CancelScope(shield=True):
+                        await self._thread(fill.spool.finish, adopted)
+            finally:
+                self._running -= 1
+                self._ended.set()
+                self._ended = trio.Event()
+
+    async def _thread(self, function: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(partial(function, *args), limiter=self._write_limiter)
+
+    async def _fetch(self, fill: _Fill) -> None:
+        hasher = parse_digest(fill.digest).hasher()
+        async with self._upstream.open_blob(fill.repository, fill.digest) as blob:
+            fill.spool = await self._thread(_Spool.create, self._cache.spool_path(fill.digest))
+            fill.size, fill.read_fd = blob.size, fill.spool.read_fd
+            fill.publish()
+            await self._stream(fill, blob, hasher)
+        if fill.durable != blob.size:
+            raise Unavailable(f"upstream body ended at byte {fill.durable} of {blob.size}")
+        if f"{hasher.name}:{hasher.hexdigest()}" != fill.digest:
+            raise Unavailable("upstream body does not match its digest")
+        await self._thread(fill.spool.sync)
+
+    async def _stream(self, fill: _Fill, blob: UpstreamBlob, hasher: Any) -> None:
+        """Upstream → batches → spool, the reading and the writing overlapped."""
+        # Unbuffered: the reader batches while the writer is busy, so at most one batch waits.
+        send, receive = trio.open_memory_channel[list[bytes]](0)
+        failures: list[Exception] = []  # nursery children report here, not as groups
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_batches, fill, hasher, receive, failures)
+            try:
+                async with send:
+                    await self._read_upstream(blob, send)
+            except trio.BrokenResourceError:
+                pass  # the writer stopped; its failure is in ``failures``
+            except Exception as exc:
+                failures.insert(0, exc)
+                nursery.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
+
+    async def _read_upstream(
+        self, blob: UpstreamBlob, send: trio.MemorySendChannel[list[bytes]]
+    ) -> None:
+        """Hand chunks to the writer: at once when it is idle, else batched up to ~1 MiB."""
+        batch: list[bytes] = []
+        received = batched = 0
+        while True:
+            with trio.move_on_after(self._progress_timeout) as idle:
+                chunk = await anext(blob.chunks, None)
+            if idle.cancelled_caught:
+                raise Unavailable(f"upstream sent nothing for {self._progress_timeout:g} s")
+            if chunk is None:
+                break
+            received += len(chunk)
+            if received > blob.size:
+                raise Unavailable("upstream sent more than its Content-Length")
+            if not chunk:
+                continue
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched >= WRITE_BATCH or len(batch) >= _MAX_PIECES:
+                await send.send(batch)
+            else:
+                try:
+                    send.send_nowait(batch)  # succeeds only when the writer is waiting
+                except trio.WouldBlock:
+                    continue
+            batch, batched = [], 0
+        if batch:
+            await send.send(batch)
+
+    async def _write_batches(
+        self,
+        fill: _Fill,
+        hasher: Any,
+        receive: trio.MemoryReceiveChannel[list[bytes]],
+        failures: list[Exception],
+    ) -> None:
+        assert fill.spool is not None
+        with receive:
+            try:
+                async for batch in receive:
+                    written = await self._thread(fill.spool.write, batch, hasher)
+                    fill.durable += written
+                    self._bytes += written
+                    fill.publish()
+            except Exception as exc:
+                failures.append(exc)

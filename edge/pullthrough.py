@@ -1,0 +1,182 @@
+"""Answering pulls from the cache, or from origin once and then from the cache.
+
+Blobs and manifests by digest are immutable: cached forever (until evicted for space).
+A tag is answered locally inside its freshness window, then revalidated with a HEAD; when
+origin fails (down, too slow, 5xx, 429) a cached tag is served stale with ``Warning: 299``
+and an uncached object gets 503 with ``Retry-After``.
+
+A repository may be served a digest only if it contains it: known from manifests fetched
+through this edge for that repository, or confirmed with origin once and remembered. That
+is what keeps org B from reading org A's blob by digest, hit or miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from config.settings import EdgeSettings
+from core.digest import Digest
+from core.errors import BlobUnknown, DigestInvalid, ManifestInvalid, ManifestUnknown, Unavailable
+from core.manifest import parse_manifest
+from core.reference import Tag
+from edge.cache.store import EdgeCache
+from edge.fill import Fills
+from edge.metrics import EdgeMetrics
+from edge.upstream_types import Upstream, UpstreamManifest
+
+log = logging.getLogger("depot.edge")
+
+STALE_WARNING = '299 - "Response is stale: origin unavailable"'
+
+
+@dataclass(frozen=True, slots=True)
+class ServedManifest:
+    digest: str
+    media_type: str
+    payload: bytes
+    stale: bool = False
+
+
+class PullThrough:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        cache: EdgeCache,
+        fills: Fills,
+        upstream: Upstream,
+        metrics: EdgeMetrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self._settings = settings
+        self._cache = cache
+        self._fills = fills
+        self._upstream = upstream
+        self._metrics = metrics
+        self._clock = clock
+
+    # -- manifests -------------------------------------------------------------------------
+
+    async def manifest(self, repository: str, reference: Tag | Digest) -> ServedManifest:
+        if isinstance(reference, Digest):
+            return await self._manifest_by_digest(repository, str(reference))
+        return await self._manifest_by_tag(repository, reference.value)
+
+    async def _manifest_by_digest(self, repository: str, digest: str) -> ServedManifest:
+        cached = await self._cache.get_manifest(digest)
+        if cached is not None and await self._contains(repository, digest, manifest=True):
+            self._metrics.cache_hits.labels("manifest").inc()
+            return ServedManifest(digest, cached[0], cached[1])
+        self._metrics.cache_misses.labels("manifest").inc()
+        fetched = await self._fetch_manifest(repository, digest)
+        return ServedManifest(fetched.digest, fetched.media_type, fetched.payload)
+
+    async def _manifest_by_tag(self, repository: str, tag: str) -> ServedManifest:
+        entry = await self._cache.get_tag(repository, tag)
+        now = self._clock()
+        if entry is not None and now - entry.fetched_at < self._settings.tag_freshness_seconds:
+            cached = await self._cache.get_manifest(entry.digest)
+            if cached is not None:
+                self._metrics.cache_hits.labels("tag").inc()
+                return ServedManifest(entry.digest, cached[0], cached[1])
+        self._metrics.cache_misses.labels("tag").inc()
+        try:
+            with trio.fail_after(self._settings.upstream_deadline_seconds):
+                current = await self._upstream.head_manifest(repository, tag)
+            if current is None:
+                await self._cache.drop_tag(repository, tag)
+                raise ManifestUnknown(detail={"reference": tag})
+            cached = await self._cache.get_manifest(current)
+            if cached is not None:
+                served = ServedManifest(current, cached[0], cached[1])
+            else:
+                fetched = await self._fetch_manifest(repository, current)
+                served = ServedManifest(fetched.digest, fetched.media_type, fetched.payload)
+            await self._cache.add_links(repository, [current])
+            await self._cache.put_tag(repository, tag, current, served.media_type, now)
+            return served
+        except (Unavailable, trio.TooSlowError) as exc:
+            if entry is not None:
+                cached = await self._cache.get_manifest(entry.digest)
+                if cached is not None:
+                    self._metrics.stale_serves.inc()
+                    log.warning("serving %s:%s stale: %s", repository, tag, exc)
+                    return ServedManifest(entry.digest, cached[0], cached[1], stale=True)
+            raise self._unavailable() from exc
+
+    async def _fetch_manifest(self, repository: str, digest: str) -> UpstreamManifest:
+        try:
+            with trio.fail_after(self._settings.upstream_deadline_seconds):
+                fetched = await self._upstream.get_manifest(repository, digest)
+        except trio.TooSlowError as exc:
+            raise self._unavailable() from exc
+        except Unavailable as exc:
+            raise self._unavailable() from exc
+        actual = "sha256:" + hashlib.sha256(fetched.payload).hexdigest()
+        if fetched.digest != digest or (digest.startswith("sha256:") and actual != digest):
+            raise Unavailable("origin sent a manifest that does not match its digest")
+        try:
+            parsed = parse_manifest(fetched.payload, fetched.media_type)
+        except (ManifestInvalid, DigestInvalid):
+            parsed = None  # serve it anyway (origin accepted it); just learn no links
+        await self._cache.put_manifest(digest, fetched.media_type, fetched.payload)
+        links = [digest]
+        if parsed is not None:
+            links += [str(d.digest) for d in (*parsed.blobs, *parsed.manifests)]
+        await self._cache.add_links(repository, links)
+        return fetched
+
+    async def forget_tag(self, repository: str, tag: str) -> None:
+        """A manifest PUT or DELETE went through this edge: stop answering the old digest."""
+        await self._cache.drop_tag(repository, tag)
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    async def blob_size(self, repository: str, digest: str) -> int:
+        """HEAD: answered from the cache when possible, never filling."""
+        size = await self._cache.blob_size(digest)
+        if size is not None and await self._contains(repository, digest):
+            self._metrics.cache_hits.labels("blob").inc()
+            return size
+        self._metrics.cache_misses.labels("blob").inc()
+        try:
+            with trio.fail_after(self._settings.upstream_deadline_seconds):
+                upstream_size = await self._upstream.blob_size(repository, digest)
+        except (Unavailable, trio.TooSlowError) as exc:
+            raise self._unavailable() from exc
+        if upstream_size is None:
+            raise BlobUnknown(detail={"digest": digest})
+        await self._cache.add_links(repository, [digest])
+        return upstream_size
+
+    async def open_blob(self, repository: str, digest: str) -> object:
+        """The blob's stream (cache hit, or joining/starting the single fill)."""
+        if not await self._contains(repository, digest):
+            raise BlobUnknown(detail={"digest": digest})
+        return await self._fills.open(repository, digest)
+
+    async def _contains(self, repository: str, digest: str, *, manifest: bool = False) -> bool:
+        if await self._cache.has_link(repository, digest):
+            return True
+        try:
+            with trio.fail_after(self._settings.upstream_deadline_seconds):
+                if manifest:
+                    found = await self._upstream.head_manifest(repository, digest) is not None
+                else:
+                    found = await self._upstream.blob_size(repository, digest) is not None
+        except (Unavailable, trio.TooSlowError) as exc:
+            # Without origin we cannot tell whether this repository may read the digest.
+            raise self._unavailable() from exc
+        except (BlobUnknown, ManifestUnknown):
+            found = False
+        if found:
+            await self._cache.add_links(repository, [digest])
+        return found
+
+    def _unavailable(self) -> Unavailable:
+        retry = str(self._settings.unavailable_retry_after_seconds)
+        return Unavailable("origin unavailable", headers={"Retry-After": retry})

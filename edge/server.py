@@ -1,0 +1,148 @@
+"""The edge process: the root nursery (fills, key refresh, cache gauges) and hypercorn."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from config.settings import EdgeSettings
+from core.client.http import open_http_client
+from core.web.serving import serve_app
+from edge.app import EdgeServices, create_edge_app
+from edge.auth import EdgeGate
+from edge.cache.store import CacheStats, EdgeCache
+from edge.fill import Fills
+from edge.metrics import EdgeMetrics
+from edge.pullthrough import PullThrough
+from edge.upstream import OriginUpstream
+
+log = logging.getLogger("depot.edge")
+STATS_INTERVAL_SECONDS = 5.0
+
+
+class ConfigurationError(Exception):
+    pass
+
+
+def read_upstream_token(settings: EdgeSettings) -> str:
+    if settings.upstream_token_file is None:
+        raise ConfigurationError("--upstream-token-file is required (an edge token, dpe_...)")
+    try:
+        token = settings.upstream_token_file.read_text().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {settings.upstream_token_file}: {exc}") from exc
+    if not token:
+        raise ConfigurationError(f"{settings.upstream_token_file} is empty")
+    return token
+
+
+@dataclass
+class _CacheGauges:
+    """The last cache statistics, refreshed by a task: scrapes must not block on SQLite."""
+
+    stats: CacheStats | None = None
+
+    def read(self, field: str) -> float:
+        return float(getattr(self.stats, field)) if self.stats is not None else 0.0
+
+
+async def _refresh_stats(cache: EdgeCache, gauges: _CacheGauges) -> None:
+    while True:
+        try:
+            gauges.stats = await cache.stats()
+        except Exception:  # a scrape shows the last good figures; the next round retries
+            log.exception("reading cache statistics failed")
+        await trio.sleep(STATS_INTERVAL_SECONDS)
+
+
+async def serve(
+    settings: EdgeSettings,
+    sock: socket.socket,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    clock: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the edge on a bound, listening socket until shutdown."""
+    token = read_upstream_token(settings)
+    cache = EdgeCache.open(settings.cache_dir, settings.cache_size_bytes)
+    metrics = EdgeMetrics()
+    try:
+        async with (
+            OriginUpstream.open(settings.upstream, token) as upstream,
+            open_http_client(settings.upstream, auth_header=None) as passthrough,
+            trio.open_nursery() as root,
+        ):
+            gate = EdgeGate(
+                upstream,
+                base_domain=settings.base_domain,
+                token_service=settings.token_service,
+                token_issuer=settings.token_issuer,
+                clock=clock,
+                jwks_refresh_seconds=settings.jwks_refresh_seconds,
+            )
+            await root.start(gate.run)
+            fills = Fills(
+                cache,
+                upstream,
+                root,
+                fill_deadline_seconds=settings.fill_deadline_seconds,
+                clock=clock,
+            )
+            gauges = _CacheGauges()
+            root.start_soon(_refresh_stats, cache, gauges)
+            metrics.gauge(
+                "depot_edge_fills_in_flight",
+                "Blob fills running",
+                lambda: float(fills.statistics().in_flight),
+            )
+            metrics.gauge(
+                "depot_edge_fill_waiters_coalesced",
+                "Requests that joined a running fill",
+                lambda: float(fills.statistics().waiters_coalesced),
+            )
+            metrics.gauge(
+                "depot_edge_fill_failures",
+                "Fills that failed (nothing cached)",
+                lambda: float(fills.statistics().failed),
+            )
+            metrics.gauge(
+                "depot_edge_bytes_from_upstream",
+                "Blob bytes fetched from origin by fills",
+                lambda: float(fills.statistics().bytes_from_upstream),
+            )
+            metrics.gauge(
+                "depot_edge_cache_size_bytes",
+                "Bytes in the cache",
+                lambda: gauges.read("volume_bytes"),
+            )
+            metrics.gauge(
+                "depot_edge_cache_evictions",
+                "Entries evicted for space",
+                lambda: gauges.read("evictions"),
+            )
+            services = EdgeServices(
+                settings=settings,
+                gate=gate,
+                cache=cache,
+                fills=fills,
+                pullthrough=PullThrough(settings, cache, fills, upstream, metrics, clock),
+                origin=passthrough,
+                metrics=metrics,
+                ready=lambda: gate.ready,
+            )
+            await serve_app(
+                create_edge_app(services),
+                sock,
+                graceful_timeout_seconds=settings.graceful_timeout_seconds,
+                shutdown_trigger=shutdown_trigger,
+                task_status=task_status,
+            )
+            root.cancel_scope.cancel()  # drained: stop key refresh, gauges and fills
+    finally:
+        cache.close()
