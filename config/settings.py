@@ -35,6 +35,9 @@ class OriginSettings:
     token_failure_window_seconds: float = 60
     #: OIDC issuers over plain http on loopback (tests and local experiments only).
     oidc_allow_insecure_loopback: bool = False
+    #: Comma-separated addresses/networks (the edges) whose X-Forwarded-For names the real
+    #: client, so failed token exchanges are limited per client, not per edge.
+    trusted_proxies: str = ""
 
     @property
     def resolved_database_url(self) -> str:

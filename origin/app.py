@@ -37,7 +37,7 @@ def create_origin_app(
         chunk_min_length=settings.chunk_min_length_bytes,
         base_domain=settings.base_domain,
     )
-    install_token_routes(app, issuer, keys)
+    install_token_routes(app, issuer, keys, settings.trusted_proxies)
     install_api_routes(
         app, tenancy, clock, allow_insecure_loopback=settings.oidc_allow_insecure_loopback
     )

@@ -9,12 +9,17 @@ from quart import Quart, request
 from core.auth.credentials import parse_authorization
 from core.auth.scopes import parse_scopes
 from core.errors import Unauthorized, Unsupported
+from core.web.client_address import client_address, parse_networks
 from core.web.response import RegistryResponse as Response
 from origin.auth.issuer import TokenIssuer
 from origin.auth.keys import KeyRing
 
 
-def install_token_routes(app: Quart, issuer: TokenIssuer, keys: KeyRing) -> None:
+def install_token_routes(
+    app: Quart, issuer: TokenIssuer, keys: KeyRing, trusted_proxies: str = ""
+) -> None:
+    trusted = parse_networks(trusted_proxies)
+
     @app.route("/token", methods=["GET", "POST"])
     async def token() -> Response:
         password: str | None = None
@@ -32,7 +37,9 @@ def install_token_routes(app: Quart, issuer: TokenIssuer, keys: KeyRing) -> None
         try:
             issued = await issuer.exchange(
                 host=request.host,
-                client=request.remote_addr or "-",
+                client=client_address(
+                    request.remote_addr, request.headers.get("X-Forwarded-For"), trusted
+                ),
                 password=password,
                 scopes=parse_scopes(scopes),
             )

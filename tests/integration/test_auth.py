@@ -414,3 +414,22 @@ async def test_secrets_never_reach_the_logs(
     text = caplog.text
     for secret in (tenants.acme, tenants.other, issued):
         assert secret not in text
+
+
+async def test_behind_a_trusted_edge_failures_are_limited_per_client(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    tenants = await start_tenants(
+        nursery, tmp_path / "data", token_failures_allowed=2, trusted_proxies="127.0.0.1"
+    )
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with client_for(tenants, {"X-Forwarded-For": "198.51.100.1"}) as first:
+                for _ in range(2):
+                    assert (await exchange(first, "dpo_wrong")).status_code == 401
+                assert (await exchange(first, tenants.acme)).status_code == 429
+            async with client_for(tenants, {"X-Forwarded-For": "198.51.100.2"}) as second:
+                assert (await exchange(second, tenants.acme)).status_code == 200
+    finally:
+        tenants.origin.shutdown.set()
+        tenants.store.close()
