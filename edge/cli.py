@@ -65,6 +65,7 @@ def _settings(args: argparse.Namespace) -> EdgeSettings:
 
 def _run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     try:
         settings = _settings(args)
         if not settings.upstream:

@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_origin(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     try:
         settings = _settings(args)
     except ConfigError as exc:
