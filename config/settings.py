@@ -17,6 +17,12 @@ class OriginSettings:
     #: Upload sessions untouched for this long are purged (their staged bytes deleted).
     upload_timeout_seconds: float = 24 * 3600
     upload_sweep_interval_seconds: float = 600
+    #: Online garbage collection runs this often in each origin process (0: never; then run
+    #: ``depot-registry gc`` by hand or from a timer).
+    gc_interval_seconds: float = 6 * 3600
+    #: Garbage collection keeps anything younger than this (a blob uploaded for a manifest
+    #: that has not been pushed yet).
+    gc_grace_seconds: float = 2 * 3600
     #: Advertised as OCI-Chunk-Min-Length.
     chunk_min_length_bytes: int = 0
     #: In-flight requests get this long to finish on SIGTERM/Ctrl-C.
@@ -38,6 +44,14 @@ class OriginSettings:
     #: Comma-separated addresses/networks (the edges) whose X-Forwarded-For names the real
     #: client, so failed token exchanges are limited per client, not per edge.
     trusted_proxies: str = ""
+
+    #: Saved builds expire this long after they are created, unless their org or project
+    #: sets another TTL (``/api/v1/…/retention``).
+    build_ttl_seconds: float = 7 * 86400
+    #: US dollars per decimal GB stored for a 730-hour month (``/api/v1/orgs/{org}/usage``).
+    storage_price_per_gb_month: float = 0.20
+    #: How often byte-hours of stored data are accrued.
+    metering_interval_seconds: float = 3600
 
     @property
     def resolved_database_url(self) -> str:

@@ -13,8 +13,11 @@ from origin.auth.gate import Gate
 from origin.auth.issuer import TokenIssuer
 from origin.auth.keys import KeyRing
 from origin.auth.store import TenancyStore
+from origin.builds.metering import Metering
+from origin.builds.service import BuildService
 from origin.registry.registry import Registry
 from origin.routes.api import install_api_routes
+from origin.routes.builds import install_build_routes
 from origin.routes.token import install_token_routes
 from origin.routes.v2 import install_v2_routes
 
@@ -27,6 +30,9 @@ def create_origin_app(
     keys: KeyRing,
     tenancy: TenancyStore,
     clock: Callable[[], float] = time.time,
+    *,
+    builds: BuildService | None = None,
+    metering: Metering | None = None,
 ) -> QuartTrio:
     app = create_app("depot-origin")
     install_v2_routes(
@@ -41,4 +47,6 @@ def create_origin_app(
     install_api_routes(
         app, tenancy, clock, allow_insecure_loopback=settings.oidc_allow_insecure_loopback
     )
+    if builds is not None and metering is not None:
+        install_build_routes(app, tenancy, builds, metering, clock)
     return app

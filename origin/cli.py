@@ -20,14 +20,14 @@ from config.loader import ConfigError, load
 from config.settings import OriginSettings
 from core.cli import main as cli_main
 from core.web.serving import bind_socket, bound_url, is_loopback, serve_until_signal
-from origin import cli_tenancy
+from origin import cli_gc, cli_tenancy
 from origin.server import housekeeping, open_registry, serve
 
 ENV_PREFIX = "DEPOT_ORIGIN_"
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``origin serve`` and the tenancy commands (org, project, user, token)."""
+    """Add ``origin serve``, the tenancy commands (org, project, user, token) and ``gc``."""
     origin = commands.add_parser("origin", help="the authoritative registry")
     origin.set_defaults(handler=_run_origin)
     origin_commands = origin.add_subparsers(dest="command", required=True)
@@ -53,6 +53,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         commands.choices[name].set_defaults(
             handler=partial(cli_tenancy.run, load_settings=_settings)
         )
+    cli_gc.add_command(commands)
+    commands.choices["gc"].set_defaults(handler=partial(cli_gc.run, load_settings=_settings))
 
 
 def _settings(args: argparse.Namespace) -> OriginSettings:

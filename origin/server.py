@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import httpx
 import trio
@@ -21,8 +22,12 @@ from origin.auth.issuer import TokenIssuer
 from origin.auth.keys import KeyRing
 from origin.auth.oidc import OidcVerifier
 from origin.auth.store import TenancyStore
+from origin.builds.metering import Metering
+from origin.builds.service import BuildService
+from origin.builds.store import BuildStore
 from origin.metadata.store import MetadataStore
 from origin.registry.registry import Registry
+from origin.retention.gc import ExtraRoots, collect
 
 log = logging.getLogger("depot.origin")
 
@@ -36,15 +41,19 @@ class Services:
     keys: KeyRing
     gate: Gate
     issuer: TokenIssuer
+    builds: BuildService
+    metering: Metering
 
 
 @asynccontextmanager
-async def open_registry(settings: OriginSettings) -> AsyncIterator[Registry]:
+async def open_registry(
+    settings: OriginSettings, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Registry]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     storage = FilesystemDriver(settings.data_dir / "storage")
     metadata = MetadataStore.open(settings.resolved_database_url)
     try:
-        yield Registry(storage, metadata)
+        yield Registry(storage, metadata, clock)
     finally:
         metadata.close()
 
@@ -54,10 +63,11 @@ async def open_services(
     settings: OriginSettings, clock: Callable[[], float] = time.time
 ) -> AsyncIterator[Services]:
     async with (
-        open_registry(settings) as registry,
+        open_registry(settings, clock) as registry,
         httpx.AsyncClient(trust_env=False, timeout=10) as http,
     ):
         tenancy = TenancyStore.open(settings.resolved_database_url)
+        build_store = BuildStore.open(settings.resolved_database_url)
         try:
             keys = KeyRing.load(settings.data_dir / "keys")
             gate = Gate(settings, tenancy, keys, clock)
@@ -65,8 +75,23 @@ async def open_services(
                 http, clock, allow_insecure_loopback=settings.oidc_allow_insecure_loopback
             )
             issuer = TokenIssuer(settings, tenancy, keys, gate, oidc, clock)
-            yield Services(registry, tenancy, keys, gate, issuer)
+            builds = BuildService(
+                build_store,
+                registry.metadata,
+                registry.storage,
+                clock,
+                default_ttl_seconds=settings.build_ttl_seconds,
+            )
+            registry.manifests.hooks = builds  # expired builds stop resolving at once
+            metering = Metering(
+                build_store,
+                tenancy,
+                clock,
+                price_per_gb_month=settings.storage_price_per_gb_month,
+            )
+            yield Services(registry, tenancy, keys, gate, issuer, builds, metering)
         finally:
+            build_store.close()
             tenancy.close()
 
 
@@ -88,27 +113,75 @@ async def _sweep_uploads(registry: Registry, settings: OriginSettings) -> None:
             log.exception("upload sweep failed")
 
 
+async def collect_garbage_periodically(
+    registry: Registry,
+    settings: OriginSettings,
+    *,
+    clock: Callable[[], float] = time.time,
+    extra_roots: ExtraRoots | None = None,
+    before: Callable[[], Awaitable[object]] | None = None,
+) -> None:
+    """Online garbage collection every ``gc_interval_seconds`` (safe beside other origins and
+    ``depot-registry gc``: each deletion re-checks itself), abandoned uploads included.
+    ``extra_roots`` adds live saved builds as roots (``origin/retention/gc.py``)."""
+    while True:
+        await trio.sleep(settings.gc_interval_seconds)
+        try:
+            if before is not None:
+                await before()  # e.g. retire expired builds' tags: they are not roots
+            await collect(
+                registry,
+                now=clock(),
+                grace_seconds=settings.gc_grace_seconds,
+                extra_roots=extra_roots,
+                upload_timeout_seconds=settings.upload_timeout_seconds,
+            )
+        except Exception:  # keep collecting; the next round retries
+            log.exception("garbage collection failed")
+
+
 async def serve(
     settings: OriginSettings,
     sock: socket.socket,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     clean_at_start: bool = True,
+    clock: Callable[[], float] = time.time,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the origin on an already bound, listening socket until shutdown.
 
-    ``task_status.started`` receives the bound URLs once hypercorn is accepting.
+    ``task_status.started`` receives the bound URLs once hypercorn is accepting. ``clock``
+    is what every service reads the time from (tests drive it forward).
     """
-    async with open_services(settings) as services:
+    async with open_services(settings, clock) as services:
         registry = services.registry
         if clean_at_start:
             await housekeeping(registry, settings)
         app = create_origin_app(
-            registry, settings, services.gate, services.issuer, services.keys, services.tenancy
+            registry,
+            settings,
+            services.gate,
+            services.issuer,
+            services.keys,
+            services.tenancy,
+            clock,
+            builds=services.builds,
+            metering=services.metering,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_sweep_uploads, registry, settings)
+            if settings.gc_interval_seconds > 0:
+                nursery.start_soon(
+                    partial(
+                        collect_garbage_periodically,
+                        registry,
+                        settings,
+                        clock=clock,
+                        before=services.builds.retire_expired,
+                    )
+                )
+            nursery.start_soon(services.metering.run, settings.metering_interval_seconds)
             await serve_app(
                 app,
                 sock,
@@ -116,4 +189,4 @@ async def serve(
                 shutdown_trigger=shutdown_trigger,
                 task_status=task_status,
             )
-            nursery.cancel_scope.cancel()  # serving has drained: stop the sweeper too
+            nursery.cancel_scope.cancel()  # serving has drained: stop the sweepers too

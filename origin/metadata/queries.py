@@ -77,6 +77,32 @@ PRESENT_REFERENCES = sa.union_all(
         manifests.c.digest.in_(sa.bindparam("manifest_digests", expanding=True)),
     ),
 )
+# Row locks for the writes that race garbage collection (origin/retention/): FOR SHARE here
+# against GC's FOR UPDATE on PostgreSQL; SQLite renders no FOR clause, its write transactions
+# (BEGIN IMMEDIATE) are serialised already.
+BLOB_FOR_SHARE = (
+    sa.select(blobs.c.digest)
+    .where(blobs.c.digest == sa.bindparam("digest"))
+    .with_for_update(read=True)
+)
+LINKS_FOR_SHARE = (
+    sa.select(repo_blobs.c.digest)
+    .where(
+        repo_blobs.c.repository_id == sa.bindparam("repository_id"),
+        repo_blobs.c.digest.in_(sa.bindparam("digests", expanding=True)),
+    )
+    .order_by(repo_blobs.c.digest)
+    .with_for_update(read=True)
+)
+MANIFESTS_FOR_SHARE = (
+    sa.select(manifests.c.digest)
+    .where(
+        manifests.c.repository_id == sa.bindparam("repository_id"),
+        manifests.c.digest.in_(sa.bindparam("digests", expanding=True)),
+    )
+    .order_by(manifests.c.digest)
+    .with_for_update(read=True)
+)
 REFERRERS = (
     sa.select(
         manifests.c.digest,

@@ -13,12 +13,13 @@ queue on a trio limiter of one, instead of spinning in SQLite's busy handler aga
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar, TypeVarTuple
 
 import sqlalchemy as sa
 import trio
 
+from core.errors import ManifestBlobUnknown
 from origin.metadata import queries as q
 from origin.metadata.engine import open_engines
 from origin.metadata.records import (
@@ -42,6 +43,8 @@ Ts = TypeVarTuple("Ts")
 Row = sa.Row[*tuple[Any, ...]]
 
 DEFAULT_MAX_THREADS = 8
+#: Times a write re-takes a row a concurrent garbage collection deleted under it (PostgreSQL).
+_RACE_ATTEMPTS = 3
 _KINDS = frozenset({"blob", "manifest"})
 
 
@@ -135,6 +138,20 @@ class MetadataStore:
     def _all(self, stmt: sa.Executable, params: dict[str, Any]) -> Sequence[Row]:
         with self._reader.connect() as conn:
             return conn.execute(stmt, params).all()
+
+    def _read_with(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
+        with self._reader.connect() as conn:
+            return fn(conn, *args)
+
+    async def read(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
+        """Run ``fn(conn, *args)`` on an autocommit reader connection in a worker thread: for
+        modules owning queries of their own (garbage collection, ``origin/retention/``)."""
+        return await self._run(self._read_with, fn, *args)
+
+    async def transaction(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
+        """Run ``fn(conn, *args)`` in one write transaction, committed when it returns; ``fn``
+        runs in a worker thread and may reach trio through ``trio.from_thread.run``."""
+        return await self._write(fn, *args)
 
     @staticmethod
     def _execute(conn: sa.Connection, stmt: sa.Executable, params: Any) -> int:
@@ -230,6 +247,65 @@ class MetadataStore:
         params = {"repository_id": repository_id, "digest": digest, "created_at": now}
         await self._write(self._execute, self._writes.insert_link, params)
 
+    async def link_blob_if_present(self, repository_id: int, digest: str, now: float) -> bool:
+        """Link ``digest`` if the content store holds it; False if it does not. The blob row is
+        locked while the link is added, so a concurrent garbage collection (which deletes only
+        unlinked rows, after locking them) cannot delete it meanwhile."""
+        return await self._write(self._link_blob_if_present, repository_id, digest, now)
+
+    def _link_blob_if_present(
+        self, conn: sa.Connection, repository_id: int, digest: str, now: float
+    ) -> bool:
+        if conn.execute(q.BLOB_FOR_SHARE, {"digest": digest}).first() is None:
+            return False
+        params = {"repository_id": repository_id, "digest": digest, "created_at": now}
+        conn.execute(self._writes.insert_link, params)
+        return True
+
+    async def store_and_link_blob(
+        self,
+        repository_id: int,
+        digest: str,
+        size: int,
+        now: float,
+        place: Callable[[], Awaitable[None]],
+    ) -> bool:
+        """Link ``digest`` into the repository, first adding it to the content store if it is
+        not there: then ``place()`` (which puts the bytes under the blob's path) is awaited
+        inside the same transaction, before the new row can be seen. Returns whether it was.
+
+        Garbage collection deletes a blob's row and its bytes in one transaction after locking
+        the row (``origin/retention/sweep.py``). So this either links a row whose bytes stay
+        (the link keeps the collector off), or re-creates row and bytes after the collector is
+        done with them; it never places bytes a collector then deletes.
+        """
+        return await self._write(self._store_and_link_blob, repository_id, digest, size, now, place)
+
+    def _store_and_link_blob(
+        self,
+        conn: sa.Connection,
+        repository_id: int,
+        digest: str,
+        size: int,
+        now: float,
+        place: Callable[[], Awaitable[None]],
+    ) -> bool:
+        placed = False
+        blob = {"digest": digest, "size": size, "created_at": now}
+        for _ in range(_RACE_ATTEMPTS):
+            if conn.execute(q.BLOB_FOR_SHARE, {"digest": digest}).first() is not None:
+                break
+            # Waits for a collector deleting this row (PostgreSQL), then inserts it anew.
+            if self._execute(conn, self._writes.insert_blob, blob) > 0:
+                trio.from_thread.run(place)
+                placed = True
+                break
+        else:
+            raise MetadataError("blob row deleted repeatedly while linking it")
+        params = {"repository_id": repository_id, "digest": digest, "created_at": now}
+        conn.execute(self._writes.insert_link, params)
+        return placed
+
     async def linked_blob(self, repository: str, digest: str) -> BlobRecord | None:
         """The blob if repository ``repository`` (by name) may serve it; one round trip."""
         row = await self._run_hot(
@@ -271,7 +347,12 @@ class MetadataStore:
         now: float,
     ) -> None:
         """Store the manifest (if absent) and its references, and point ``tag`` at it, in one
-        transaction. Concurrent pushes of the same manifest all succeed."""
+        transaction. Concurrent pushes of the same manifest all succeed.
+
+        Raises ``ManifestBlobUnknown`` if, inside the transaction, the repository no longer
+        links every referenced blob or holds every referenced manifest: the caller checked
+        before, but a concurrent garbage collection may have removed them since. The rows found
+        stay locked until commit, so the collector cannot remove them afterwards either."""
         await self._write(self._put_manifest, repository_id, record, _unique(references), tag, now)
 
     def _put_manifest(
@@ -283,19 +364,28 @@ class MetadataStore:
         tag: str | None,
         now: float,
     ) -> None:
-        conn.execute(
-            self._writes.insert_manifest,
-            {
-                "repository_id": repository_id,
-                "digest": record.digest,
-                "media_type": record.media_type,
-                "payload": record.payload,
-                "subject": record.subject,
-                "artifact_type": record.artifact_type,
-                "annotations": record.annotations,
-                "created_at": now,
-            },
-        )
+        missing = self._lock_references(conn, repository_id, references)
+        if missing:
+            raise ManifestBlobUnknown(detail={"missing": [ref.digest for ref in missing[:50]]})
+        row = {
+            "repository_id": repository_id,
+            "digest": record.digest,
+            "media_type": record.media_type,
+            "payload": record.payload,
+            "subject": record.subject,
+            "artifact_type": record.artifact_type,
+            "annotations": record.annotations,
+            "created_at": now,
+        }
+        lock = {"repository_id": repository_id, "digests": [record.digest]}
+        for _ in range(_RACE_ATTEMPTS):
+            # Inserted, or present and locked: a collector cannot delete it before commit.
+            if self._execute(conn, self._writes.insert_manifest, row) > 0:
+                break
+            if conn.execute(q.MANIFESTS_FOR_SHARE, lock).first() is not None:
+                break
+        else:
+            raise MetadataError("manifest row deleted repeatedly while pushing it")
         if references:
             # A fixed order keeps concurrent writers of overlapping rows from deadlocking.
             rows = [
@@ -318,6 +408,19 @@ class MetadataStore:
                     "updated_at": now,
                 },
             )
+
+    @staticmethod
+    def _lock_references(
+        conn: sa.Connection, repository_id: int, references: list[Reference]
+    ) -> list[Reference]:
+        """Lock the links and manifests ``references`` name; return those that are missing."""
+        present: set[tuple[str, str]] = set()
+        for kind, stmt in (("blob", q.LINKS_FOR_SHARE), ("manifest", q.MANIFESTS_FOR_SHARE)):
+            digests = [ref.digest for ref in references if ref.kind == kind]
+            if digests:
+                params = {"repository_id": repository_id, "digests": digests}
+                present.update((row[0], kind) for row in conn.execute(stmt, params))
+        return [ref for ref in references if (ref.digest, ref.kind) not in present]
 
     async def manifest(
         self, repository: str, *, digest: str | None = None, tag: str | None = None

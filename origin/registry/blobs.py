@@ -53,15 +53,29 @@ class Blobs:
         return True
 
     async def commit(self, name: RepositoryName, staged: str, digest: Digest, size: int) -> None:
-        """Move verified staged bytes into the content store and link them to ``name``."""
+        """Move verified staged bytes into the content store and link them to ``name``.
+
+        Safe against a garbage collection sweeping the same blob: the store links an existing
+        row (whose bytes the link then protects) or re-adds row and bytes in one transaction
+        (see :meth:`MetadataStore.store_and_link_blob`).
+        """
         now = self._clock()
-        if await self.exists(digest):
-            await self._storage.delete(staged)
-        else:
-            await self._storage.move(staged, blob_path(digest))
-            await self._metadata.add_blob(str(digest), size, now)
         repository_id = await self._metadata.ensure_repository(name.value, now)
-        await self._metadata.link_blob(repository_id, str(digest), now)
+        path = blob_path(digest)
+
+        async def place() -> None:
+            await self._storage.move(staged, path)
+
+        if await self._metadata.store_and_link_blob(repository_id, str(digest), size, now, place):
+            return
+        try:
+            await self._storage.stat(path)
+        except PathNotFound:
+            # Row without bytes: only a crash mid-collection leaves that. Now linked, the row
+            # is safe from collection, so the staged bytes repair it.
+            await self._storage.move(staged, path)
+            return
+        await self._storage.delete(staged)
 
     async def mount(self, name: RepositoryName, source: RepositoryName, digest: Digest) -> bool:
         """Link a blob of ``source`` into ``name``; False when ``source`` lacks it."""
@@ -69,8 +83,8 @@ class Blobs:
             return False
         now = self._clock()
         repository_id = await self._metadata.ensure_repository(name.value, now)
-        await self._metadata.link_blob(repository_id, str(digest), now)
-        return True
+        # False when a garbage collection deleted the blob since: the client uploads it.
+        return await self._metadata.link_blob_if_present(repository_id, str(digest), now)
 
     async def delete(self, name: RepositoryName, digest: Digest) -> None:
         """Unlink from the repository; bytes are freed by garbage collection."""

@@ -3,6 +3,9 @@
 Manifests are stored as the exact bytes pushed; they are parsed only to check that every
 descriptor they reference exists in the repository (a ``subject`` may be absent) and to
 index referrers.
+
+Optional :class:`ManifestHooks` (saved builds, ``origin/builds/``) see every manifest pushed by
+tag and may hide a manifest found by a GET/HEAD (an expired build's image).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from core.digest import Digest
 from core.errors import DigestInvalid, ManifestBlobUnknown, ManifestUnknown, NameUnknown
@@ -26,10 +30,28 @@ class PushedManifest:
     subject: str | None
 
 
+class ManifestHooks(Protocol):
+    async def on_tagged(
+        self, name: RepositoryName, tag: str, record: ManifestRecord, parsed: ParsedManifest
+    ) -> None:
+        """Called after a manifest was stored and ``tag`` points at it."""
+        ...
+
+    async def visible(self, name: RepositoryName, reference: Tag | Digest, digest: str) -> bool:
+        """Whether the manifest ``digest`` found by ``reference`` may be served."""
+        ...
+
+
 class Manifests:
-    def __init__(self, metadata: MetadataStore, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        clock: Callable[[], float],
+        hooks: ManifestHooks | None = None,
+    ) -> None:
         self._metadata = metadata
         self._clock = clock
+        self.hooks = hooks
 
     async def put(
         self,
@@ -49,7 +71,7 @@ class Manifests:
             digest = str(reference)
         else:
             digest = "sha256:" + hashlib.sha256(payload).hexdigest()
-        references = _references(parsed)
+        references = references_of(parsed)
         existing_id = await self._metadata.repository_id(name.value)
         missing = references
         if existing_id is not None:
@@ -68,6 +90,8 @@ class Manifests:
         )
         tag = reference.value if isinstance(reference, Tag) else None
         await self._metadata.put_manifest(repository_id, record, references, tag, now)
+        if tag is not None and self.hooks is not None:
+            await self.hooks.on_tagged(name, tag, record, parsed)
         return PushedManifest(digest, record.subject)
 
     async def get(self, name: RepositoryName, reference: Tag | Digest) -> ManifestRecord:
@@ -77,6 +101,8 @@ class Manifests:
             record = await self._metadata.manifest(name.value, digest=str(reference))
         if record is None:
             await self._require_repository(name)
+            raise ManifestUnknown(detail={"reference": str(reference)})
+        if self.hooks is not None and not await self.hooks.visible(name, reference, record.digest):
             raise ManifestUnknown(detail={"reference": str(reference)})
         return record
 
@@ -109,7 +135,8 @@ class Manifests:
         return repository_id
 
 
-def _references(parsed: ParsedManifest) -> list[Reference]:
+def references_of(parsed: ParsedManifest) -> list[Reference]:
+    """The blobs and child manifests a manifest needs, each once."""
     seen: dict[str, Reference] = {}
     for descriptor in parsed.blobs:
         seen.setdefault(str(descriptor.digest), Reference(str(descriptor.digest), "blob"))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,11 +24,18 @@ class RunningOrigin:
     shutdown: trio.Event
 
 
-async def start_origin(nursery: trio.Nursery, data_dir: Path, **overrides: object) -> RunningOrigin:
+async def start_origin(
+    nursery: trio.Nursery,
+    data_dir: Path,
+    *,
+    clock: Callable[[], float] = time.time,
+    **overrides: object,
+) -> RunningOrigin:
+    """``clock``: what the origin reads the time from (a fake one lets a test move time)."""
     settings = OriginSettings(data_dir=data_dir, **overrides)  # type: ignore[arg-type]
     sock = bind_socket("127.0.0.1:0")
     shutdown = trio.Event()
-    await nursery.start(partial(serve, settings, sock, shutdown_trigger=shutdown.wait))
+    await nursery.start(partial(serve, settings, sock, shutdown_trigger=shutdown.wait, clock=clock))
     return RunningOrigin(bound_url(sock), settings, shutdown)
 
 

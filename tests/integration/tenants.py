@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +36,18 @@ class Tenants:
         return self.origin.url
 
 
-async def start_tenants(nursery: trio.Nursery, data_dir: Path, **overrides: object) -> Tenants:
-    origin = await start_origin(nursery, data_dir, auth=True, base_domain=BASE_DOMAIN, **overrides)
+async def start_tenants(
+    nursery: trio.Nursery,
+    data_dir: Path,
+    *,
+    clock: Callable[[], float] = time.time,
+    **overrides: object,
+) -> Tenants:
+    origin = await start_origin(
+        nursery, data_dir, clock=clock, auth=True, base_domain=BASE_DOMAIN, **overrides
+    )
     store = TenancyStore.open(origin.settings.resolved_database_url)
-    now = time.time()
+    now = clock()
     acme = await store.create_org("acme", now)
     other = await store.create_org("other", now)
     project = await store.create_project(acme.id, "web", now)

@@ -1,0 +1,1 @@
+"""``depot``: the user CLI (save images as builds, list/delete builds, usage, login)."""

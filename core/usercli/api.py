@@ -1,0 +1,133 @@
+"""Calls of the registry's JSON API (``/api/v1/``) and of ``GET /v2/`` for ``depot``.
+
+Every request carries the token as Basic ``x-token:<token>``, which both ``/v2/`` and
+``/api/v1/`` accept. A non-2xx answer raises :class:`ApiError` with the registry's error code
+and message (the OCI error envelope), never with request headers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from core.client.http import open_http_client, request_with_retry, x_token_auth
+
+
+class ApiError(Exception):
+    """The registry answered with an error status (or not with the expected document)."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def open_client(registry: str, token: str) -> httpx.AsyncClient:
+    return open_http_client(registry, auth_header=x_token_auth(token), max_connections=8)
+
+
+def segment(value: str) -> str:
+    """``value`` as one URL path segment."""
+    return quote(value, safe="")
+
+
+def error_from(response: httpx.Response, action: str) -> ApiError:
+    """An :class:`ApiError` describing ``response`` (its body must have been read)."""
+    code: str | None = None
+    message = ""
+    try:
+        errors = json.loads(response.content).get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            code = str(errors[0].get("code") or "") or None
+            message = str(errors[0].get("message") or "")
+    except (ValueError, AttributeError):
+        message = response.text[:200].strip()
+    detail = ": ".join(part for part in (code, message) if part) or response.reason_phrase
+    hint = ""
+    if response.status_code == 401:
+        hint = " (is the token valid? run depot login again)"
+    return ApiError(
+        f"{action}: HTTP {response.status_code} {detail}{hint}", response.status_code, code
+    )
+
+
+async def call(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    action: str,
+    *,
+    expect: tuple[int, ...] = (200,),
+    json_body: Any = None,
+) -> Any:
+    """Send a JSON API request; return the decoded JSON answer (None for an empty body)."""
+    kwargs: dict[str, Any] = {}
+    if json_body is not None:
+        kwargs["content"] = json.dumps(json_body).encode()
+        kwargs["headers"] = {"Content-Type": "application/json"}
+    response = await request_with_retry(client, method, url, **kwargs)
+    if response.status_code not in expect:
+        raise error_from(response, action)
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise ApiError(f"{action}: the registry answered with invalid JSON") from exc
+
+
+async def check_login(client: httpx.AsyncClient) -> None:
+    """``GET /v2/`` with the token: 200 or :class:`ApiError`."""
+    await call(client, "GET", "/v2/", "checking the token against /v2/")
+
+
+async def create_build(
+    client: httpx.AsyncClient, project: str, save_tags: list[str]
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"save_tags": save_tags} if save_tags else {}
+    document = await call(
+        client,
+        "POST",
+        f"/api/v1/projects/{segment(project)}/builds",
+        f"creating a build in project {project}",
+        expect=(200, 201),
+        json_body=body,
+    )
+    if not isinstance(document, dict) or not isinstance(document.get("id"), str):
+        raise ApiError("creating a build: the answer has no build id")
+    return document
+
+
+async def list_builds(client: httpx.AsyncClient, project: str) -> list[dict[str, Any]]:
+    document = await call(
+        client,
+        "GET",
+        f"/api/v1/projects/{segment(project)}/builds",
+        f"listing the builds of project {project}",
+    )
+    builds = document.get("builds") if isinstance(document, dict) else None
+    if not isinstance(builds, list):
+        raise ApiError("listing builds: the answer has no builds list")
+    return [b for b in builds if isinstance(b, dict)]
+
+
+async def delete_build(client: httpx.AsyncClient, project: str, build_id: str) -> None:
+    await call(
+        client,
+        "DELETE",
+        f"/api/v1/projects/{segment(project)}/builds/{segment(build_id)}",
+        f"deleting build {build_id}",
+        expect=(200, 202, 204),
+    )
+
+
+async def org_usage(client: httpx.AsyncClient, org: str) -> dict[str, Any]:
+    document = await call(
+        client, "GET", f"/api/v1/orgs/{segment(org)}/usage", f"reading the usage of org {org}"
+    )
+    if not isinstance(document, dict):
+        raise ApiError("reading usage: the answer is not a JSON object")
+    return document

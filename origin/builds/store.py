@@ -1,0 +1,428 @@
+"""The build store: builds, their save-tags and manifests, build retention and storage usage, in
+the metadata store's database.
+
+Built like ``origin/auth/store.py``: SQLAlchemy Core, engines from
+``origin/metadata/engine.py`` (tables from ``origin/builds/schema.py``), each blocking call in a
+worker thread through ``trio.to_thread.run_sync`` with this store's ``CapacityLimiter``, each
+read one autocommit statement, each write one transaction (on SQLite behind a trio gate of one),
+the per-request reads inline on SQLite. SQLAlchemy errors become :class:`BuildError` here.
+
+A few reads join the metadata store's tables (tags, blobs, manifests) by name: same database,
+read only, never written from here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar, TypeVarTuple
+
+import sqlalchemy as sa
+import trio
+from sqlalchemy.dialects import postgresql, sqlite
+
+from origin.builds.records import BoundImage, BuildRecord, Retention, UsageRecord, split_by_month
+from origin.builds.schema import (
+    build_manifests,
+    build_retention,
+    build_tags,
+    builds,
+    builds_metadata,
+    usage,
+    usage_accrual,
+)
+from origin.metadata import schema as md
+from origin.metadata.engine import open_engines
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+Row = sa.Row[*tuple[Any, ...]]
+
+DEFAULT_MAX_THREADS = 4
+_ORG_PROJECT = ""  # build_retention.project_id of an org-wide setting
+
+
+class BuildError(Exception):
+    """The build database failed or refused an operation."""
+
+
+def _describe(exc: sa.exc.SQLAlchemyError) -> str:
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        return f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0]}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _upsert(dialect: str, table: sa.Table, keys: list[str], set_: dict[str, Any]) -> sa.Insert:
+    """An insert that updates ``set_`` (built from the ``excluded`` row) on a key conflict."""
+    stmt: Any = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
+    values = {name: value(stmt.excluded) for name, value in set_.items()}
+    result: sa.Insert = stmt.on_conflict_do_update(index_elements=keys, set_=values)
+    return result
+
+
+def _org_range(column: sa.ColumnElement[str], org: str) -> sa.ColumnElement[bool]:
+    # Names under ``<org>/``: a byte range ('/' + 1 == '0'), no LIKE escaping, uses the index.
+    return sa.and_(column > f"{org}/", column < f"{org}0")
+
+
+# Two indexed lookups (the build's primary key; the save-tag's), not an OR that would scan.
+_BUILD_FOR_TAG = sa.union_all(
+    sa.select(*builds.c).where(
+        builds.c.id == sa.bindparam("tag"), builds.c.repository == sa.bindparam("repository")
+    ),
+    sa.select(*builds.c)
+    .select_from(build_tags.join(builds, builds.c.id == build_tags.c.build_id))
+    .where(
+        build_tags.c.repository == sa.bindparam("repository"),
+        build_tags.c.tag == sa.bindparam("tag"),
+    ),
+)
+_BUILD_FOR_DIGEST = (
+    sa.select(builds)
+    .select_from(builds.join(build_manifests, build_manifests.c.build_id == builds.c.id))
+    .where(
+        build_manifests.c.repository == sa.bindparam("repository"),
+        build_manifests.c.digest == sa.bindparam("digest"),
+    )
+)
+# Tags of the repository pointing at the digest, or at a manifest (an index) that lists it.
+_TAGS_REACHING = (
+    sa.select(md.tags.c.name, md.tags.c.digest)
+    .select_from(md.tags.join(md.repositories, md.repositories.c.id == md.tags.c.repository_id))
+    .where(md.repositories.c.name == sa.bindparam("repository"))
+    .where(
+        sa.or_(
+            md.tags.c.digest == sa.bindparam("digest"),
+            md.tags.c.digest.in_(
+                sa.select(md.manifest_references.c.manifest_digest).where(
+                    md.manifest_references.c.repository_id == md.tags.c.repository_id,
+                    md.manifest_references.c.child_digest == sa.bindparam("digest"),
+                )
+            ),
+        )
+    )
+    .limit(100)
+)
+
+
+class BuildStore:
+    """Builds, build retention and usage. Mutating methods take ``now``: the caller owns the
+    clock."""
+
+    def __init__(self, reader: sa.Engine, writer: sa.Engine, *, max_threads: int) -> None:
+        self._reader = reader
+        self._writer = writer
+        dialect = writer.dialect.name
+        self._upsert_retention = _upsert(
+            dialect,
+            build_retention,
+            ["org_id", "project_id"],
+            {
+                "build_ttl_seconds": lambda e: e.build_ttl_seconds,
+                "updated_at": lambda e: e.updated_at,
+            },
+        )
+        self._add_usage = _upsert(
+            dialect,
+            usage,
+            ["org_slug", "month"],
+            {"byte_hours": lambda e: usage.c.byte_hours + e.byte_hours},
+        )
+        self._limiter = trio.CapacityLimiter(max_threads)
+        self._write_gate = trio.CapacityLimiter(1 if dialect == "sqlite" else max_threads)
+        self._inline_reads = dialect == "sqlite"
+        self._closed = False
+
+    @classmethod
+    def open(cls, url: str, *, max_threads: int = DEFAULT_MAX_THREADS) -> BuildStore:
+        """Connect to ``url`` (the metadata store's) and create missing tables. Blocking: call
+        it at start-up. ``ValueError`` for an unusable URL, :class:`BuildError` if the database
+        fails."""
+        try:
+            reader, writer = open_engines(url, pool_size=max_threads, tables=builds_metadata)
+        except sa.exc.SQLAlchemyError as exc:
+            raise BuildError(_describe(exc)) from exc
+        return cls(reader, writer, max_threads=max_threads)
+
+    def close(self) -> None:
+        self._closed = True
+        self._reader.dispose()
+        self._writer.dispose()
+
+    # -- plumbing (as in MetadataStore) ---------------------------------------------------
+
+    async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        if self._closed:
+            raise BuildError("build store is closed")
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        except sa.exc.SQLAlchemyError as exc:
+            raise BuildError(_describe(exc)) from exc
+
+    async def _run_hot(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """Per-request reads: inline on SQLite, through the thread pool on PostgreSQL."""
+        if not self._inline_reads:
+            return await self._run(fn, *args)
+        if self._closed:
+            raise BuildError("build store is closed")
+        await trio.lowlevel.checkpoint()
+        try:
+            return fn(*args)
+        except sa.exc.SQLAlchemyError as exc:
+            raise BuildError(_describe(exc)) from exc
+
+    async def _write(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
+        async with self._write_gate:
+            return await self._run(self._in_transaction, fn, *args)
+
+    def _in_transaction(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
+        with self._writer.begin() as conn:
+            return fn(conn, *args)
+
+    def _all(self, stmt: sa.Executable, params: dict[str, Any]) -> Sequence[Row]:
+        with self._reader.connect() as conn:
+            return conn.execute(stmt, params).all()
+
+    @staticmethod
+    def _execute(conn: sa.Connection, stmt: sa.Executable, params: Any) -> int:
+        result: sa.CursorResult[*tuple[Any, ...]] = conn.execute(stmt, params)
+        return result.rowcount
+
+    async def _builds(self, stmt: sa.Executable, params: dict[str, Any]) -> list[BuildRecord]:
+        return [_build_record(row) for row in await self._run_hot(self._all, stmt, params)]
+
+    # -- builds ---------------------------------------------------------------------------
+
+    async def create_build(self, record: BuildRecord) -> None:
+        values = {
+            "id": record.id,
+            "project_id": record.project_id,
+            "org_slug": record.org_slug,
+            "repository": record.repository,
+            "created_at": record.created_at,
+            "expires_at": record.expires_at,
+            "save_tags": json.dumps(list(record.save_tags)),
+        }
+        await self._write(self._execute, sa.insert(builds), values)
+
+    async def build(self, build_id: str) -> BuildRecord | None:
+        found = await self._builds(sa.select(builds).where(builds.c.id == build_id), {})
+        return found[0] if found else None
+
+    async def list_builds(self, project_id: str, limit: int) -> list[BuildRecord]:
+        """The project's builds not deleted, newest first."""
+        stmt = (
+            sa.select(builds)
+            .where(builds.c.project_id == project_id, builds.c.deleted_at.is_(None))
+            .order_by(builds.c.created_at.desc(), builds.c.id.desc())
+            .limit(limit)
+        )
+        return await self._builds(stmt, {})
+
+    async def bind(self, build_id: str, image: BoundImage, now: float) -> bool:
+        """Bind the pushed image to the build if it is still pending and live; record its
+        manifests and save-tags. False when it was not (already bound, expired, deleted)."""
+        return await self._write(self._bind, build_id, image, now)
+
+    def _bind(self, conn: sa.Connection, build_id: str, image: BoundImage, now: float) -> bool:
+        stmt = (
+            sa.update(builds)
+            .where(
+                builds.c.id == build_id,
+                builds.c.digest.is_(None),
+                builds.c.deleted_at.is_(None),
+                builds.c.expires_at > now,
+            )
+            .values(
+                digest=image.digest,
+                media_type=image.media_type,
+                platforms=json.dumps(list(image.platforms)),
+                size=image.size,
+                bound_at=now,
+            )
+        )
+        if self._execute(conn, stmt, {}) == 0:
+            return False
+        row = conn.execute(
+            sa.select(builds.c.repository, builds.c.save_tags).where(builds.c.id == build_id)
+        ).one()
+        conn.execute(
+            sa.insert(build_manifests),
+            [
+                {"build_id": build_id, "digest": digest, "repository": row.repository}
+                for digest in sorted(image.manifests)
+            ],
+        )
+        save_tags = json.loads(row.save_tags)
+        if save_tags:
+            conn.execute(
+                sa.insert(build_tags),
+                [{"repository": row.repository, "tag": t, "build_id": build_id} for t in save_tags],
+            )
+        return True
+
+    async def delete_build(self, build_id: str, now: float) -> bool:
+        """Mark the build deleted; False when it already was (or does not exist)."""
+        stmt = (
+            sa.update(builds)
+            .where(builds.c.id == build_id, builds.c.deleted_at.is_(None))
+            .values(deleted_at=now)
+        )
+        return await self._write(self._execute, stmt, {}) > 0
+
+    async def dead_unretired(self, now: float) -> list[BuildRecord]:
+        """Expired or deleted builds whose tags have not been retired yet."""
+        dead = sa.or_(builds.c.deleted_at.is_not(None), builds.c.expires_at <= now)
+        stmt = sa.select(builds).where(dead, builds.c.retired_at.is_(None)).order_by(builds.c.id)
+        return await self._builds(stmt, {})
+
+    async def mark_retired(self, build_id: str, now: float) -> None:
+        stmt = sa.update(builds).where(builds.c.id == build_id).values(retired_at=now)
+        await self._write(self._execute, stmt, {})
+
+    async def builds_for_tag(self, repository: str, tag: str) -> list[BuildRecord]:
+        """Builds of the repository whose id is ``tag`` or bound ``tag`` as a save-tag."""
+        return await self._builds(_BUILD_FOR_TAG, {"repository": repository, "tag": tag})
+
+    async def builds_for_digest(self, repository: str, digest: str) -> list[BuildRecord]:
+        """Bound builds of the repository that reach manifest ``digest``."""
+        params = {"repository": repository, "digest": digest}
+        return await self._builds(_BUILD_FOR_DIGEST, params)
+
+    async def tags_reaching(self, repository: str, digest: str) -> list[tuple[str, str]]:
+        """``(tag, its digest)`` for the repository's tags on ``digest`` or on an index
+        listing it (at most 100)."""
+        rows = await self._run(
+            self._all, _TAGS_REACHING, {"repository": repository, "digest": digest}
+        )
+        return [(str(row[0]), str(row[1])) for row in rows]
+
+    async def blob_sizes(self, digests: Collection[str]) -> dict[str, int]:
+        """Sizes of the blobs the content store holds, by digest."""
+        if not digests:
+            return {}
+        stmt = sa.select(md.blobs.c.digest, md.blobs.c.size).where(
+            md.blobs.c.digest.in_(sorted(digests))
+        )
+        return {str(row[0]): int(row[1]) for row in await self._run(self._all, stmt, {})}
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def retention(self, org_id: str, project_id: str | None = None) -> Retention:
+        keys = [_ORG_PROJECT] if project_id is None else [_ORG_PROJECT, project_id]
+        stmt = sa.select(build_retention.c.project_id, build_retention.c.build_ttl_seconds).where(
+            build_retention.c.org_id == org_id, build_retention.c.project_id.in_(keys)
+        )
+        found = {row[0]: float(row[1]) for row in await self._run(self._all, stmt, {})}
+        project = None if project_id is None else found.get(project_id)
+        return Retention(found.get(_ORG_PROJECT), project)
+
+    async def set_retention(
+        self, org_id: str, project_id: str | None, ttl_seconds: float | None, now: float
+    ) -> None:
+        """Set the build TTL of the org (``project_id`` None) or of one project; None unsets."""
+        key = {"org_id": org_id, "project_id": project_id or _ORG_PROJECT}
+        if ttl_seconds is None:
+            stmt: sa.Executable = sa.delete(build_retention).where(
+                build_retention.c.org_id == key["org_id"],
+                build_retention.c.project_id == key["project_id"],
+            )
+            await self._write(self._execute, stmt, {})
+            return
+        values = {**key, "build_ttl_seconds": ttl_seconds, "updated_at": now}
+        await self._write(self._execute, self._upsert_retention, values)
+
+    # -- usage ----------------------------------------------------------------------------
+
+    async def stored_bytes(self, org_slug: str) -> int:
+        """Distinct blobs linked to any repository of the org, plus distinct manifests."""
+        repos = sa.select(md.repositories.c.id).where(_org_range(md.repositories.c.name, org_slug))
+        linked = sa.select(md.repo_blobs.c.digest).where(md.repo_blobs.c.repository_id.in_(repos))
+        blob_bytes = (
+            sa.select(sa.func.coalesce(sa.func.sum(md.blobs.c.size), 0))
+            .where(md.blobs.c.digest.in_(linked))
+            .scalar_subquery()
+        )
+        distinct_manifests = (
+            sa.select(md.manifests.c.digest, sa.func.length(md.manifests.c.payload).label("n"))
+            .where(md.manifests.c.repository_id.in_(repos))
+            .distinct()
+            .subquery()
+        )
+        manifest_bytes = sa.select(
+            sa.func.coalesce(sa.func.sum(distinct_manifests.c.n), 0)
+        ).scalar_subquery()
+        rows = await self._run(self._all, sa.select(blob_bytes, manifest_bytes), {})
+        return int(rows[0][0]) + int(rows[0][1])
+
+    async def accrue(self, org_slug: str, stored_bytes: int, now: float) -> float:
+        """Add byte-hours for the time since the org's last accrual (at the bytes stored then),
+        split by UTC month, and record ``stored_bytes`` as of ``now``. The first call for an
+        org only starts the clock. Returns the byte-hours added."""
+        return await self._write(self._accrue, org_slug, stored_bytes, now)
+
+    def _accrue(self, conn: sa.Connection, org_slug: str, stored_bytes: int, now: float) -> float:
+        row = conn.execute(
+            sa.select(usage_accrual.c.accrued_at, usage_accrual.c.stored_bytes).where(
+                usage_accrual.c.org_slug == org_slug
+            )
+        ).first()
+        if row is None:
+            values = {"org_slug": org_slug, "accrued_at": now, "stored_bytes": stored_bytes}
+            conn.execute(_insert_ignoring_conflicts(conn, usage_accrual), values)
+            return 0.0
+        previous, measured = float(row.accrued_at), int(row.stored_bytes)
+        # Compare-and-set first: a concurrent round that got here first wins, this one adds
+        # nothing (PostgreSQL re-checks the WHERE once the winner commits).
+        moved = sa.update(usage_accrual).where(
+            usage_accrual.c.org_slug == org_slug, usage_accrual.c.accrued_at == previous
+        )
+        if now <= previous:  # no time passed: only the measurement is newer
+            self._execute(conn, moved.values(stored_bytes=stored_bytes), {})
+            return 0.0
+        if self._execute(conn, moved.values(accrued_at=now, stored_bytes=stored_bytes), {}) == 0:
+            return 0.0
+        added = 0.0
+        for month, seconds in split_by_month(previous, now):
+            byte_hours = measured * seconds / 3600.0
+            conn.execute(
+                self._add_usage, {"org_slug": org_slug, "month": month, "byte_hours": byte_hours}
+            )
+            added += byte_hours
+        return added
+
+    async def usage(self, org_slug: str, month: str) -> UsageRecord:
+        stmt = sa.select(
+            sa.select(usage.c.byte_hours)
+            .where(usage.c.org_slug == org_slug, usage.c.month == month)
+            .scalar_subquery(),
+            sa.select(usage_accrual.c.accrued_at)
+            .where(usage_accrual.c.org_slug == org_slug)
+            .scalar_subquery(),
+        )
+        row = (await self._run(self._all, stmt, {}))[0]
+        accrued_at = None if row[1] is None else float(row[1])
+        return UsageRecord(org_slug, month, float(row[0] or 0.0), accrued_at)
+
+
+def _insert_ignoring_conflicts(conn: sa.Connection, table: sa.Table) -> sa.Insert:
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return postgresql.insert(table).on_conflict_do_nothing()
+
+
+def _build_record(row: Row) -> BuildRecord:
+    return BuildRecord(
+        id=row.id,
+        project_id=row.project_id,
+        org_slug=row.org_slug,
+        repository=row.repository,
+        created_at=float(row.created_at),
+        expires_at=float(row.expires_at),
+        save_tags=tuple(json.loads(row.save_tags)),
+        digest=row.digest,
+        media_type=row.media_type,
+        platforms=tuple(json.loads(row.platforms)) if row.platforms else (),
+        size=None if row.size is None else int(row.size),
+        deleted_at=None if row.deleted_at is None else float(row.deleted_at),
+    )

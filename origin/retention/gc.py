@@ -1,0 +1,173 @@
+"""Online garbage collection: mark from the metadata, sweep what nothing reaches.
+
+No read-only window: pushes and pulls go on while a collection runs, in this process or in
+others (``depot-registry gc`` beside serving origins). The mark phase (``mark.py``) plans on a
+snapshot; every deletion then re-checks itself in SQL inside its own transaction
+(``sweep.py``), and the writers that race it (manifest push, blob commit, mount) take row locks
+and re-check too (``MetadataStore``). The outcome of a race is therefore either the push
+winning (the blob stays: its link or reference now exists) or the push failing cleanly
+(``MANIFEST_BLOB_UNKNOWN`` / a mount falling back to an upload) for the client to retry —
+never a manifest pointing at a deleted blob.
+
+Order of the sweep: unreachable manifests (indexes before their children), then links no
+manifest of their repository references, then blobs no repository links (row, then bytes).
+Everything younger than the grace period is kept, so a blob uploaded for a manifest that has
+not been pushed yet survives. One run also purges abandoned upload sessions.
+
+Saved builds join as roots through ``extra_roots``: an async callable returning
+``(repository id, manifest digest)`` pairs of live builds; expired builds are simply not
+returned (and their tags removed by their owner).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from core.digest import parse_digest
+from origin.metadata.store import MetadataError
+from origin.registry.paths import blob_path
+from origin.registry.registry import Registry
+from origin.retention.mark import plan
+from origin.retention.sweep import delete_blob, delete_link, delete_manifest, load_graph
+
+log = logging.getLogger("depot.gc")
+T = TypeVar("T")
+
+#: Live saved builds as extra roots: ``(repository id, manifest digest)`` pairs.
+ExtraRoots = Callable[[], Awaitable[Iterable[tuple[int, str]]]]
+
+DEFAULT_GRACE_SECONDS = 2 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    """What a collection deleted, or with ``dry_run`` would delete."""
+
+    dry_run: bool
+    manifests: tuple[tuple[str, str], ...] = ()  # (repository, digest)
+    links: tuple[tuple[str, str], ...] = ()  # (repository, blob digest)
+    blobs: tuple[tuple[str, int], ...] = ()  # (digest, size)
+    #: Abandoned upload sessions purged (with ``dry_run``: expired ones found).
+    uploads: int = 0
+    #: Planned deletions refused on re-check: the database changed since the mark.
+    refused: int = 0
+
+    @property
+    def manifests_deleted(self) -> int:
+        return len(self.manifests)
+
+    @property
+    def links_removed(self) -> int:
+        return len(self.links)
+
+    @property
+    def blobs_deleted(self) -> int:
+        return len(self.blobs)
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(size for _, size in self.blobs)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "manifests_deleted": self.manifests_deleted,
+            "links_removed": self.links_removed,
+            "blobs_deleted": self.blobs_deleted,
+            "bytes_freed": self.bytes_freed,
+            "uploads_purged": self.uploads,
+            "refused": self.refused,
+            "manifests": [{"repository": r, "digest": d} for r, d in self.manifests],
+            "links": [{"repository": r, "digest": d} for r, d in self.links],
+            "blobs": [{"digest": d, "size": size} for d, size in self.blobs],
+        }
+
+
+async def collect(
+    registry: Registry,
+    *,
+    now: float,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    dry_run: bool = False,
+    extra_roots: ExtraRoots | None = None,
+    upload_timeout_seconds: float | None = None,
+) -> GcReport:
+    """Collect garbage as of ``now`` (POSIX seconds): anything created before
+    ``now - grace_seconds`` that nothing live reaches. With ``upload_timeout_seconds``, also
+    purge upload sessions idle that long (by the registry's clock)."""
+    if grace_seconds < 0:
+        raise ValueError(f"grace period must not be negative: {grace_seconds}")
+    metadata = registry.metadata
+    cutoff = now - grace_seconds
+    graph, names = await metadata.read(load_graph)
+    roots = list(await extra_roots()) if extra_roots is not None else []
+    planned = plan(graph, roots, cutoff)
+
+    def name(repository_id: int) -> str:
+        return names.get(repository_id, f"#{repository_id}")
+
+    if dry_run:
+        uploads = 0
+        if upload_timeout_seconds is not None:
+            uploads = len(await metadata.expired_uploads(now - upload_timeout_seconds))
+        return GcReport(
+            dry_run=True,
+            manifests=tuple((name(r), d) for r, d in planned.manifests),
+            links=tuple((name(r), d) for r, d in planned.links),
+            blobs=tuple((d, graph.blobs[d].size) for d in planned.blobs),
+            uploads=uploads,
+        )
+
+    refused = 0
+
+    async def attempt(fn: Callable[..., T], *args: Any) -> T | None:
+        """One deletion; None when refused (a failed transaction rolled back whole)."""
+        nonlocal refused
+        try:
+            done = await metadata.transaction(fn, *args)
+        except MetadataError as exc:  # e.g. a writer that takes no lock won a race
+            log.warning("garbage collection: %s%s refused: %s", fn.__name__, args[:2], exc)
+            done = None
+        if done is None or done is False:
+            refused += 1
+            return None
+        return done
+
+    manifests: list[tuple[str, str]] = []
+    for repository_id, digest in planned.manifests:
+        if await attempt(delete_manifest, repository_id, digest, cutoff):
+            manifests.append((name(repository_id), digest))
+    links: list[tuple[str, str]] = []
+    for repository_id, digest in planned.links:
+        if await attempt(delete_link, repository_id, digest, cutoff):
+            links.append((name(repository_id), digest))
+    blobs: list[tuple[str, int]] = []
+    for digest in planned.blobs:
+        remove = partial(registry.storage.delete, _blob_dir(digest))
+        size = await attempt(delete_blob, digest, cutoff, remove)
+        if size is not None:
+            blobs.append((digest, size))
+    uploads = 0
+    if upload_timeout_seconds is not None:
+        uploads = await registry.uploads.purge(upload_timeout_seconds, orphans=False)
+    report = GcReport(False, tuple(manifests), tuple(links), tuple(blobs), uploads, refused)
+    log.info(
+        "garbage collection: %d manifests, %d links, %d blobs (%d bytes), %d uploads; "
+        "%d refused on re-check",
+        report.manifests_deleted,
+        report.links_removed,
+        report.blobs_deleted,
+        report.bytes_freed,
+        report.uploads,
+        report.refused,
+    )
+    return report
+
+
+def _blob_dir(digest: str) -> str:
+    """The directory holding the blob's ``data`` object, removed whole."""
+    return blob_path(parse_digest(digest)).rsplit("/", 1)[0]

@@ -1,0 +1,293 @@
+"""Contract of the build store (builds, retention, usage), run against SQLite (a file) and
+PostgreSQL, beside a metadata store on the same database.
+
+PostgreSQL runs on 127.0.0.1:5432, database ``test``; each test gets a schema of its own
+(through ``search_path`` in the URL), dropped afterwards. Without a server the PostgreSQL cases
+skip locally and fail on CI (``CI=true``), as in ``test_metadata_store.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import trio
+
+from origin.builds.records import BoundImage, BuildRecord, Retention
+from origin.builds.store import BuildStore
+from origin.metadata.records import ManifestRecord, Reference
+from origin.metadata.store import MetadataStore
+
+_PG_CANDIDATES = (
+    "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    "postgresql+psycopg://root@127.0.0.1:5432/test",
+)
+NOW = datetime(2030, 3, 10, tzinfo=UTC).timestamp()
+REPO = "acme/p1p1p1p1p1p1"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str | None:
+    for url in _PG_CANDIDATES:
+        engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect():
+                return url
+        except sa.exc.OperationalError:
+            continue
+        finally:
+            engine.dispose()
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'metadata.db'}"
+        return
+    if postgres_url is None:
+        message = "PostgreSQL is not reachable on 127.0.0.1:5432 (database test)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    schema = f"builds_{uuid.uuid4().hex}"
+    admin = sa.create_engine(postgres_url)
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        yield f"{postgres_url}?options=-csearch_path%3D{schema}"
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture
+def stores(store_url: str) -> Iterator[tuple[BuildStore, MetadataStore]]:
+    builds, metadata = BuildStore.open(store_url), MetadataStore.open(store_url)
+    yield builds, metadata
+    builds.close()
+    metadata.close()
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def build(
+    build_id: str, *, created: float = NOW, ttl: float = 3600, **extra: object
+) -> BuildRecord:
+    fields: dict[str, object] = {
+        "id": build_id,
+        "project_id": "p1p1p1p1p1p1",
+        "org_slug": "acme",
+        "repository": REPO,
+        "created_at": created,
+        "expires_at": created + ttl,
+        "save_tags": (),
+        **extra,
+    }
+    return BuildRecord(**fields)  # type: ignore[arg-type]
+
+
+def image(digest: str, *children: str, size: int = 100) -> BoundImage:
+    return BoundImage(
+        digest,
+        "application/vnd.oci.image.index.v1+json",
+        ("linux/amd64",),
+        size,
+        frozenset({digest, *children}),
+    )
+
+
+async def test_create_list_get_delete(stores: tuple[BuildStore, MetadataStore]) -> None:
+    store, _ = stores
+    with trio.fail_after(60):
+        await store.create_build(build("aaaaaaaaaaaa", created=NOW, save_tags=("main", "v1")))
+        await store.create_build(build("bbbbbbbbbbbb", created=NOW + 2))
+        await store.create_build(build("cccccccccccc", created=NOW + 1))
+        await store.create_build(
+            dataclasses.replace(build("dddddddddddd"), project_id="other0000000")
+        )
+        found = await store.build("aaaaaaaaaaaa")
+        assert found == build("aaaaaaaaaaaa", created=NOW, save_tags=("main", "v1"))
+        assert await store.build("zzzzzzzzzzzz") is None
+        listed = await store.list_builds("p1p1p1p1p1p1", 10)
+        assert [b.id for b in listed] == ["bbbbbbbbbbbb", "cccccccccccc", "aaaaaaaaaaaa"]
+        assert [b.id for b in await store.list_builds("p1p1p1p1p1p1", 1)] == ["bbbbbbbbbbbb"]
+        assert await store.delete_build("cccccccccccc", NOW + 5)
+        assert not await store.delete_build("cccccccccccc", NOW + 6)
+        assert not await store.delete_build("zzzzzzzzzzzz", NOW + 6)
+        assert (await store.build("cccccccccccc")) == build(
+            "cccccccccccc", created=NOW + 1, deleted_at=NOW + 5
+        )
+        listed = await store.list_builds("p1p1p1p1p1p1", 10)
+        assert [b.id for b in listed] == ["bbbbbbbbbbbb", "aaaaaaaaaaaa"]
+
+
+async def test_bind_once_while_live(stores: tuple[BuildStore, MetadataStore]) -> None:
+    store, _ = stores
+    root, child = digest_of(b"index"), digest_of(b"child")
+    with trio.fail_after(60):
+        await store.create_build(build("aaaaaaaaaaaa", save_tags=("main",)))
+        await store.create_build(build("bbbbbbbbbbbb"))
+        await store.create_build(build("cccccccccccc", save_tags=("main",)))
+        assert await store.bind("aaaaaaaaaaaa", image(root, child), NOW + 1)
+        assert not await store.bind("aaaaaaaaaaaa", image(child), NOW + 2)  # bound already
+        assert not await store.bind("bbbbbbbbbbbb", image(root), NOW + 3600)  # expired
+        assert await store.delete_build("cccccccccccc", NOW)
+        assert not await store.bind("cccccccccccc", image(root), NOW + 1)  # deleted
+        assert not await store.bind("zzzzzzzzzzzz", image(root), NOW + 1)
+
+        bound = await store.build("aaaaaaaaaaaa")
+        assert bound is not None and bound.digest == root and bound.size == 100
+        assert bound.platforms == ("linux/amd64",) and bound.media_type is not None
+        assert [b.id for b in await store.builds_for_tag(REPO, "main")] == ["aaaaaaaaaaaa"]
+        assert [b.id for b in await store.builds_for_tag(REPO, "aaaaaaaaaaaa")] == ["aaaaaaaaaaaa"]
+        assert [b.id for b in await store.builds_for_tag(REPO, "bbbbbbbbbbbb")] == ["bbbbbbbbbbbb"]
+        assert await store.builds_for_tag(REPO, "other") == []
+        assert await store.builds_for_tag("acme/elsewhere0", "main") == []
+        for digest in (root, child):
+            assert [b.id for b in await store.builds_for_digest(REPO, digest)] == ["aaaaaaaaaaaa"]
+        assert await store.builds_for_digest(REPO, digest_of(b"none")) == []
+        assert await store.builds_for_digest("acme/app", root) == []
+
+
+async def test_concurrent_binds_one_wins(
+    stores: tuple[BuildStore, MetadataStore], store_url: str
+) -> None:
+    store, _ = stores
+    second = BuildStore.open(store_url)
+    results: list[bool] = []
+    try:
+        with trio.fail_after(60):
+            await store.create_build(build("aaaaaaaaaaaa", save_tags=("main",)))
+
+            async def bind(on: BuildStore, payload: bytes) -> None:
+                results.append(await on.bind("aaaaaaaaaaaa", image(digest_of(payload)), NOW + 1))
+
+            async with trio.open_nursery() as nursery:
+                for i, on in enumerate([store, second] * 3):
+                    nursery.start_soon(bind, on, b"%d" % i)
+    finally:
+        second.close()
+    assert sorted(results) == [False] * 5 + [True]
+    assert len(await store.builds_for_tag(REPO, "main")) == 1
+
+
+async def test_metadata_reads(stores: tuple[BuildStore, MetadataStore]) -> None:
+    store, metadata = stores
+    with trio.fail_after(60):
+        repo = await metadata.ensure_repository(REPO, NOW)
+        app = await metadata.ensure_repository("acme/app", NOW)
+        other = await metadata.ensure_repository("other/app", NOW)
+        acme0 = await metadata.ensure_repository("acme0/x", NOW)  # shares the prefix "acme"
+        layers = [b"layer-one", b"layer-two!", b"shared-by-orgs"]
+        for data in layers:
+            await metadata.add_blob(digest_of(data), len(data), NOW)
+        for repository_id, data in (
+            (repo, layers[0]),
+            (app, layers[0]),
+            (app, layers[1]),
+            (repo, layers[2]),
+            (other, layers[2]),
+            (acme0, layers[1]),
+        ):
+            await metadata.link_blob(repository_id, digest_of(data), NOW)
+        child = ManifestRecord(
+            digest_of(b"child"), "application/vnd.oci.image.manifest.v1+json", b"child"
+        )
+        index = ManifestRecord(
+            digest_of(b"index!"), "application/vnd.oci.image.index.v1+json", b"index!"
+        )
+        await metadata.put_manifest(
+            repo, child, [Reference(digest_of(layers[0]), "blob")], "c", NOW
+        )
+        await metadata.put_manifest(
+            repo, index, [Reference(child.digest, "manifest")], "latest", NOW
+        )
+        await metadata.put_manifest(
+            app, child, [Reference(digest_of(layers[0]), "blob")], None, NOW
+        )
+
+        assert sorted(await store.tags_reaching(REPO, child.digest)) == [
+            ("c", child.digest),
+            ("latest", index.digest),
+        ]
+        assert await store.tags_reaching(REPO, index.digest) == [("latest", index.digest)]
+        assert await store.tags_reaching("acme/app", child.digest) == []
+        sizes = await store.blob_sizes([digest_of(d) for d in layers] + [digest_of(b"missing")])
+        assert sizes == {digest_of(d): len(d) for d in layers}
+        assert await store.blob_sizes([]) == {}
+        # Each blob once per org; the same manifest in two repositories once.
+        assert await store.stored_bytes("acme") == 9 + 10 + 14 + 5 + 6
+        assert await store.stored_bytes("other") == 14
+        assert await store.stored_bytes("acme0") == 10
+        assert await store.stored_bytes("nobody") == 0
+
+
+async def test_retention(stores: tuple[BuildStore, MetadataStore]) -> None:
+    store, _ = stores
+    with trio.fail_after(60):
+        assert await store.retention("org_a", "p1") == Retention(None, None)
+        await store.set_retention("org_a", None, 86400, NOW)
+        await store.set_retention("org_a", "p1", 3600, NOW)
+        await store.set_retention("org_b", None, 60, NOW)
+        assert await store.retention("org_a", "p1") == Retention(86400, 3600)
+        assert await store.retention("org_a", "p2") == Retention(86400, None)
+        assert await store.retention("org_a") == Retention(86400, None)
+        await store.set_retention("org_a", "p1", 7200, NOW + 1)  # replaces
+        assert await store.retention("org_a", "p1") == Retention(86400, 7200)
+        await store.set_retention("org_a", None, None, NOW + 2)  # unsets
+        assert await store.retention("org_a", "p1") == Retention(None, 7200)
+        await store.set_retention("org_a", None, None, NOW + 2)  # idempotent
+
+
+async def test_accrual(stores: tuple[BuildStore, MetadataStore], store_url: str) -> None:
+    store, _ = stores
+    with trio.fail_after(60):
+        assert await store.accrue("acme", 1000, NOW) == 0  # starts the clock
+        assert await store.accrue("acme", 5000, NOW) == 0  # re-measures only
+        assert await store.accrue("acme", 2000, NOW + 3600) == 5000
+        assert await store.accrue("acme", 2000, NOW + 1800) == 0  # clock went back
+        usage = await store.usage("acme", "2030-03")
+        assert usage.byte_hours == 5000 and usage.accrued_at == NOW + 3600
+        assert (await store.usage("acme", "2030-04")).byte_hours == 0
+        nobody = await store.usage("nobody", "2030-03")
+        assert nobody.byte_hours == 0 and nobody.accrued_at is None
+
+        # Across the month boundary: split at 2030-04-01T00:00Z.
+        april = datetime(2030, 4, 1, tzinfo=UTC).timestamp()
+        assert await store.accrue("acme", 0, april + 7200) == pytest.approx(
+            2000 * (april + 7200 - NOW - 3600) / 3600
+        )
+        march = await store.usage("acme", "2030-03")
+        assert march.byte_hours == pytest.approx(5000 + 2000 * (april - NOW - 3600) / 3600)
+        assert (await store.usage("acme", "2030-04")).byte_hours == pytest.approx(4000)
+
+        # Concurrent rounds (several origins) count an interval once.
+        others = [BuildStore.open(store_url) for _ in range(3)]
+        added: list[float] = []
+        try:
+            await store.accrue("race", 3600, NOW)
+
+            async def round_on(on: BuildStore) -> None:
+                added.append(await on.accrue("race", 3600, NOW + 3600))
+
+            async with trio.open_nursery() as nursery:
+                for on in [store, *others]:
+                    nursery.start_soon(round_on, on)
+        finally:
+            for on in others:
+                on.close()
+        assert sorted(added) == [0, 0, 0, 3600]
+        assert (await store.usage("race", "2030-03")).byte_hours == 3600
