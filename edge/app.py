@@ -131,7 +131,8 @@ async def _blob(services: EdgeServices, name: RepositoryName, argument: str) -> 
     digest = str(parse_digest(argument))
     g.digest = digest
     if request.method == "HEAD":
-        size = await services.pullthrough.blob_size(name.value, digest)
+        size, cached = await services.pullthrough.blob_size(name.value, digest)
+        g.cache = "hit" if cached else "miss"
         return blob_response("HEAD", request.headers.get("Range"), BlobInfo(digest, size), _none)
     stream = await services.pullthrough.open_blob(name.value, digest)
     assert isinstance(stream, BlobStream)

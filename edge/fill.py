@@ -1,24 +1,25 @@
 """Single-flight cache fills: one upstream fetch per digest, streamed to every waiter.
 
-A miss starts a fill in the process's root nursery (a client that leaves does not stop what
-others wait on) or joins the one in flight. The fill streams the upstream body into a spool
-file: chunks go to a writer task at once while it is idle and are batched (up to ~1 MiB)
-while it is busy; it writes and hashes each batch in a worker thread and publishes how many
-bytes the spool holds. Every waiter reads the spool
-through its own descriptor, so bytes reach clients while the fill runs; but a read that
-reaches the end of the blob is held one byte short until the fill is verified (size ==
-Content-Length, digest matches, fsynced) and adopted into the cache. On any failure every
-reader raises instead of finishing, so the HTTP layer cuts the body short: a client never
-receives a complete wrong blob. Nothing is cached, the spool is deleted, and the next
-``open`` starts afresh (no negative caching).
+``open`` joins the flight in progress for a digest or starts one in the process's root
+nursery (a client that leaves does not stop what others wait on). A flight looks the blob up
+in the cache and, on a miss, fills it: the upstream body goes into a spool file, handed to a
+writer task at once while it is idle and batched (up to ~1 MiB) while it is busy; the writer
+hashes and writes each batch in a worker thread and publishes how many bytes the spool
+holds. Every waiter reads the spool through its own descriptor, so bytes reach clients while
+the fill runs; but a read that reaches the end of the blob is held one byte short until the
+fill is verified (size == Content-Length, digest matches, fsynced). Then the spool is
+adopted into the cache by rename. On any failure every reader raises instead of finishing,
+so the HTTP layer cuts the body short: a client never receives a complete wrong blob. Nothing
+is cached, the spool is deleted, and the next ``open`` starts afresh (no negative caching).
 
-Descriptors: the fill keeps one read descriptor on its spool while it runs or anyone is
-joining; each stream holds a ``dup`` of it (or of the cached file), so an eviction, a rename
+Descriptors: a flight keeps one read descriptor (on its spool, or on the cached file) while
+it runs or anyone is joining; each stream holds a ``dup`` of it, so an eviction, a rename
 into the cache or an unlink on failure never disturbs a reader.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import weakref
@@ -26,7 +27,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -34,7 +34,7 @@ import trio
 from core.digest import parse_digest
 from core.errors import BlobUnknown, NameUnknown, RegistryError, Unavailable
 from core.storage.driver import CHUNK_SIZE
-from edge.cache.store import EdgeCache, lock_spool
+from edge.cache.store import EdgeCache, SpoolFile
 from edge.upstream_types import Upstream, UpstreamBlob
 
 log = logging.getLogger("depot.edge.fill")
@@ -55,50 +55,6 @@ class FillStatistics:
     bytes_from_upstream: int
 
 
-class _Spool:
-    """A fill's spool file: a locked write descriptor and the read descriptor readers dup.
-
-    Every method blocks; call them in a worker thread.
-    """
-
-    def __init__(self, path: Path, write_fd: int, read_fd: int) -> None:
-        self.path, self.write_fd, self.read_fd = path, write_fd, read_fd
-
-    @classmethod
-    def create(cls, path: Path) -> _Spool:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            # A cleaner that opened the file before we locked it may have deleted it.
-            if not lock_spool(fd) or os.stat(path).st_ino != os.fstat(fd).st_ino:
-                raise Unavailable("spool file taken away while created")
-            return cls(path, fd, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def write(self, pieces: list[bytes], hasher: Any) -> int:
-        for piece in pieces:
-            hasher.update(piece)  # releases the GIL on buffers over 2 KiB
-        total = sum(map(len, pieces))
-        written = os.writev(self.write_fd, pieces)
-        if written < total:  # a short write: finish it piece by piece
-            rest = memoryview(b"".join(pieces))[written:]
-            while rest:
-                rest = rest[os.write(self.write_fd, rest) :]
-        return total
-
-    def sync(self) -> None:
-        os.fsync(self.write_fd)
-
-    def finish(self, adopted: bool) -> None:
-        """Delete the file unless the cache adopted it; drop the lock."""
-        try:
-            if not adopted:
-                self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self.write_fd)
-
-
 class _Fill:
     """One fill's state, shared by the fill task and its readers (all in the trio thread)."""
 
@@ -109,7 +65,7 @@ class _Fill:
         self.verified = False
         self.from_cache = False  # the flight found the blob cached: no fill at all
         self.failure: Exception | None = None
-        self.spool: _Spool | None = None
+        self.spool: SpoolFile | None = None
         self.read_fd: int | None = None
         self._refs = 1  # the fill task, plus joiners not yet holding their own dup
         self._changed = trio.Event()
@@ -309,16 +265,10 @@ class Fills:
                     await self._fetch(fill)
             except trio.TooSlowError:
                 raise Unavailable(f"blob fill exceeded {self._deadline:g} s") from None
-            assert fill.spool is not None
-            adopted = await self._cache.adopt_blob(fill.digest, fill.spool.path, fill.durable)
-            fill.verified = True
+            fill.verified = True  # readers may take the last bytes now
+            fill.publish()
             self._completed += 1
-            seconds = max(self._clock() - fill.started_at, 1e-9)
-            log.info(
-                "filled %s: %d bytes in %.2f s (%.0f MB/s)%s",
-                fill.digest, fill.durable, seconds, fill.durable / seconds / 1e6,
-                "" if adopted else ", not cached (too large)",
-            )  # fmt: skip
+            adopted = await self._adopt(fill)
         except Exception as exc:
             fill.failure = exc
             if isinstance(exc, RegistryError):
@@ -343,13 +293,29 @@ class Fills:
                 self._ended.set()
                 self._ended = trio.Event()
 
+    async def _adopt(self, fill: _Fill) -> bool:
+        """Move the verified spool into the cache; a failure here only costs the caching."""
+        assert fill.spool is not None
+        try:
+            adopted = await self._cache.adopt_blob(fill.digest, fill.spool.path, fill.durable)
+        except Exception:
+            log.exception("caching %s failed", fill.digest)
+            return False
+        seconds = max(self._clock() - fill.started_at, 1e-9)
+        log.info(
+            "filled %s: %d bytes in %.2f s (%.0f MB/s)%s",
+            fill.digest, fill.durable, seconds, fill.durable / seconds / 1e6,
+            "" if adopted else ", not cached (too large)",
+        )  # fmt: skip
+        return adopted
+
     async def _thread(self, function: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(partial(function, *args), limiter=self._write_limiter)
 
     async def _fetch(self, fill: _Fill) -> None:
         hasher = parse_digest(fill.digest).hasher()
         async with self._upstream.open_blob(fill.repository, fill.digest) as blob:
-            fill.spool = await self._thread(_Spool.create, self._cache.spool_path(fill.digest))
+            fill.spool = await self._thread(SpoolFile.create, self._cache.spool_path(fill.digest))
             fill.size, fill.read_fd = blob.size, fill.spool.read_fd
             fill.publish()
             await self._stream(fill, blob, hasher)
@@ -359,7 +325,7 @@ class Fills:
             raise Unavailable("upstream body does not match its digest")
         await self._thread(fill.spool.sync)
 
-    async def _stream(self, fill: _Fill, blob: UpstreamBlob, hasher: Any) -> None:
+    async def _stream(self, fill: _Fill, blob: UpstreamBlob, hasher: hashlib._Hash) -> None:
         """Upstream → batches → spool, the reading and the writing overlapped."""
         # Unbuffered: the reader batches while the writer is busy, so at most one batch waits.
         send, receive = trio.open_memory_channel[list[bytes]](0)
@@ -411,7 +377,7 @@ class Fills:
     async def _write_batches(
         self,
         fill: _Fill,
-        hasher: Any,
+        hasher: hashlib._Hash,
         receive: trio.MemoryReceiveChannel[list[bytes]],
         failures: list[Exception],
     ) -> None:

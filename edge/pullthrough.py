@@ -25,7 +25,7 @@ from core.errors import BlobUnknown, DigestInvalid, ManifestInvalid, ManifestUnk
 from core.manifest import parse_manifest
 from core.reference import Tag
 from edge.cache.store import EdgeCache
-from edge.fill import Fills
+from edge.fill import BlobStream, Fills
 from edge.metrics import EdgeMetrics
 from edge.upstream_types import Upstream, UpstreamManifest
 
@@ -136,12 +136,12 @@ class PullThrough:
 
     # -- blobs -----------------------------------------------------------------------------
 
-    async def blob_size(self, repository: str, digest: str) -> int:
-        """HEAD: answered from the cache when possible, never filling."""
+    async def blob_size(self, repository: str, digest: str) -> tuple[int, bool]:
+        """HEAD: the size, and whether the cache answered; never filling."""
         size = await self._cache.blob_size(digest)
         if size is not None and await self._contains(repository, digest):
             self._metrics.cache_hits.labels("blob").inc()
-            return size
+            return size, True
         self._metrics.cache_misses.labels("blob").inc()
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
@@ -151,13 +151,26 @@ class PullThrough:
         if upstream_size is None:
             raise BlobUnknown(detail={"digest": digest})
         await self._cache.add_links(repository, [digest])
-        return upstream_size
+        return upstream_size, False
 
-    async def open_blob(self, repository: str, digest: str) -> object:
+    async def open_blob(self, repository: str, digest: str) -> BlobStream:
         """The blob's stream (cache hit, or joining/starting the single fill)."""
         if not await self._contains(repository, digest):
             raise BlobUnknown(detail={"digest": digest})
-        return await self._fills.open(repository, digest)
+        # The upstream deadline bounds the wait for the blob's size (the response head), not
+        # the fill: a waiter gives up with a prompt 503 while the fill goes on for others.
+        try:
+            with trio.fail_after(self._settings.upstream_deadline_seconds):
+                stream = await self._fills.open(repository, digest)
+        except trio.TooSlowError as exc:
+            raise self._unavailable() from exc
+        except Unavailable as exc:
+            if "Retry-After" in exc.headers:
+                raise
+            raise self._unavailable() from exc  # e.g. origin unreachable: no Retry-After
+        counter = self._metrics.cache_hits if stream.from_cache else self._metrics.cache_misses
+        counter.labels("blob").inc()
+        return stream
 
     async def _contains(self, repository: str, digest: str, *, manifest: bool = False) -> bool:
         if await self._cache.has_link(repository, digest):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -95,7 +96,54 @@ def lock_spool(fd: int) -> bool:
     return True
 
 
+class SpoolFile:
+    """A fill's spool file: a locked write descriptor and the read descriptor readers dup.
+
+    The lock tells :func:`remove_stale_spools` the file is live. Every method blocks; call
+    them in a worker thread.
+    """
+
+    def __init__(self, path: Path, write_fd: int, read_fd: int) -> None:
+        self.path, self.write_fd, self.read_fd = path, write_fd, read_fd
+
+    @classmethod
+    def create(cls, path: Path) -> SpoolFile:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            # A cleaner that opened the file before we locked it may have deleted it.
+            if not lock_spool(fd) or os.stat(path).st_ino != os.fstat(fd).st_ino:
+                raise OSError(f"spool file {path} was removed while being created")
+            return cls(path, fd, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def write(self, pieces: list[bytes], hasher: hashlib._Hash) -> int:
+        for piece in pieces:
+            hasher.update(piece)  # releases the GIL on buffers over 2 KiB
+        total = sum(map(len, pieces))
+        written = os.writev(self.write_fd, pieces)
+        if written < total:  # a short write: finish it piece by piece
+            rest = memoryview(b"".join(pieces))[written:]
+            while rest:
+                rest = rest[os.write(self.write_fd, rest) :]
+        return total
+
+    def sync(self) -> None:
+        os.fsync(self.write_fd)
+
+    def finish(self, adopted: bool) -> None:
+        """Delete the file unless the cache adopted it; drop the lock."""
+        try:
+            if not adopted:
+                self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.write_fd)
+
+
 class EdgeCache:
+    """The edge's cache; open it with :meth:`open`. Safe to share between trio tasks."""
+
     def __init__(
         self,
         cache: diskcache.Cache,
@@ -211,6 +259,8 @@ class EdgeCache:
         self._cull(keep=key)
 
     def _cull(self, keep: str) -> int:
+        # diskcache has no public "least recently used key" query: its own cull takes victims
+        # ten at a time (possibly the new blob), so we read its index the way it does.
         evicted = 0
         while self._cache.volume() > self.size_limit:
             with self._cache.transact(retry=True):

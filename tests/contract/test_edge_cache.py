@@ -1,0 +1,262 @@
+"""The edge's disk cache (EdgeCache over diskcache): adoption, eviction, recovery, entries."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from core.digest import sha256_of
+from edge.cache.store import EdgeCache
+
+KIB = 1024
+TIMEOUT = 20
+
+
+@pytest.fixture
+def edge_dir(tmp_path: Path) -> Path:
+    return tmp_path / "edge"
+
+
+@pytest.fixture
+def cache(edge_dir: Path) -> Iterator[EdgeCache]:
+    opened = EdgeCache.open(edge_dir, 1024 * KIB)
+    yield opened
+    opened.close()
+
+
+def blob(size: int, seed: int) -> tuple[str, bytes]:
+    data = random.Random(seed).randbytes(size)
+    return str(sha256_of(data)), data
+
+
+def spool(cache: EdgeCache, digest: str, data: bytes) -> Path:
+    path = cache.spool_path(digest)
+    path.write_bytes(data)
+    return path
+
+
+async def put(cache: EdgeCache, size: int, seed: int) -> str:
+    digest, data = blob(size, seed)
+    assert await cache.adopt_blob(digest, spool(cache, digest, data), size)
+    return digest
+
+
+async def read_blob(cache: EdgeCache, digest: str) -> bytes | None:
+    cached = await cache.open_blob(digest)
+    if cached is None:
+        return None
+    try:
+        return cached.file.read()
+    finally:
+        cached.close()
+
+
+async def present(cache: EdgeCache, *digests: str) -> list[bool]:
+    return [await cache.blob_size(digest) is not None for digest in digests]
+
+
+async def test_adopt_moves_the_file_without_copying(cache: EdgeCache) -> None:
+    with trio.fail_after(TIMEOUT):
+        digest, data = blob(300 * KIB, 1)
+        path = spool(cache, digest, data)
+        inode = path.stat().st_ino
+        assert await cache.adopt_blob(digest, path, len(data))
+        assert not path.exists()
+        cached = await cache.open_blob(digest)
+        assert cached is not None
+        try:
+            assert os.fstat(cached.file.fileno()).st_ino == inode
+            assert cached.size == len(data)
+            assert cached.file.read() == data
+        finally:
+            cached.close()
+        assert await cache.blob_size(digest) == len(data)
+        assert await cache.blob_size(str(sha256_of(b"other"))) is None
+
+
+async def test_lru_eviction_keeps_the_new_blob_and_the_recently_used(cache: EdgeCache) -> None:
+    with trio.fail_after(TIMEOUT):
+        a, b, c = [await put(cache, 256 * KIB, seed) for seed in (1, 2, 3)]
+        assert (await cache.stats()).evictions == 0
+        assert await read_blob(cache, a) is not None  # a is now more recent than b
+        d = await put(cache, 256 * KIB, 4)
+        assert await present(cache, a, b, c, d) == [True, False, True, True]
+        # A bigger blob needs two evictions: the least recently used ones, never itself.
+        e = await put(cache, 500 * KIB, 5)
+        assert await present(cache, a, c, d, e) == [False, False, True, True]
+        stats = await cache.stats()
+        assert stats.evictions == 3
+        assert stats.volume_bytes <= stats.size_limit == 1024 * KIB
+        assert stats.blobs == 2
+
+
+async def test_each_new_blob_survives_a_full_cache(cache: EdgeCache) -> None:
+    # The cull_limit trap: diskcache's batch cull would evict the value just stored.
+    with trio.fail_after(TIMEOUT):
+        for seed in range(6):
+            digest = await put(cache, 450 * KIB, seed)
+            assert await read_blob(cache, digest) == blob(450 * KIB, seed)[1]
+        stats = await cache.stats()
+        assert stats.blobs == 2 and stats.evictions == 4
+
+
+async def test_an_open_reader_survives_eviction(cache: EdgeCache) -> None:
+    with trio.fail_after(TIMEOUT):
+        digest, data = blob(400 * KIB, 1)
+        assert await cache.adopt_blob(digest, spool(cache, digest, data), len(data))
+        cached = await cache.open_blob(digest)
+        assert cached is not None
+        try:
+            first = cached.file.read(1000)
+            await put(cache, 400 * KIB, 2)
+            await put(cache, 400 * KIB, 3)
+            assert await cache.open_blob(digest) is None  # evicted, its file unlinked
+            assert first + cached.file.read() == data
+        finally:
+            cached.close()
+
+
+async def test_a_blob_over_half_the_limit_is_refused(cache: EdgeCache) -> None:
+    with trio.fail_after(TIMEOUT):
+        assert cache.max_blob_bytes == 512 * KIB
+        digest, data = blob(512 * KIB + 1, 1)
+        path = spool(cache, digest, data)
+        assert not await cache.adopt_blob(digest, path, len(data))
+        assert path.exists()  # left to the caller, which still serves it
+        assert await cache.open_blob(digest) is None
+
+
+async def test_adopt_checks_the_size(cache: EdgeCache) -> None:
+    with trio.fail_after(TIMEOUT):
+        digest, data = blob(10 * KIB, 1)
+        with pytest.raises(ValueError):
+            await cache.adopt_blob(digest, spool(cache, digest, data), len(data) + 1)
+        assert await cache.open_blob(digest) is None
+
+
+async def test_a_truncated_cached_file_is_a_miss(cache: EdgeCache, edge_dir: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        digest = await put(cache, 100 * KIB, 1)
+        (value,) = [p for p in (edge_dir / "cache").rglob("*.val")]
+        os.truncate(value, 50 * KIB)  # what a crash before the data reached the disk leaves
+        assert await cache.open_blob(digest) is None
+        assert not value.exists()
+        assert (await cache.stats()).blobs == 0
+
+
+async def test_open_deletes_leftover_spools_and_orphans(edge_dir: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        first = EdgeCache.open(edge_dir, 1024 * KIB)
+        kept = await put(first, 100 * KIB, 1)
+        digest, data = blob(100 * KIB, 2)
+        leftover = spool(first, digest, data)
+        live = spool(first, digest, data)
+        orphan = edge_dir / "cache" / "ab" / "cd" / "0123456789.val"  # a set() killed mid-way
+        orphan.parent.mkdir(parents=True)
+        orphan.write_bytes(b"partial")
+        first.close()
+        live_fd = os.open(live, os.O_RDONLY)
+        fcntl.flock(live_fd, fcntl.LOCK_EX)  # what a running fill holds
+        try:
+            second = EdgeCache.open(edge_dir, 1024 * KIB)
+            try:
+                assert not leftover.exists()
+                assert live.exists()
+                assert not orphan.exists()
+                assert await read_blob(second, kept) == blob(100 * KIB, 1)[1]
+            finally:
+                second.close()
+        finally:
+            os.close(live_fd)
+
+
+async def test_manifests_tags_and_links(cache: EdgeCache) -> None:
+    with trio.fail_after(TIMEOUT):
+        digest = str(sha256_of(b"{}"))
+        media_type = "application/vnd.oci.image.manifest.v1+json"
+        assert await cache.get_manifest(digest) is None
+        await cache.put_manifest(digest, media_type, b"{}")
+        big = b"x" * (100 * KIB)  # stored as a file by diskcache
+        await cache.put_manifest(str(sha256_of(big)), media_type, big)
+        assert await cache.get_manifest(digest) == (media_type, b"{}")
+        assert await cache.get_manifest(str(sha256_of(big))) == (media_type, big)
+
+        assert await cache.get_tag("acme/app", "v1") is None
+        await cache.put_tag("acme/app", "v1", digest, media_type, 1700000000.5)
+        entry = await cache.get_tag("acme/app", "v1")
+        assert entry is not None
+        assert (entry.digest, entry.media_type, entry.fetched_at) == (
+            digest,
+            media_type,
+            1700000000.5,
+        )
+        assert await cache.get_tag("acme/app", "v2") is None
+        assert await cache.get_tag("acme/ap", "p:v1") is None
+        await cache.drop_tag("acme/app", "v1")
+        assert await cache.get_tag("acme/app", "v1") is None
+        await cache.drop_tag("acme/app", "v1")  # absent: not an error
+
+        other = str(sha256_of(b"other"))
+        await cache.add_links("acme/app", [digest, other])
+        assert await cache.has_link("acme/app", digest)
+        assert await cache.has_link("acme/app", other)
+        assert not await cache.has_link("evil/app", digest)
+        assert not await cache.has_link("acme/app", str(sha256_of(b"third")))
+
+
+async def test_stats_and_purge_from_another_instance(cache: EdgeCache, edge_dir: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        a = await put(cache, 100 * KIB, 1)
+        await put(cache, 100 * KIB, 2)
+        await cache.put_tag("acme/app", "v1", a, "application/json", 1.0)
+        assert await read_blob(cache, a) is not None
+        assert await read_blob(cache, str(sha256_of(b"absent"))) is None
+        # A tool attaching while the edge runs: the recorded limit, no recovery.
+        tool = EdgeCache.open(edge_dir, recover=False)
+        try:
+            stats = await tool.stats()
+            assert (stats.entries, stats.blobs, stats.hits, stats.misses) == (3, 2, 1, 1)
+            assert stats.size_limit == 1024 * KIB
+            assert stats.volume_bytes > 200 * KIB
+            held = await cache.open_blob(a)
+            assert held is not None
+            assert await tool.purge() == 3
+        finally:
+            tool.close()
+        try:
+            assert held.file.read() == blob(100 * KIB, 1)[1]
+        finally:
+            held.close()
+        assert await cache.open_blob(a) is None
+        assert await cache.get_tag("acme/app", "v1") is None
+        stats = await cache.stats()
+        assert (stats.entries, stats.blobs, stats.hits) == (0, 0, 2)
+        await put(cache, 100 * KIB, 3)  # still usable after a purge
+
+
+async def test_concurrent_tasks(edge_dir: Path) -> None:
+    cache = EdgeCache.open(edge_dir, 2048 * KIB)
+    try:
+        with trio.fail_after(TIMEOUT):
+            results: dict[int, bytes | None] = {}
+
+            async def worker(seed: int) -> None:
+                digest = await put(cache, 64 * KIB, seed)
+                await cache.add_links(f"org{seed}/app", [digest])
+                results[seed] = await read_blob(cache, digest)
+                assert await cache.has_link(f"org{seed}/app", digest)
+
+            async with trio.open_nursery() as nursery:
+                for seed in range(24):
+                    nursery.start_soon(worker, seed)
+            assert results == {seed: blob(64 * KIB, seed)[1] for seed in range(24)}
+            stats = await cache.stats()
+            assert stats.blobs == 24 and stats.evictions == 0
+    finally:
+        cache.close()
