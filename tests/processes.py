@@ -1,5 +1,5 @@
-"""Real server processes for tests and benchmarks: the origin (signals, kill -9, restarts)
-and CNCF Distribution as a peer."""
+"""Real server processes for tests and benchmarks: the origin (signals, kill -9, restarts),
+edges in front of it, and CNCF Distribution as a peer."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import httpx
 import trio
 
 LISTENING_PREFIX = b"depot-registry origin listening on "
+EDGE_LISTENING_PREFIX = b"depot-registry edge listening on "
 START_SECONDS = 30
 STOP_SECONDS = 20
 
@@ -109,7 +110,9 @@ async def _discard(stream: trio.abc.ReceiveStream) -> None:
         pass
 
 
-async def _read_listening_url(stdout: trio.abc.ReceiveStream, log: Path) -> str:
+async def _read_listening_url(
+    stdout: trio.abc.ReceiveStream, log: Path, prefix: bytes = LISTENING_PREFIX
+) -> str:
     buffer = b""
     with trio.move_on_after(START_SECONDS):
         while b"\n" not in buffer:
@@ -118,9 +121,48 @@ async def _read_listening_url(stdout: trio.abc.ReceiveStream, log: Path) -> str:
                 break
             buffer += chunk
     line = buffer.partition(b"\n")[0]
-    if not line.startswith(LISTENING_PREFIX):
-        raise AssertionError(f"origin did not start: {buffer[:300]!r}\n{tail(log)}")
-    return line.removeprefix(LISTENING_PREFIX).decode().strip()
+    if not line.startswith(prefix):
+        what = prefix.split(b" ")[1].decode()
+        raise AssertionError(f"{what} did not start: {buffer[:300]!r}\n{tail(log)}")
+    return line.removeprefix(prefix).decode().strip()
+
+
+@asynccontextmanager
+async def edge_process(
+    upstream: str,
+    token_file: Path,
+    cache_dir: Path,
+    log: Path,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[OriginProcess]:
+    """Start ``depot-registry edge serve`` on 127.0.0.1:0 in front of the origin at
+    ``upstream`` (``http://HOST:PORT``), with its edge token in ``token_file``; the caller's
+    block runs while it serves, SIGTERM at the end (``stop()`` returns the exit code)."""
+    command = [
+        *origin_command(),
+        *("edge", "serve", "--listen", "127.0.0.1:0", "--upstream", upstream),
+        *("--cache-dir", str(cache_dir), "--upstream-token-file", str(token_file)),
+        *extra_args,
+    ]
+    with log.open("ab") as stderr:
+        process = await trio.lowlevel.open_process(
+            command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, env=env
+        )
+    running = OriginProcess(process, "", log)
+    try:
+        assert process.stdout is not None
+        running.url = await _read_listening_url(process.stdout, log, EDGE_LISTENING_PREFIX)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_discard, process.stdout)
+            try:
+                yield running
+            finally:
+                with trio.CancelScope(shield=True):
+                    await running.stop()
+    finally:
+        with trio.CancelScope(shield=True):
+            await running.stop()
 
 
 DISTRIBUTION_CONFIG = """\

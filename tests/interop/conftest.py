@@ -10,6 +10,9 @@
 - ``skopeo``: skopeo with a private policy, registries.conf, HOME/XDG dirs and TMPDIR.
 - ``auth_origin``: an origin with auth on (no ``--no-auth``), org ``acme`` and a pull token of
   it created with the ``depot-registry org|token create`` CLI on the same data dir.
+- ``auth_edge``: ``depot-registry edge serve`` on 127.0.0.1:0 in front of ``auth_origin``, with
+  an edge token (``token create --kind edge``) in a file and a cache dir under ``tmp_path``;
+  teardown sends SIGTERM and requires exit code 0.
 
 Everything a server writes goes to ``tmp_path/<name>.log``; failure messages quote its tail.
 """
@@ -29,7 +32,13 @@ import pytest
 import trio
 
 from tests.peers import require_program
-from tests.processes import distribution_process, origin_command, origin_process, tail
+from tests.processes import (
+    distribution_process,
+    edge_process,
+    origin_command,
+    origin_process,
+    tail,
+)
 
 SKOPEO_SECONDS = 180
 CLI_SECONDS = 30
@@ -217,3 +226,46 @@ def skopeo(tmp_path: Path) -> Skopeo:
         "CONTAINERS_REGISTRIES_CONF": str(workdir / "registries.conf"),
     }
     return Skopeo(program, workdir, env)
+
+
+@dataclass(frozen=True)
+class AuthEdge:
+    """An edge in front of an :class:`AuthOrigin`; clients use the origin's tokens on it."""
+
+    registry: Registry
+    origin: AuthOrigin
+    cache_dir: Path
+
+    @property
+    def host(self) -> str:
+        return self.registry.host
+
+    def ref(self, repository: str, reference: str) -> str:
+        return self.registry.ref(repository, reference)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self.registry.log_tail(lines)
+
+
+@asynccontextmanager
+async def run_edge(tmp: Path, origin: AuthOrigin) -> AsyncIterator[AuthEdge]:
+    """An edge with an edge token made with the CLI on the origin's data dir."""
+    edge_token = await origin.cli("token", "create", "--kind", "edge")
+    token_file = tmp / "edge.token"
+    token_file.write_text(edge_token["token"] + "\n")
+    token_file.chmod(0o600)
+    cache_dir = tmp / "edge-cache"
+    upstream = f"http://{origin.host}"
+    async with edge_process(upstream, token_file, cache_dir, tmp / "edge.log") as edge:
+        yield AuthEdge(Registry("edge", edge.host, edge.log), origin, cache_dir)
+        returncode = await edge.stop()
+    assert returncode == 0, (
+        f"edge exited with {returncode} after SIGTERM (expected 0); stderr tail:\n"
+        f"{tail(edge.log, 40)}"
+    )
+
+
+@pytest.fixture
+async def auth_edge(tmp_path: Path, auth_origin: AuthOrigin) -> AsyncIterator[AuthEdge]:
+    async with run_edge(tmp_path, auth_origin) as edge:
+        yield edge
