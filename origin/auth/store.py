@@ -17,12 +17,11 @@ import dataclasses
 import hmac
 import json
 import string
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar, TypeVarTuple
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-import trio
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.auth.principal import ALL_ACTIONS, PULL, Principal
@@ -40,6 +39,7 @@ from origin.auth.schema import (
     users,
 )
 from origin.metadata.engine import open_engines
+from origin.metadata.sql_store import SqlStore, describe
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -65,13 +65,6 @@ class TenancyConflict(TenancyError):
 
 class TenancyNotFound(TenancyError):
     """An org, project or user the operation refers to does not exist."""
-
-
-def _describe(exc: sa.exc.SQLAlchemyError) -> str:
-    # The driver's own message, without SQL text or parameters.
-    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
-        return f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0]}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _new_id(prefix: str, length: int = 16) -> str:
@@ -112,25 +105,23 @@ _TRUST = sa.select(*trust_relationships.c, orgs.c.slug).select_from(
 _IS_PUBLIC = sa.select(sa.literal(1)).where(public_repositories.c.name == sa.bindparam("name"))
 
 
-class TenancyStore:
+class TenancyStore(SqlStore):
     """Orgs, projects, users, tokens, trust relationships and public repositories.
 
     Mutating methods take ``now`` (POSIX seconds): the caller owns the clock. Bad arguments
     (an invalid slug, a token kind attached to the wrong things) raise ``ValueError``.
     """
 
+    error = TenancyError
+    label = "tenancy store"
+
     def __init__(self, reader: sa.Engine, writer: sa.Engine, *, max_threads: int) -> None:
-        self._reader = reader
-        self._writer = writer
+        super().__init__(reader, writer, max_threads=max_threads)
         dialect = writer.dialect.name
         self._insert_org = _insert_ignoring_conflicts(dialect, orgs)
         self._insert_user = _insert_ignoring_conflicts(dialect, users)
         self._insert_membership = _insert_ignoring_conflicts(dialect, memberships)
         self._insert_public = _insert_ignoring_conflicts(dialect, public_repositories)
-        self._limiter = trio.CapacityLimiter(max_threads)
-        self._write_gate = trio.CapacityLimiter(1 if dialect == "sqlite" else max_threads)
-        self._inline_reads = dialect == "sqlite"
-        self._closed = False
 
     @classmethod
     def open(cls, url: str, *, max_threads: int = DEFAULT_MAX_THREADS) -> TenancyStore:
@@ -140,60 +131,10 @@ class TenancyStore:
         try:
             reader, writer = open_engines(url, pool_size=max_threads, tables=tenancy_metadata)
         except sa.exc.SQLAlchemyError as exc:
-            raise TenancyError(_describe(exc)) from exc
+            raise TenancyError(describe(exc)) from exc
         return cls(reader, writer, max_threads=max_threads)
 
-    def close(self) -> None:
-        """Close every pooled connection; the store refuses calls afterwards."""
-        self._closed = True
-        self._reader.dispose()
-        self._writer.dispose()
-
     # -- plumbing (as in MetadataStore) ---------------------------------------------------
-
-    async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-        if self._closed:
-            raise TenancyError("tenancy store is closed")
-        try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-        except sa.exc.SQLAlchemyError as exc:
-            raise TenancyError(_describe(exc)) from exc
-
-    async def _run_hot(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-        """Per-request reads: inline on SQLite (an indexed WAL read costs less than the thread
-        hop; see MetadataStore._run_hot), through the thread pool on PostgreSQL."""
-        if not self._inline_reads:
-            return await self._run(fn, *args)
-        if self._closed:
-            raise TenancyError("tenancy store is closed")
-        await trio.lowlevel.checkpoint()
-        try:
-            return fn(*args)
-        except sa.exc.SQLAlchemyError as exc:
-            raise TenancyError(_describe(exc)) from exc
-
-    async def _write(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
-        """Run ``fn(conn, *args)`` in one write transaction, committed when it returns (rolled
-        back if it raises)."""
-        async with self._write_gate:
-            return await self._run(self._in_transaction, fn, *args)
-
-    def _in_transaction(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
-        with self._writer.begin() as conn:
-            return fn(conn, *args)
-
-    def _first(self, stmt: sa.Executable, params: dict[str, Any]) -> Row | None:
-        with self._reader.connect() as conn:
-            return conn.execute(stmt, params).first()
-
-    def _all(self, stmt: sa.Executable, params: dict[str, Any]) -> Sequence[Row]:
-        with self._reader.connect() as conn:
-            return conn.execute(stmt, params).all()
-
-    @staticmethod
-    def _execute(conn: sa.Connection, stmt: sa.Executable, params: Any) -> int:
-        result: sa.CursorResult[*tuple[Any, ...]] = conn.execute(stmt, params)
-        return result.rowcount
 
     @staticmethod
     def _insert_new(conn: sa.Connection, stmt: sa.Insert, params: Any, taken: str) -> None:

@@ -14,11 +14,10 @@ read only, never written from here.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection
 from typing import Any, TypeVar, TypeVarTuple
 
 import sqlalchemy as sa
-import trio
 from sqlalchemy.dialects import postgresql, sqlite
 
 from origin.builds.records import BoundImage, BuildRecord, Retention, UsageRecord, split_by_month
@@ -33,6 +32,7 @@ from origin.builds.schema import (
 )
 from origin.metadata import schema as md
 from origin.metadata.engine import open_engines
+from origin.metadata.sql_store import SqlStore, describe
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -44,12 +44,6 @@ _ORG_PROJECT = ""  # build_retention.project_id of an org-wide setting
 
 class BuildError(Exception):
     """The build database failed or refused an operation."""
-
-
-def _describe(exc: sa.exc.SQLAlchemyError) -> str:
-    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
-        return f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0]}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _upsert(dialect: str, table: sa.Table, keys: list[str], set_: dict[str, Any]) -> sa.Insert:
@@ -105,13 +99,15 @@ _TAGS_REACHING = (
 )
 
 
-class BuildStore:
+class BuildStore(SqlStore):
     """Builds, build retention and usage. Mutating methods take ``now``: the caller owns the
     clock."""
 
+    error = BuildError
+    label = "build store"
+
     def __init__(self, reader: sa.Engine, writer: sa.Engine, *, max_threads: int) -> None:
-        self._reader = reader
-        self._writer = writer
+        super().__init__(reader, writer, max_threads=max_threads)
         dialect = writer.dialect.name
         self._upsert_retention = _upsert(
             dialect,
@@ -128,10 +124,6 @@ class BuildStore:
             ["org_slug", "month"],
             {"byte_hours": lambda e: usage.c.byte_hours + e.byte_hours},
         )
-        self._limiter = trio.CapacityLimiter(max_threads)
-        self._write_gate = trio.CapacityLimiter(1 if dialect == "sqlite" else max_threads)
-        self._inline_reads = dialect == "sqlite"
-        self._closed = False
 
     @classmethod
     def open(cls, url: str, *, max_threads: int = DEFAULT_MAX_THREADS) -> BuildStore:
@@ -141,52 +133,10 @@ class BuildStore:
         try:
             reader, writer = open_engines(url, pool_size=max_threads, tables=builds_metadata)
         except sa.exc.SQLAlchemyError as exc:
-            raise BuildError(_describe(exc)) from exc
+            raise BuildError(describe(exc)) from exc
         return cls(reader, writer, max_threads=max_threads)
 
-    def close(self) -> None:
-        self._closed = True
-        self._reader.dispose()
-        self._writer.dispose()
-
     # -- plumbing (as in MetadataStore) ---------------------------------------------------
-
-    async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-        if self._closed:
-            raise BuildError("build store is closed")
-        try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-        except sa.exc.SQLAlchemyError as exc:
-            raise BuildError(_describe(exc)) from exc
-
-    async def _run_hot(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-        """Per-request reads: inline on SQLite, through the thread pool on PostgreSQL."""
-        if not self._inline_reads:
-            return await self._run(fn, *args)
-        if self._closed:
-            raise BuildError("build store is closed")
-        await trio.lowlevel.checkpoint()
-        try:
-            return fn(*args)
-        except sa.exc.SQLAlchemyError as exc:
-            raise BuildError(_describe(exc)) from exc
-
-    async def _write(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
-        async with self._write_gate:
-            return await self._run(self._in_transaction, fn, *args)
-
-    def _in_transaction(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
-        with self._writer.begin() as conn:
-            return fn(conn, *args)
-
-    def _all(self, stmt: sa.Executable, params: dict[str, Any]) -> Sequence[Row]:
-        with self._reader.connect() as conn:
-            return conn.execute(stmt, params).all()
-
-    @staticmethod
-    def _execute(conn: sa.Connection, stmt: sa.Executable, params: Any) -> int:
-        result: sa.CursorResult[*tuple[Any, ...]] = conn.execute(stmt, params)
-        return result.rowcount
 
     async def _builds(self, stmt: sa.Executable, params: dict[str, Any]) -> list[BuildRecord]:
         return [_build_record(row) for row in await self._run_hot(self._all, stmt, params)]

@@ -13,7 +13,7 @@ queue on a trio limiter of one, instead of spinning in SQLite's busy handler aga
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar, TypeVarTuple
 
 import sqlalchemy as sa
@@ -37,6 +37,7 @@ from origin.metadata.schema import (
     tags,
     uploads,
 )
+from origin.metadata.sql_store import SqlStore, describe
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -54,28 +55,18 @@ class MetadataError(Exception):
     id that does not exist)."""
 
 
-def _describe(exc: sa.exc.SQLAlchemyError) -> str:
-    # The driver's own message ("database is locked"), without SQL text or parameters.
-    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
-        return f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0]}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-class MetadataStore:
+class MetadataStore(SqlStore):
     """Repositories, blobs and their links, manifests, tags, referrers and upload sessions.
 
     Mutating methods take ``now`` (POSIX seconds): the caller owns the clock.
     """
 
+    error = MetadataError
+    label = "metadata store"
+
     def __init__(self, reader: sa.Engine, writer: sa.Engine, *, max_threads: int) -> None:
-        self._reader = reader
-        self._writer = writer
-        sqlite = writer.dialect.name == "sqlite"
+        super().__init__(reader, writer, max_threads=max_threads)
         self._writes = q.WriteStatements.for_dialect(writer.dialect.name)
-        self._limiter = trio.CapacityLimiter(max_threads)
-        self._write_gate = trio.CapacityLimiter(1 if sqlite else max_threads)
-        self._closed = False
-        self._inline_reads = sqlite
 
     @classmethod
     def open(cls, url: str, *, max_threads: int = DEFAULT_MAX_THREADS) -> MetadataStore:
@@ -87,57 +78,10 @@ class MetadataStore:
         try:
             reader, writer = open_engines(url, pool_size=max_threads)
         except sa.exc.SQLAlchemyError as exc:
-            raise MetadataError(_describe(exc)) from exc
+            raise MetadataError(describe(exc)) from exc
         return cls(reader, writer, max_threads=max_threads)
 
-    def close(self) -> None:
-        """Close every pooled connection; the store refuses calls afterwards."""
-        self._closed = True
-        self._reader.dispose()
-        self._writer.dispose()
-
     # -- plumbing -------------------------------------------------------------------------
-
-    async def _run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-        if self._closed:
-            raise MetadataError("metadata store is closed")
-        try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-        except sa.exc.SQLAlchemyError as exc:
-            raise MetadataError(_describe(exc)) from exc
-
-    async def _run_hot(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-        """The per-request reads (manifest and blob lookups). On SQLite they run inline: an
-        indexed read of a WAL database took ~50 µs here while the thread hop around it cost
-        ~180 µs, which capped manifest GETs at ~800 requests/s per process. WAL readers never
-        wait for writers, so the loop is blocked only for the read itself. PostgreSQL reads
-        cross the network and keep using the thread pool."""
-        if not self._inline_reads:
-            return await self._run(fn, *args)
-        if self._closed:
-            raise MetadataError("metadata store is closed")
-        await trio.lowlevel.checkpoint()
-        try:
-            return fn(*args)
-        except sa.exc.SQLAlchemyError as exc:
-            raise MetadataError(_describe(exc)) from exc
-
-    async def _write(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
-        """Run ``fn(conn, *args)`` in one write transaction, committed when it returns."""
-        async with self._write_gate:
-            return await self._run(self._in_transaction, fn, *args)
-
-    def _in_transaction(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
-        with self._writer.begin() as conn:
-            return fn(conn, *args)
-
-    def _first(self, stmt: sa.Executable, params: dict[str, Any]) -> Row | None:
-        with self._reader.connect() as conn:
-            return conn.execute(stmt, params).first()
-
-    def _all(self, stmt: sa.Executable, params: dict[str, Any]) -> Sequence[Row]:
-        with self._reader.connect() as conn:
-            return conn.execute(stmt, params).all()
 
     def _read_with(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
         with self._reader.connect() as conn:
@@ -152,12 +96,6 @@ class MetadataStore:
         """Run ``fn(conn, *args)`` in one write transaction, committed when it returns; ``fn``
         runs in a worker thread and may reach trio through ``trio.from_thread.run``."""
         return await self._write(fn, *args)
-
-    @staticmethod
-    def _execute(conn: sa.Connection, stmt: sa.Executable, params: Any) -> int:
-        """Execute one statement in a write transaction: the number of rows it touched."""
-        result: sa.CursorResult[*tuple[Any, ...]] = conn.execute(stmt, params)
-        return result.rowcount
 
     # -- repositories ---------------------------------------------------------------------
 
