@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import trio
 
 from origin.builds.records import BoundImage, BuildRecord, Retention
@@ -25,50 +21,8 @@ from origin.builds.store import BuildStore
 from origin.metadata.records import ManifestRecord, Reference
 from origin.metadata.store import MetadataStore
 
-_PG_CANDIDATES = (
-    "postgresql+psycopg://postgres@127.0.0.1:5432/test",
-    "postgresql+psycopg://root@127.0.0.1:5432/test",
-)
 NOW = datetime(2030, 3, 10, tzinfo=UTC).timestamp()
 REPO = "acme/p1p1p1p1p1p1"
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> str | None:
-    for url in _PG_CANDIDATES:
-        engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
-        try:
-            with engine.connect():
-                return url
-        except sa.exc.OperationalError:
-            continue
-        finally:
-            engine.dispose()
-    return None
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'metadata.db'}"
-        return
-    if postgres_url is None:
-        message = "PostgreSQL is not reachable on 127.0.0.1:5432 (database test)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    schema = f"builds_{uuid.uuid4().hex}"
-    admin = sa.create_engine(postgres_url)
-    try:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        yield f"{postgres_url}?options=-csearch_path%3D{schema}"
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    finally:
-        admin.dispose()
 
 
 @pytest.fixture

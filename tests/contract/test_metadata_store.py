@@ -8,9 +8,7 @@ skip locally and fail on CI (``CI=true``).
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -22,10 +20,6 @@ import trio
 from origin.metadata.records import BlobRecord, ManifestRecord, Reference, UploadRecord
 from origin.metadata.store import MetadataError, MetadataStore
 
-_PG_CANDIDATES = (
-    "postgresql+psycopg://postgres@127.0.0.1:5432/test",
-    "postgresql+psycopg://root@127.0.0.1:5432/test",
-)
 NOW = 1_700_000_000.0
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,45 +43,6 @@ def manifest_record(
         artifact_type=artifact_type,
         annotations=annotations,
     )
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> str | None:
-    """A URL on which PostgreSQL answers, or None."""
-    for url in _PG_CANDIDATES:
-        engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
-        try:
-            with engine.connect():
-                return url
-        except sa.exc.OperationalError:
-            continue
-        finally:
-            engine.dispose()
-    return None
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'metadata.db'}"
-        return
-    if postgres_url is None:
-        message = "PostgreSQL is not reachable on 127.0.0.1:5432 (database test)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    schema = f"contract_{uuid.uuid4().hex}"
-    admin = sa.create_engine(postgres_url)
-    try:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        yield f"{postgres_url}?options=-csearch_path%3D{schema}"
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    finally:
-        admin.dispose()
 
 
 @pytest.fixture
