@@ -39,11 +39,10 @@ from origin.auth.schema import (
     users,
 )
 from origin.metadata.engine import open_engines
-from origin.metadata.sql_store import SqlStore, describe
+from origin.metadata.sql_store import Row, SqlStore, describe
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
-Row = sa.Row[*tuple[Any, ...]]
 
 DEFAULT_MAX_THREADS = 4
 #: ``last_used_at`` is written at most this often per token, not on every request.

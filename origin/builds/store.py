@@ -32,11 +32,10 @@ from origin.builds.schema import (
 )
 from origin.metadata import schema as md
 from origin.metadata.engine import open_engines
-from origin.metadata.sql_store import SqlStore, describe
+from origin.metadata.sql_store import Row, SqlStore, describe
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
-Row = sa.Row[*tuple[Any, ...]]
 
 DEFAULT_MAX_THREADS = 4
 _ORG_PROJECT = ""  # build_retention.project_id of an org-wide setting

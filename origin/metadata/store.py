@@ -41,7 +41,6 @@ from origin.metadata.sql_store import SqlStore, describe
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
-Row = sa.Row[*tuple[Any, ...]]
 
 DEFAULT_MAX_THREADS = 8
 #: Times a write re-takes a row a concurrent garbage collection deleted under it (PostgreSQL).
