@@ -41,6 +41,7 @@ import diskcache
 import trio
 
 from edge.cache.disk import Adopt, AdoptingDisk
+from edge.cache.hot import Lru
 
 log = logging.getLogger("depot.edge.cache")
 
@@ -48,6 +49,8 @@ T = TypeVar("T")
 
 #: Threads this cache may occupy at once (SQLite serialises writers anyway).
 THREADS = 8
+#: Manifests kept in memory as well (the rest are read from disk).
+HOT_MANIFEST_BYTES = 32 << 20
 
 _BLOB, _MANIFEST, _TAG, _LINK = "blob:", "manifest:", "tag:", "link:"
 _SPOOL_SUFFIX = ".spool"
@@ -158,6 +161,10 @@ class EdgeCache:
         self.size_limit = size_limit
         self.max_blob_bytes = max_blob_bytes
         self._limiter = trio.CapacityLimiter(THREADS)
+        self._hot_manifests: Lru[str, tuple[str, bytes]] = Lru(
+            8192, HOT_MANIFEST_BYTES, weigh=lambda entry: len(entry[1])
+        )
+        self._hot_links: Lru[str, bool] = Lru(262144, None)
 
     @classmethod
     def open(
@@ -276,17 +283,26 @@ class EdgeCache:
     # --- manifests, tags, links -----------------------------------------------------------
 
     async def get_manifest(self, digest: str) -> tuple[str, bytes] | None:
+        hot = self._hot_manifests.get(digest)
+        if hot is not None:
+            return hot
         payload, media_type = await self._run(
             partial(self._cache.get, _MANIFEST + digest, tag=True, retry=True)
         )
-        return None if payload is None else (str(media_type), bytes(payload))
+        if payload is None:
+            return None
+        found = (str(media_type), bytes(payload))
+        self._hot_manifests.put(digest, found)
+        return found
 
     async def put_manifest(self, digest: str, media_type: str, payload: bytes) -> None:
         await self._run(
             partial(self._cache.set, _MANIFEST + digest, payload, tag=media_type, retry=True)
         )
+        self._hot_manifests.put(digest, (media_type, payload))
 
     async def get_tag(self, repository: str, tag: str) -> TagEntry | None:
+        # Not kept in memory: `edge cache purge` from another process must drop tags at once.
         text = await self._run(partial(self._cache.get, _tag_key(repository, tag), retry=True))
         if text is None:
             return None
@@ -307,6 +323,8 @@ class EdgeCache:
     async def add_links(self, repository: str, digests: Iterable[str]) -> None:
         keys = [_link_key(repository, digest) for digest in digests]
         await self._run(self._set_all, keys)
+        for key in keys:
+            self._hot_links.put(key, True)
 
     def _set_all(self, keys: list[str]) -> None:
         with self._cache.transact(retry=True):
@@ -315,7 +333,12 @@ class EdgeCache:
 
     async def has_link(self, repository: str, digest: str) -> bool:
         key = _link_key(repository, digest)
-        return await self._run(partial(self._cache.get, key, retry=True)) is not None
+        if self._hot_links.get(key):
+            return True
+        found = await self._run(partial(self._cache.get, key, retry=True)) is not None
+        if found:
+            self._hot_links.put(key, True)
+        return found
 
     # --- management -----------------------------------------------------------------------
 
@@ -335,7 +358,11 @@ class EdgeCache:
         )
 
     async def purge(self) -> int:
-        """Remove every entry (counters are kept); return how many. Open readers go on."""
+        """Remove every entry (counters are kept); return how many. Open readers go on.
+        (From another process, a running edge keeps its in-memory copies of manifests by
+        digest and of repository links: both immutable facts.)"""
+        self._hot_manifests.clear()
+        self._hot_links.clear()
         return int(await self._run(partial(self._cache.clear, retry=True)))
 
 
