@@ -7,6 +7,9 @@ Layout under the edge's cache directory (one filesystem)::
     spool/     fills in progress: ``<digest-hex>.<random>.spool``; a live fill holds
                ``flock(LOCK_EX)`` on its spool, so a cleaner skips it
     counters/  a second diskcache holding hits, misses and evictions (never culled)
+    meta/      tag entries and repository links: small, read on every request, so in a
+               diskcache whose reads write nothing (least-recently-STORED eviction; the
+               blob cache's LRU turns every read into a write transaction)
 
 Keys: ``blob:<digest>`` (a file, adopted by rename, tagged with its size), ``manifest:<digest>``
 (the payload, tagged with its media type), ``tag:<repository>:<tag>`` (JSON text),
@@ -49,6 +52,7 @@ T = TypeVar("T")
 
 #: Threads this cache may occupy at once (SQLite serialises writers anyway).
 THREADS = 8
+META_SIZE_LIMIT = 256 << 20
 #: Manifests kept in memory as well (the rest are read from disk).
 HOT_MANIFEST_BYTES = 32 << 20
 
@@ -151,12 +155,14 @@ class EdgeCache:
         self,
         cache: diskcache.Cache,
         counters: diskcache.Cache,
+        meta: diskcache.Cache,
         spool_dir: Path,
         size_limit: int,
         max_blob_bytes: int,
     ) -> None:
         self._cache = cache
         self._counters = counters
+        self._meta = meta
         self.spool_dir = spool_dir
         self.size_limit = size_limit
         self.max_blob_bytes = max_blob_bytes
@@ -190,6 +196,11 @@ class EdgeCache:
             settings["size_limit"] = size_limit
         cache = diskcache.Cache(str(cache_dir), disk=AdoptingDisk, **settings)
         counters = diskcache.Cache(str(directory / "counters"), cull_limit=0)
+        meta = diskcache.Cache(
+            str(directory / "meta"),
+            eviction_policy="least-recently-stored",
+            size_limit=META_SIZE_LIMIT,
+        )
         if recover:
             removed = remove_stale_spools(spool_dir)
             with warnings.catch_warnings():
@@ -202,11 +213,12 @@ class EdgeCache:
                 for problem in problems:
                     log.info("cache recovery: %s", problem.message)
         limit = int(cache.size_limit)
-        return cls(cache, counters, spool_dir, limit, max_blob_bytes or limit // 2)
+        return cls(cache, counters, meta, spool_dir, limit, max_blob_bytes or limit // 2)
 
     def close(self) -> None:
         self._cache.close()
         self._counters.close()
+        self._meta.close()
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(partial(function, *args), limiter=self._limiter)
@@ -303,7 +315,7 @@ class EdgeCache:
 
     async def get_tag(self, repository: str, tag: str) -> TagEntry | None:
         # Not kept in memory: `edge cache purge` from another process must drop tags at once.
-        text = await self._run(partial(self._cache.get, _tag_key(repository, tag), retry=True))
+        text = await self._run(partial(self._meta.get, _tag_key(repository, tag), retry=True))
         if text is None:
             return None
         fields = json.loads(text)
@@ -315,10 +327,10 @@ class EdgeCache:
         self, repository: str, tag: str, digest: str, media_type: str, fetched_at: float
     ) -> None:
         text = json.dumps({"digest": digest, "media_type": media_type, "fetched_at": fetched_at})
-        await self._run(partial(self._cache.set, _tag_key(repository, tag), text, retry=True))
+        await self._run(partial(self._meta.set, _tag_key(repository, tag), text, retry=True))
 
     async def drop_tag(self, repository: str, tag: str) -> None:
-        await self._run(partial(self._cache.delete, _tag_key(repository, tag), retry=True))
+        await self._run(partial(self._meta.delete, _tag_key(repository, tag), retry=True))
 
     async def add_links(self, repository: str, digests: Iterable[str]) -> None:
         keys = [_link_key(repository, digest) for digest in digests]
@@ -327,15 +339,15 @@ class EdgeCache:
             self._hot_links.put(key, True)
 
     def _set_all(self, keys: list[str]) -> None:
-        with self._cache.transact(retry=True):
+        with self._meta.transact(retry=True):
             for key in keys:
-                self._cache.set(key, 1, retry=True)
+                self._meta.set(key, 1, retry=True)
 
     async def has_link(self, repository: str, digest: str) -> bool:
         key = _link_key(repository, digest)
         if self._hot_links.get(key):
             return True
-        found = await self._run(partial(self._cache.get, key, retry=True)) is not None
+        found = await self._run(partial(self._meta.get, key, retry=True)) is not None
         if found:
             self._hot_links.put(key, True)
         return found
@@ -350,7 +362,7 @@ class EdgeCache:
         return CacheStats(
             volume_bytes=int(self._cache.volume()),
             size_limit=self.size_limit,
-            entries=len(self._cache),
+            entries=len(self._cache) + len(self._meta),
             blobs=blobs,
             evictions=int(self._counters.get("evictions", 0, retry=True)),
             hits=int(self._counters.get("hits", 0, retry=True)),
@@ -363,7 +375,8 @@ class EdgeCache:
         digest and of repository links: both immutable facts.)"""
         self._hot_manifests.clear()
         self._hot_links.clear()
-        return int(await self._run(partial(self._cache.clear, retry=True)))
+        meta = await self._run(partial(self._meta.clear, retry=True))
+        return int(await self._run(partial(self._cache.clear, retry=True))) + int(meta)
 
 
 def _tag_key(repository: str, tag: str) -> str:
