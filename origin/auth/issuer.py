@@ -9,6 +9,7 @@ in the context of the host the request came to.
 
 from __future__ import annotations
 
+import datetime
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -155,7 +156,5 @@ class TokenIssuer:
 
 
 def _rfc3339(timestamp: int) -> str:
-    import datetime
-
     moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
