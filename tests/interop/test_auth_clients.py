@@ -35,7 +35,7 @@ from tests.peers import require_program
 from tests.processes import stop_process, tail
 
 if TYPE_CHECKING:
-    from tests.interop.conftest import AuthOrigin, Skopeo
+    from tests.interop.conftest import AuthEdge, AuthOrigin, Skopeo
 
 pytestmark = pytest.mark.interop
 
@@ -67,23 +67,31 @@ def text_tail(data: bytes, lines: int = 40) -> str:
 
 
 def describe(
-    result: subprocess.CompletedProcess[bytes], origin: AuthOrigin, logs: Sequence[Path] = ()
+    result: subprocess.CompletedProcess[bytes],
+    server: AuthOrigin | AuthEdge,
+    logs: Sequence[Path] = (),
 ) -> str:
+    """The command, its output tails and the server logs (an edge's origin's too)."""
     command = " ".join(str(arg) for arg in result.args)
     parts = [
         f"{command}\nexited {result.returncode}",
         f"stdout tail:\n{text_tail(result.stdout, 10)}",
         f"stderr tail:\n{text_tail(result.stderr, 60)}",
-        f"origin log tail:\n{origin.log_tail(40)}",
-        *(f"{log.name} tail:\n{tail(log, 40)}" for log in logs),
+        f"{server.registry.kind} log tail:\n{server.log_tail(40)}",
     ]
+    origin = getattr(server, "origin", None)
+    if origin is not None:
+        parts.append(f"origin log tail:\n{origin.log_tail(30)}")
+    parts += [f"{log.name} tail:\n{tail(log, 40)}" for log in logs]
     return "\n".join(parts)
 
 
 def succeeded(
-    result: subprocess.CompletedProcess[bytes], origin: AuthOrigin, logs: Sequence[Path] = ()
+    result: subprocess.CompletedProcess[bytes],
+    server: AuthOrigin | AuthEdge,
+    logs: Sequence[Path] = (),
 ) -> bytes:
-    assert result.returncode == 0, describe(result, origin, logs)
+    assert result.returncode == 0, describe(result, server, logs)
     return result.stdout
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,11 +26,11 @@ from tests.interop.test_auth_clients import (  # noqa: F401 (podman: a fixture)
     AUTH_ERROR,
     Podman,
     containerd_process,
+    describe,
     host_platform,
     podman,
-    text_tail,
+    succeeded,
 )
-from tests.processes import tail
 
 if TYPE_CHECKING:
     from tests.interop.conftest import AuthEdge, Skopeo
@@ -42,28 +40,6 @@ pytestmark = pytest.mark.interop
 #: Small layers keep the file fast; more than one so every client handles a layer chain.
 LAYER_SIZES = (16 * 1024, 256 * 1024, 1024 * 1024)
 FROM_UPSTREAM = re.compile(rb"^depot_edge_bytes_from_upstream ([0-9.e+]+)$", re.MULTILINE)
-
-
-def describe(
-    result: subprocess.CompletedProcess[bytes], edge: AuthEdge, logs: Sequence[Path] = ()
-) -> str:
-    command = " ".join(str(arg) for arg in result.args)
-    parts = [
-        f"{command}\nexited {result.returncode}",
-        f"stdout tail:\n{text_tail(result.stdout, 10)}",
-        f"stderr tail:\n{text_tail(result.stderr, 60)}",
-        f"edge log tail:\n{edge.log_tail(40)}",
-        f"origin log tail:\n{edge.origin.log_tail(30)}",
-        *(f"{log.name} tail:\n{tail(log, 40)}" for log in logs),
-    ]
-    return "\n".join(parts)
-
-
-def succeeded(
-    result: subprocess.CompletedProcess[bytes], edge: AuthEdge, logs: Sequence[Path] = ()
-) -> bytes:
-    assert result.returncode == 0, describe(result, edge, logs)
-    return result.stdout
 
 
 async def bytes_from_upstream(edge: AuthEdge) -> float:
