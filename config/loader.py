@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from config.units import parse_duration, parse_size
+from core.errors import ConfigError
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    pass
+__all__ = ["ConfigError", "load"]
 
 
 def _convert(name: str, kind: Any, value: Any) -> Any:

@@ -18,7 +18,7 @@ from config.loader import ConfigError, load
 from config.settings import EdgeSettings
 from core.web.serving import bind_socket, bound_url, serve_until_signal
 from edge.cache.store import EdgeCache
-from edge.server import ConfigurationError, read_upstream_token, serve
+from edge.server import read_upstream_token, serve
 
 ENV_PREFIX = "DEPOT_EDGE_"
 
@@ -69,10 +69,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
         if not settings.upstream:
-            raise ConfigurationError("--upstream is required (the origin's URL)")
+            raise ConfigError("--upstream is required (the origin's URL)")
         read_upstream_token(settings)
         sock = bind_socket(settings.listen)
-    except (ConfigError, ConfigurationError, OSError, ValueError) as exc:
+    except (ConfigError, OSError, ValueError) as exc:
         print(f"depot-registry: {exc}", file=sys.stderr)
         return 2
 

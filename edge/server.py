@@ -12,6 +12,7 @@ import trio
 
 from config.settings import EdgeSettings
 from core.client.http import open_http_client
+from core.errors import ConfigError
 from core.web.serving import serve_app
 from edge.app import EdgeServices, create_edge_app
 from edge.auth import EdgeGate
@@ -25,19 +26,15 @@ log = logging.getLogger("depot.edge")
 STATS_INTERVAL_SECONDS = 5.0
 
 
-class ConfigurationError(Exception):
-    pass
-
-
 def read_upstream_token(settings: EdgeSettings) -> str:
     if settings.upstream_token_file is None:
-        raise ConfigurationError("--upstream-token-file is required (an edge token, dpe_...)")
+        raise ConfigError("--upstream-token-file is required (an edge token, dpe_...)")
     try:
         token = settings.upstream_token_file.read_text().strip()
     except OSError as exc:
-        raise ConfigurationError(f"cannot read {settings.upstream_token_file}: {exc}") from exc
+        raise ConfigError(f"cannot read {settings.upstream_token_file}: {exc}") from exc
     if not token:
-        raise ConfigurationError(f"{settings.upstream_token_file} is empty")
+        raise ConfigError(f"{settings.upstream_token_file} is empty")
     return token
 
 

@@ -24,6 +24,7 @@ import trio
 from config.loader import ConfigError
 from config.settings import OriginSettings
 from config.units import parse_duration
+from core.errors import UnknownObject
 from origin.auth.records import TokenRecord
 from origin.auth.store import TenancyError, TenancyStore
 from origin.auth.token_format import KINDS, parse_token
@@ -34,7 +35,7 @@ _PROG = "depot-registry"
 Command = Callable[[TenancyStore, argparse.Namespace, float], Awaitable[None]]
 
 
-class _Refused(Exception):
+class _Refused(UnknownObject):
     """The command cannot do what was asked (an unknown org, nothing to revoke)."""
 
 

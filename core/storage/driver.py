@@ -17,6 +17,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from core.errors import PathNotFound, StorageError
+
 #: Read size for streaming: 1 MiB chunks are what makes throughput (64 KiB is ~7x slower).
 CHUNK_SIZE = 4 << 20
 
@@ -24,12 +26,8 @@ CHUNK_SIZE = 4 << 20
 STAGING_NAME = "_tmp"
 
 
-class StorageError(Exception):
-    """A driver failure (I/O error, corruption). Translated to a RegistryError above."""
-
-
-class PathNotFound(StorageError):
-    pass
+# The driver's errors live in the one tree (core/errors.py); re-exported for drivers.
+__all__ = ["PathNotFound", "StorageError"]
 
 
 @dataclass(frozen=True, slots=True)

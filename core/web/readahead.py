@@ -16,14 +16,11 @@ from types import TracebackType
 import trio
 from quart.wrappers.response import ResponseBody
 
+from core.errors import BodyAborted
+
 log = logging.getLogger("depot.web")
 
 ChunkSource = Callable[[], AbstractAsyncContextManager[AsyncIterator[bytes]]]
-
-
-class BodyAborted(Exception):
-    """The body's source failed after the response started: the connection must be cut
-    (a short body under a Content-Length is how HTTP/1.1 says "this is incomplete")."""
 
 
 class ReadAheadBody(ResponseBody):

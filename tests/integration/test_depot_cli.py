@@ -25,9 +25,9 @@ import httpx
 import pytest
 import trio
 
-from core.usercli import push
-from core.usercli.api import open_client
-from core.usercli.image_source import DOCKER_ARCHIVE, OCI_ARCHIVE, OCI_LAYOUT, load_image
+from depot import push
+from depot.api import open_client
+from depot.image_source import DOCKER_ARCHIVE, OCI_ARCHIVE, OCI_LAYOUT, load_image
 from tests.integration.tenants import Tenants, basic, start_tenants
 from tests.interop.conftest import Skopeo
 from tests.interop.oci_layout import LayoutWriter, read_layout, sha256_digest
@@ -51,7 +51,7 @@ def depot_command() -> list[str]:
     script = Path(sys.executable).with_name("depot")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "core.usercli.main"]
+    return [sys.executable, "-m", "depot.main"]
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pytest
 
 from core import mediatypes
 from core.manifest import parse_manifest
-from core.usercli.image_source import (
+from depot.image_source import (
     DOCKER_ARCHIVE,
     DOCKER_CONFIG,
     DOCKER_LAYER,

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from core import mediatypes
-from core.errors import RegistryError
+from core.errors import InputError, RegistryError
 from core.manifest import parse_manifest
 
 OCI_LAYOUT = "oci-layout"
@@ -47,7 +47,7 @@ _MAX_LINK_HOPS = 16
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class ImageSourceError(Exception):
+class ImageSourceError(InputError):
     """The path is not an image this module reads, or the image in it is incomplete."""
 
 

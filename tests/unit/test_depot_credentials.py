@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.usercli import api
-from core.usercli.credentials import (
+from depot import api
+from depot.credentials import (
     Credentials,
     CredentialsError,
     credentials_path,
@@ -22,7 +22,7 @@ from core.usercli.credentials import (
     resolve,
     save_token,
 )
-from core.usercli.main import main
+from depot.main import main
 
 FILE_TOKEN = "dpu_fromfile0000000000000000000000"
 ENV_TOKEN = "dpu_fromenv00000000000000000000000"

@@ -10,7 +10,7 @@
 
 Every command but ``login`` takes ``--registry URL`` and ``--token TOKEN``; without them
 ``DEPOT_REGISTRY`` / ``DEPOT_TOKEN``, then the file ``depot login`` wrote, are used (see
-:mod:`core.usercli.credentials`). Results go to stdout, progress and errors to stderr;
+:mod:`depot.credentials`). Results go to stdout, progress and errors to stderr;
 exit status 0 on success, 1 on an error, 2 on a usage error.
 """
 
@@ -28,10 +28,10 @@ from typing import Any, TextIO, TypeGuard
 import httpx
 import trio
 
-from core.usercli import api, credentials, push
-from core.usercli.api import ApiError
-from core.usercli.credentials import CredentialsError
-from core.usercli.image_source import Blob, ImageSourceError, load_image
+from depot import api, credentials, push
+from depot.api import ApiError
+from depot.credentials import CredentialsError
+from depot.image_source import Blob, ImageSourceError, load_image
 
 
 def build_parser() -> argparse.ArgumentParser:

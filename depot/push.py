@@ -1,4 +1,4 @@
-"""Pushing a :class:`~core.usercli.image_source.SourceImage` to a repository, and ``depot save``.
+"""Pushing a :class:`~depot.image_source.SourceImage` to a repository, and ``depot save``.
 
 Blobs first, only those the registry lacks (``HEAD`` each; a 200 skips it), each uploaded
 monolithically: ``POST /blobs/uploads/`` then one ``PUT ?digest=`` whose body streams from
@@ -24,9 +24,9 @@ import httpx
 import trio
 
 from core.client.http import request_with_retry
-from core.usercli import api
-from core.usercli.api import ApiError, segment
-from core.usercli.image_source import CHUNK_SIZE, Blob, Manifest, SourceImage
+from depot import api
+from depot.api import ApiError, segment
+from depot.image_source import CHUNK_SIZE, Blob, Manifest, SourceImage
 
 #: Blob uploads running at once.
 UPLOAD_CONCURRENCY = 4

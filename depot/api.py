@@ -14,9 +14,10 @@ from urllib.parse import quote
 import httpx
 
 from core.client.http import open_http_client, request_with_retry, x_token_auth
+from core.errors import DepotError
 
 
-class ApiError(Exception):
+class ApiError(DepotError):
     """The registry answered with an error status (or not with the expected document)."""
 
     def __init__(self, message: str, status: int | None = None, code: str | None = None):

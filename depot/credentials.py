@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.errors import InputError
+
 REGISTRY_ENV = "DEPOT_REGISTRY"
 TOKEN_ENV = "DEPOT_TOKEN"
 FILE_MODE = 0o600
 
 
-class CredentialsError(Exception):
+class CredentialsError(InputError):
     """No registry or no token could be found, or the credentials file is unreadable."""
 
 
