@@ -33,6 +33,7 @@ import trio
 
 from core.digest import parse_digest
 from core.errors import BlobUnknown, NameUnknown, RegistryError, Unavailable
+from core.reference import parse_repository_name
 from edge.cache.store import EdgeCache, SpoolFile
 from edge.upstream_types import Upstream, UpstreamBlob
 
@@ -317,7 +318,10 @@ class Fills:
 
     async def _fetch(self, fill: _Fill) -> None:
         hasher = parse_digest(fill.digest).hasher()
-        async with self._upstream.open_blob(fill.repository, fill.digest) as blob:
+        upstream = self._upstream.open_blob(
+            parse_repository_name(fill.repository), parse_digest(fill.digest)
+        )
+        async with upstream as blob:
             fill.spool = await self._thread(SpoolFile.create, self._cache.spool_path(fill.digest))
             fill.size, fill.read_fd = blob.size, fill.spool.read_fd
             fill.publish()

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import trio
 
 from config.settings import EdgeSettings
-from core.digest import Digest
+from core.digest import Digest, parse_digest
 from core.errors import BlobUnknown, DigestInvalid, ManifestInvalid, ManifestUnknown, Unavailable
 from core.manifest import parse_manifest
-from core.reference import Tag
+from core.reference import RepositoryName, Tag, parse_repository_name
 from edge.cache.store import EdgeCache
 from edge.fill import BlobStream, Fills
 from edge.metrics import EdgeMetrics
@@ -73,7 +73,7 @@ class PullThrough:
             return ServedManifest(digest, cached[0], cached[1])
         self._metrics.cache_misses.labels("manifest").inc()
         fetched = await self._fetch_manifest(repository, digest)
-        return ServedManifest(fetched.digest, fetched.media_type, fetched.payload)
+        return ServedManifest(str(fetched.digest), fetched.media_type, fetched.payload)
 
     async def _manifest_by_tag(self, repository: str, tag: str) -> ServedManifest:
         entry = await self._cache.get_tag(repository, tag)
@@ -86,7 +86,8 @@ class PullThrough:
         self._metrics.cache_misses.labels("tag").inc()
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
-                current = await self._upstream.head_manifest(repository, tag)
+                found = await self._upstream.head_manifest(_repo(repository), Tag(tag))
+            current = None if found is None else str(found)
             if current is None:
                 await self._cache.drop_tag(repository, tag)
                 raise ManifestUnknown(detail={"reference": tag})
@@ -95,7 +96,7 @@ class PullThrough:
                 served = ServedManifest(current, cached[0], cached[1])
             else:
                 fetched = await self._fetch_manifest(repository, current)
-                served = ServedManifest(fetched.digest, fetched.media_type, fetched.payload)
+                served = ServedManifest(str(fetched.digest), fetched.media_type, fetched.payload)
             await self._cache.add_links(repository, [current])
             await self._cache.put_tag(repository, tag, current, served.media_type, now)
             return served
@@ -111,13 +112,13 @@ class PullThrough:
     async def _fetch_manifest(self, repository: str, digest: str) -> UpstreamManifest:
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
-                fetched = await self._upstream.get_manifest(repository, digest)
+                fetched = await self._upstream.get_manifest(_repo(repository), parse_digest(digest))
         except trio.TooSlowError as exc:
             raise self._unavailable() from exc
         except Unavailable as exc:
             raise self._unavailable() from exc
         actual = "sha256:" + hashlib.sha256(fetched.payload).hexdigest()
-        if fetched.digest != digest or (digest.startswith("sha256:") and actual != digest):
+        if str(fetched.digest) != digest or (digest.startswith("sha256:") and actual != digest):
             raise Unavailable("origin sent a manifest that does not match its digest")
         try:
             parsed = parse_manifest(fetched.payload, fetched.media_type)
@@ -145,7 +146,9 @@ class PullThrough:
         self._metrics.cache_misses.labels("blob").inc()
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
-                upstream_size = await self._upstream.blob_size(repository, digest)
+                upstream_size = await self._upstream.blob_size(
+                    _repo(repository), parse_digest(digest)
+                )
         except (Unavailable, trio.TooSlowError) as exc:
             raise self._unavailable() from exc
         if upstream_size is None:
@@ -178,9 +181,15 @@ class PullThrough:
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
                 if manifest:
-                    found = await self._upstream.head_manifest(repository, digest) is not None
+                    found = (
+                        await self._upstream.head_manifest(_repo(repository), parse_digest(digest))
+                        is not None
+                    )
                 else:
-                    found = await self._upstream.blob_size(repository, digest) is not None
+                    found = (
+                        await self._upstream.blob_size(_repo(repository), parse_digest(digest))
+                        is not None
+                    )
         except (Unavailable, trio.TooSlowError) as exc:
             # Without origin we cannot tell whether this repository may read the digest.
             raise self._unavailable() from exc
@@ -193,3 +202,7 @@ class PullThrough:
     def _unavailable(self) -> Unavailable:
         retry = str(self._settings.unavailable_retry_after_seconds)
         return Unavailable("origin unavailable", headers={"Retry-After": retry})
+
+
+def _repo(name: str) -> RepositoryName:
+    return parse_repository_name(name)

@@ -30,7 +30,7 @@ from core import errors, mediatypes
 from core.client.http import open_http_client, send_with_retry, x_token_auth
 from core.digest import Digest, parse_digest, sha256_of
 from core.errors import DigestInvalid, NameInvalid, RegistryError, Unauthorized, Unavailable
-from core.reference import parse_manifest_reference, parse_repository_name
+from core.reference import RepositoryName, Tag, parse_repository_name
 from core.tenancy import is_org_slug
 from edge.upstream_types import UpstreamBlob, UpstreamManifest
 
@@ -94,9 +94,13 @@ class OriginUpstream:
 
     @asynccontextmanager
     async def open_blob(
-        self, repository: str, digest: str, *, deadline_seconds: float = DEADLINE_SECONDS
+        self,
+        repository: RepositoryName,
+        digest: Digest,
+        *,
+        deadline_seconds: float = DEADLINE_SECONDS,
     ) -> AsyncIterator[UpstreamBlob]:
-        path = f"/v2/{_name(repository)}/blobs/{_digest(digest)}"
+        path = f"/v2/{repository}/blobs/{digest}"
         with _boundary("GET"), trio.fail_after(deadline_seconds):
             response = await self._send("GET", path, stream=True)
         chunks = _raw_chunks(response)
@@ -116,9 +120,13 @@ class OriginUpstream:
                 await response.aclose()
 
     async def blob_size(
-        self, repository: str, digest: str, *, deadline_seconds: float = DEADLINE_SECONDS
+        self,
+        repository: RepositoryName,
+        digest: Digest,
+        *,
+        deadline_seconds: float = DEADLINE_SECONDS,
     ) -> int | None:
-        path = f"/v2/{_name(repository)}/blobs/{_digest(digest)}"
+        path = f"/v2/{repository}/blobs/{digest}"
         response, body = await self._exchange("HEAD", path, deadline_seconds, limit=0)
         if response.status_code == 404:
             return None
@@ -132,10 +140,14 @@ class OriginUpstream:
     # -- manifests -------------------------------------------------------------------------
 
     async def get_manifest(
-        self, repository: str, reference: str, *, deadline_seconds: float = DEADLINE_SECONDS
+        self,
+        repository: RepositoryName,
+        reference: Tag | Digest,
+        *,
+        deadline_seconds: float = DEADLINE_SECONDS,
     ) -> UpstreamManifest:
-        wanted = parse_manifest_reference(reference)
-        path = f"/v2/{_name(repository)}/manifests/{wanted}"
+        wanted = reference
+        path = f"/v2/{repository}/manifests/{wanted}"
         headers = {"Accept": MANIFEST_ACCEPT}
         response, payload = await self._exchange(
             "GET", path, deadline_seconds, limit=self._max_manifest_bytes, headers=headers
@@ -154,10 +166,14 @@ class OriginUpstream:
         return UpstreamManifest(digest=digest, media_type=media_type, payload=payload)
 
     async def head_manifest(
-        self, repository: str, reference: str, *, deadline_seconds: float = DEADLINE_SECONDS
-    ) -> str | None:
-        wanted = parse_manifest_reference(reference)
-        path = f"/v2/{_name(repository)}/manifests/{wanted}"
+        self,
+        repository: RepositoryName,
+        reference: Tag | Digest,
+        *,
+        deadline_seconds: float = DEADLINE_SECONDS,
+    ) -> Digest | None:
+        wanted = reference
+        path = f"/v2/{repository}/manifests/{wanted}"
         headers = {"Accept": MANIFEST_ACCEPT}
         response, body = await self._exchange(
             "HEAD", path, deadline_seconds, limit=0, headers=headers
@@ -168,10 +184,10 @@ class OriginUpstream:
             raise await _failure(response, errors.ManifestUnknown, body)
         header = response.headers.get("Docker-Content-Digest", "")
         try:
-            found = str(parse_digest(header))
+            found = parse_digest(header)
         except DigestInvalid as exc:
             raise Unavailable("origin answered a manifest HEAD without a digest") from exc
-        if isinstance(wanted, Digest) and found != str(wanted):
+        if isinstance(wanted, Digest) and found != wanted:
             log.error("origin answered HEAD %s@%s with digest %s", repository, wanted, found)
             raise Unavailable("origin answered with a different manifest digest")
         return found
@@ -371,7 +387,9 @@ def _oci_error(body: bytes) -> tuple[str | None, str | None, Any]:
         return None, None, None
 
 
-def _verified_digest(payload: bytes, wanted: Digest | None, header: str | None, where: str) -> str:
+def _verified_digest(
+    payload: bytes, wanted: Digest | None, header: str | None, where: str
+) -> Digest:
     """The digest of ``payload``, checked against the digest asked for and the one origin
     announced; Unavailable on any mismatch (the bytes are not what was asked for)."""
     announced: Digest | None = None
@@ -389,7 +407,7 @@ def _verified_digest(payload: bytes, wanted: Digest | None, header: str | None, 
     if hasher.hexdigest() != claimed.encoded:
         log.error("origin's manifest bytes for %s do not match %s", where, claimed)
         raise Unavailable("origin's manifest does not match its digest")
-    return str(claimed)
+    return claimed
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -404,15 +422,6 @@ def _retry_after(response: httpx.Response) -> dict[str, str]:
 
 def _status(response: httpx.Response) -> dict[str, int]:
     return {"status": response.status_code}
-
-
-def _name(repository: str) -> str:
-    """Validated, so a name can never change the request path."""
-    return parse_repository_name(repository).value
-
-
-def _digest(digest: str) -> str:
-    return str(parse_digest(digest))
 
 
 def _is_project_id(text: str) -> bool:

@@ -13,6 +13,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from core.digest import Digest
+from core.reference import RepositoryName, Tag
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamBlob:
@@ -22,24 +25,30 @@ class UpstreamBlob:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamManifest:
-    digest: str  # Docker-Content-Digest (verified against the payload by the caller)
+    digest: Digest  # of the payload: verified at the boundary, never trusted from a header
     media_type: str
     payload: bytes
 
 
 class Upstream(Protocol):
-    def open_blob(self, repository: str, digest: str) -> AbstractAsyncContextManager[UpstreamBlob]:
+    def open_blob(
+        self, repository: RepositoryName, digest: Digest
+    ) -> AbstractAsyncContextManager[UpstreamBlob]:
         """Stream a blob of ``repository`` (an internal ``<org>/<path>`` name)."""
         ...
 
-    async def blob_size(self, repository: str, digest: str) -> int | None:
+    async def blob_size(self, repository: RepositoryName, digest: Digest) -> int | None:
         """HEAD: the size when ``repository`` holds the blob, None when it does not."""
         ...
 
-    async def get_manifest(self, repository: str, reference: str) -> UpstreamManifest:
+    async def get_manifest(
+        self, repository: RepositoryName, reference: Tag | Digest
+    ) -> UpstreamManifest:
         """GET a manifest by tag or digest."""
         ...
 
-    async def head_manifest(self, repository: str, reference: str) -> str | None:
+    async def head_manifest(
+        self, repository: RepositoryName, reference: Tag | Digest
+    ) -> Digest | None:
         """HEAD: the digest a tag (or digest) resolves to now, None when unknown."""
         ...

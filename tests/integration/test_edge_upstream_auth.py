@@ -24,6 +24,7 @@ from core.auth.request import Authorization, RequestView
 from core.auth.scopes import Access
 from core.auth.tokens import Grant, generate_signing_key, sign_grant
 from core.client.http import open_http_client, x_token_auth
+from core.digest import parse_digest as dig
 from core.endpoints import parse_endpoint
 from core.errors import (
     BlobUnknown,
@@ -35,6 +36,8 @@ from core.errors import (
     Unavailable,
 )
 from core.reference import RepositoryName
+from core.reference import parse_manifest_reference as ref
+from core.reference import parse_repository_name as name
 from core.web.serving import bind_socket, bound_url
 from edge.auth import EdgeGate
 from edge.upstream import OriginUpstream
@@ -159,12 +162,12 @@ async def test_upstream_serves_blobs_and_manifests_of_every_org(tenants: Tenants
         async with edge_to(tenants.url, await edge_token(tenants)) as edge:
             upstream = edge.upstream
             for blob in (big, *image.blobs):
-                async with upstream.open_blob("acme/app", blob.digest) as fetched:
+                async with upstream.open_blob(name("acme/app"), dig(blob.digest)) as fetched:
                     assert fetched.size == blob.size
                     assert b"".join([chunk async for chunk in fetched.chunks]) == blob.data
-                assert await upstream.blob_size("acme/app", blob.digest) == blob.size
+                assert await upstream.blob_size(name("acme/app"), dig(blob.digest)) == blob.size
             # Leaving early closes the stream (no ResourceWarning, the pool stays usable).
-            async with upstream.open_blob("acme/app", big.digest) as fetched:
+            async with upstream.open_blob(name("acme/app"), dig(big.digest)) as fetched:
                 async for _ in fetched.chunks:
                     break
             for repo, manifest, media_type in (
@@ -172,10 +175,11 @@ async def test_upstream_serves_blobs_and_manifests_of_every_org(tenants: Tenants
                 ("other/lib", docker, DOCKER_MANIFEST),
             ):
                 for reference in ("v1", manifest.digest):
-                    got = await upstream.get_manifest(repo, reference)
-                    assert (got.digest, got.media_type) == (manifest.digest, media_type)
+                    got = await upstream.get_manifest(name(repo), ref(reference))
+                    assert (str(got.digest), got.media_type) == (manifest.digest, media_type)
                     assert got.payload == manifest.payload
-                    assert await upstream.head_manifest(repo, reference) == manifest.digest
+                    found = await upstream.head_manifest(name(repo), ref(reference))
+                    assert str(found) == manifest.digest
             accept = edge.sent[-1].headers["Accept"]
             assert OCI_MANIFEST in accept and DOCKER_MANIFEST in accept
             assert "index" in accept and "manifest.list" in accept
@@ -188,18 +192,18 @@ async def test_upstream_maps_404_to_unknown(tenants: Tenants) -> None:
         missing = sha256_digest(b"never pushed")
         async with edge_to(tenants.url, await edge_token(tenants)) as edge:
             upstream = edge.upstream
-            assert await upstream.blob_size("acme/app", missing) is None
+            assert await upstream.blob_size(name("acme/app"), dig(missing)) is None
             with pytest.raises(BlobUnknown):
-                async with upstream.open_blob("acme/app", missing):
+                async with upstream.open_blob(name("acme/app"), dig(missing)):
                     pass
             with pytest.raises(ManifestUnknown):
-                await upstream.get_manifest("acme/app", "nope")
+                await upstream.get_manifest(name("acme/app"), ref("nope"))
             with pytest.raises(ManifestUnknown):
-                await upstream.get_manifest("acme/app", missing)
+                await upstream.get_manifest(name("acme/app"), ref(missing))
             with pytest.raises(NameUnknown):
-                await upstream.get_manifest("acme/nothing", "v1")
-            assert await upstream.head_manifest("acme/app", "nope") is None
-            assert await upstream.head_manifest("acme/nothing", missing) is None
+                await upstream.get_manifest(name("acme/nothing"), ref("v1"))
+            assert await upstream.head_manifest(name("acme/app"), ref("nope")) is None
+            assert await upstream.head_manifest(name("acme/nothing"), ref(missing)) is None
             assert await upstream.project_org("nosuchproject") is None
 
 
@@ -212,9 +216,9 @@ async def test_a_refused_edge_credential_is_unavailable_and_logged(
         image = await seed(tenants, "acme/app", tenants.acme)
         async with OriginUpstream.open(tenants.url, bogus) as upstream:
             for attempt in (
-                upstream.blob_size("acme/app", image.blobs[0].digest),
-                upstream.get_manifest("acme/app", "v1"),
-                upstream.head_manifest("acme/app", "v1"),
+                upstream.blob_size(name("acme/app"), dig(image.blobs[0].digest)),
+                upstream.get_manifest(name("acme/app"), ref("v1")),
+                upstream.head_manifest(name("acme/app"), ref("v1")),
             ):
                 with pytest.raises(Unavailable, match="edge credential rejected by origin"):
                     await attempt
@@ -231,12 +235,12 @@ async def test_a_closed_port_is_unavailable_promptly() -> None:
         async with OriginUpstream.open(f"http://127.0.0.1:{port}", "dpe_x") as upstream:
             digest = sha256_digest(b"x")
             with pytest.raises(Unavailable):
-                await upstream.blob_size("acme/app", digest)
+                await upstream.blob_size(name("acme/app"), dig(digest))
             with pytest.raises(Unavailable):
-                async with upstream.open_blob("acme/app", digest):
+                async with upstream.open_blob(name("acme/app"), dig(digest)):
                     pass
             with pytest.raises(Unavailable):
-                await upstream.get_manifest("acme/app", "v1")
+                await upstream.get_manifest(name("acme/app"), ref("v1"))
             with pytest.raises(Unavailable):
                 await upstream.jwks()
             with pytest.raises(Unavailable):
@@ -285,16 +289,16 @@ async def test_manifests_that_do_not_match_their_digest_are_never_returned(
     with trio.fail_after(TIMEOUT):
         upstream = mocked(lambda request: manifest_answer(served, announced))
         with pytest.raises(Unavailable, match=r"(?i)digest"):
-            await upstream.get_manifest("acme/app", reference)
+            await upstream.get_manifest(name("acme/app"), ref(reference))
 
 
 async def test_matching_manifests_are_returned_with_their_digest() -> None:
     with trio.fail_after(TIMEOUT):
         upstream = mocked(lambda request: manifest_answer(PAYLOAD, None))
-        got = await upstream.get_manifest("acme/app", "v1")  # no header: computed
-        assert (got.digest, got.payload) == (sha256_digest(PAYLOAD), PAYLOAD)
-        got = await upstream.get_manifest("acme/app", sha256_digest(PAYLOAD))
-        assert got.digest == sha256_digest(PAYLOAD)
+        got = await upstream.get_manifest(name("acme/app"), ref("v1"))  # no header: computed
+        assert (str(got.digest), got.payload) == (sha256_digest(PAYLOAD), PAYLOAD)
+        got = await upstream.get_manifest(name("acme/app"), ref(sha256_digest(PAYLOAD)))
+        assert str(got.digest) == sha256_digest(PAYLOAD)
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503])
@@ -302,10 +306,10 @@ async def test_overload_and_server_errors_are_unavailable_with_retry_after(statu
     with trio.fail_after(TIMEOUT):
         upstream = mocked(lambda request: httpx.Response(status, headers={"Retry-After": "7"}))
         with pytest.raises(Unavailable) as caught:
-            await upstream.get_manifest("acme/app", "v1")
+            await upstream.get_manifest(name("acme/app"), ref("v1"))
         assert caught.value.headers == {"Retry-After": "7"}
         with pytest.raises(Unavailable):
-            await upstream.blob_size("acme/app", sha256_digest(b"x"))
+            await upstream.blob_size(name("acme/app"), dig(sha256_digest(b"x")))
 
 
 class _BrokenBody(httpx.AsyncByteStream):
@@ -322,7 +326,7 @@ async def test_transport_errors_mid_blob_are_unavailable() -> None:
         upstream = mocked(handler)
         received = []
         with pytest.raises(Unavailable, match="unreachable"):
-            async with upstream.open_blob("acme/app", sha256_digest(b"x")) as blob:
+            async with upstream.open_blob(name("acme/app"), dig(sha256_digest(b"x"))) as blob:
                 assert blob.size == 10
                 async for chunk in blob.chunks:
                     received.append(chunk)
@@ -342,7 +346,7 @@ async def test_encoded_blobs_and_missing_lengths_are_refused() -> None:
         upstream = mocked(lambda request: answers.pop(0))
         for _ in range(2):
             with pytest.raises(Unavailable):
-                async with upstream.open_blob("acme/app", sha256_digest(b"x")):
+                async with upstream.open_blob(name("acme/app"), dig(sha256_digest(b"x"))):
                     pass
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from core.digest import sha256_of
+from core.digest import Digest, sha256_of
 from core.errors import BlobUnknown, RegistryError, Unavailable
+from core.reference import RepositoryName, Tag
 from edge.cache.store import EdgeCache
 from edge.fill import BlobStream, Fills
 from edge.upstream_types import UpstreamBlob, UpstreamManifest
@@ -57,7 +58,8 @@ class FakeUpstream:
         return self.gates[index]
 
     @asynccontextmanager
-    async def open_blob(self, repository: str, digest: str) -> AsyncIterator[UpstreamBlob]:
+    async def open_blob(self, name: RepositoryName, typed: Digest) -> AsyncIterator[UpstreamBlob]:
+        repository, digest = str(name), str(typed)
         self.opens.append((repository, digest))
         await trio.lowlevel.checkpoint()
         if self.open_error is not None:
@@ -70,13 +72,17 @@ class FakeUpstream:
         finally:
             self.closed += 1
 
-    async def blob_size(self, repository: str, digest: str) -> int | None:
+    async def blob_size(self, repository: RepositoryName, digest: Digest) -> int | None:
         raise NotImplementedError
 
-    async def get_manifest(self, repository: str, reference: str) -> UpstreamManifest:
+    async def get_manifest(
+        self, repository: RepositoryName, reference: Tag | Digest
+    ) -> UpstreamManifest:
         raise NotImplementedError
 
-    async def head_manifest(self, repository: str, reference: str) -> str | None:
+    async def head_manifest(
+        self, repository: RepositoryName, reference: Tag | Digest
+    ) -> Digest | None:
         raise NotImplementedError
 
 
