@@ -33,19 +33,8 @@ from typing import Any, Protocol
 import jwt
 import trio
 
+from core.auth import gate as rules
 from core.auth.credentials import parse_authorization
-from core.auth.gate import (
-    BASIC,
-    BEARER,
-    NONE,
-    Presented,
-    decide_request,
-    invalid_credentials,
-    open_authorization,
-    required_for,
-    resolve_name,
-    resolve_names,
-)
 from core.auth.request import Authorization, Caller, RequestView
 from core.auth.scopes import Access
 from core.auth.tokens import MAX_TOKEN_LENGTH, Grant, verify_grant
@@ -204,42 +193,44 @@ class EdgeGate:
         """The internal name ``name`` means on ``host``; None when it addresses nothing."""
         if not self._auth:
             return name
-        return await resolve_name(
+        return await rules.resolve_name(
             host, name, base_domain=self._base_domain, project_org=self._origin.project_org
         )
 
     # -- authorising -----------------------------------------------------------------------
 
     async def authorize(self, view: RequestView) -> Authorization:
-        required = required_for(view)
+        required = rules.required_for(view)
         if not self._auth:
-            return open_authorization(required)
-        names = await resolve_names(view.host, required, self.resolve)
+            return rules.open_authorization(required)
+        names = await rules.resolve_names(view.host, required, self.resolve)
         if view.method.upper() not in READ_METHODS:
             return Authorization(Caller(frozenset()), names)  # origin authorises writes
         presented = await self._present(view, required, names)
         # Only grants are ever presented here: visibility is in their claims.
-        return await decide_request(
+        return await rules.decide_request(
             view, required, names, presented, service=self._service, is_public=None
         )
 
     async def _present(
         self, view: RequestView, required: Sequence[Access], names: Mapping[str, RepositoryName]
-    ) -> Presented:
+    ) -> rules.Presented:
         credentials = parse_authorization(view.authorization)
-        if credentials is not None and credentials.scheme == BEARER:
+        if credentials is not None and credentials.scheme == rules.BEARER:
             try:
-                return Presented(BEARER, await self._verify(credentials.secret))
+                return rules.Presented(rules.BEARER, await self._verify(credentials.secret))
             except Unauthorized:
-                return Presented(BEARER, None, "invalid_token")
-        if credentials is not None and credentials.scheme == BASIC:
+                return rules.Presented(rules.BEARER, None, "invalid_token")
+        if credentials is not None and credentials.scheme == rules.BASIC:
             if not credentials.secret:
-                raise invalid_credentials()
-            return Presented(BASIC, await self._exchange(credentials.secret, view.host, required))
+                raise rules.invalid_credentials()
+            return rules.Presented(
+                rules.BASIC, await self._exchange(credentials.secret, view.host, required)
+            )
         # Anonymous (or a scheme we do not take): origin would still serve public repositories.
         if any(access.type == "repository" and access.name in names for access in required):
-            return Presented(NONE, await self._exchange(None, view.host, required))
-        return Presented(NONE, None)
+            return rules.Presented(rules.NONE, await self._exchange(None, view.host, required))
+        return rules.Presented(rules.NONE, None)
 
     async def _exchange(self, secret: str | None, host: str, required: Sequence[Access]) -> Grant:
         """The grant origin's ``/token`` gives ``secret`` (None: anonymous) for ``required``
@@ -248,7 +239,7 @@ class EdgeGate:
         scopes = sorted({str(access) for access in required})
         key = "\n".join([fingerprint, host.lower(), *scopes])
         if self._refused.get(fingerprint, self._clock()):
-            raise invalid_credentials()
+            raise rules.invalid_credentials()
         cached: Grant | None = self._grants.get(key, self._clock())
         if cached is not None:
             return cached

@@ -13,19 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from config.settings import OriginSettings
+from core.auth import gate as rules
 from core.auth.credentials import parse_authorization
-from core.auth.gate import (
-    BASIC,
-    BEARER,
-    NONE,
-    Presented,
-    decide_request,
-    invalid_credentials,
-    open_authorization,
-    required_for,
-    resolve_name,
-    resolve_names,
-)
 from core.auth.principal import ANONYMOUS
 from core.auth.request import Authorization, RequestView
 from core.auth.tokens import verify_grant
@@ -52,7 +41,7 @@ class Gate:
         """The internal name ``name`` means on ``host``; None when it addresses nothing."""
         if not self._settings.auth:
             return name
-        return await resolve_name(
+        return await rules.resolve_name(
             host,
             name,
             base_domain=self._settings.base_domain or None,
@@ -64,11 +53,11 @@ class Gate:
         return None if project is None else project.org_slug
 
     async def authorize(self, view: RequestView) -> Authorization:
-        required = required_for(view)
+        required = rules.required_for(view)
         if not self._settings.auth:
-            return open_authorization(required)
-        names = await resolve_names(view.host, required, self.resolve)
-        return await decide_request(
+            return rules.open_authorization(required)
+        names = await rules.resolve_names(view.host, required, self.resolve)
+        return await rules.decide_request(
             view,
             required,
             names,
@@ -77,11 +66,11 @@ class Gate:
             is_public=self._tenancy.is_public,
         )
 
-    async def _present(self, header: str | None) -> Presented:
+    async def _present(self, header: str | None) -> rules.Presented:
         credentials = parse_authorization(header)
         if credentials is None:
-            return Presented(NONE, ANONYMOUS)
-        if credentials.scheme == BEARER:
+            return rules.Presented(rules.NONE, ANONYMOUS)
+        if credentials.scheme == rules.BEARER:
             try:
                 grant = verify_grant(
                     credentials.secret,
@@ -91,13 +80,13 @@ class Gate:
                     now=self._clock(),
                 )
             except Unauthorized:
-                return Presented(BEARER, ANONYMOUS, "invalid_token")
-            return Presented(BEARER, grant)
-        if credentials.scheme == BASIC:
+                return rules.Presented(rules.BEARER, ANONYMOUS, "invalid_token")
+            return rules.Presented(rules.BEARER, grant)
+        if credentials.scheme == rules.BASIC:
             principal = None
             if credentials.secret:
                 principal = await self._tenancy.authenticate(credentials.secret, self._clock())
             if principal is None:
-                raise invalid_credentials()
-            return Presented(BASIC, principal)
-        return Presented(NONE, ANONYMOUS)
+                raise rules.invalid_credentials()
+            return rules.Presented(rules.BASIC, principal)
+        return rules.Presented(rules.NONE, ANONYMOUS)
