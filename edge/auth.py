@@ -1,10 +1,9 @@
 """Authorising ``/v2/`` requests at the edge, with origin's rules and answers but without a
 round trip per request.
 
-The contract is origin's ``Gate.authorize`` (see :mod:`core.auth.request`): the same names
-(org subdomain, path style, legacy project id → internal ``<org>/<path>``), the same 401
-challenges (realm: this edge's ``/token``, which forwards to origin), the same 403 for valid
-Basic credentials that are not enough.
+The contract is origin's ``Gate.authorize`` (see :mod:`core.auth.request`), and the rules,
+names and refusals are the ones both gates share (:mod:`core.auth.gate`): realm is this
+edge's ``/token``, which forwards to origin. What is the edge's own is how it learns who asks:
 
 - Bearer tokens are verified locally against origin's JWKS, loaded at start, refreshed every
   few minutes, and refetched (at most once per 30 s) when a token names a key id the edge
@@ -15,6 +14,7 @@ Basic credentials that are not enough.
   briefly, sparing origin (whose failure limit counts the edge's address).
 - No credentials: origin serves public repositories to anyone, so the edge asks origin for
   an anonymous grant (cached the same way) before challenging.
+- Legacy project ids are resolved by asking origin which org holds the project.
 - The edge serves reads only. Any other method is passed to origin with the client's own
   ``Authorization``: then the gate only resolves names and origin decides.
 
@@ -28,21 +28,18 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jwt
 import trio
 
-from core.auth.challenge import bearer_challenge
+from core.auth import gate as rules
 from core.auth.credentials import parse_authorization
 from core.auth.request import Authorization, Caller, RequestView
-from core.auth.scopes import Access, required_access
+from core.auth.scopes import Access
 from core.auth.tokens import MAX_TOKEN_LENGTH, Grant, verify_grant
-from core.endpoints import Kind
-from core.errors import Denied, NameInvalid, Unauthorized, Unavailable
-from core.reference import RepositoryName, parse_repository_name
-from core.tenancy import address, internal_name
+from core.errors import Unauthorized, Unavailable
+from core.reference import RepositoryName
 
 log = logging.getLogger("depot.edge.auth")
 
@@ -58,7 +55,6 @@ GRANT_EXPIRY_MARGIN_SECONDS = 30.0
 #: A secret origin refused is refused from memory for this long.
 REFUSED_SECONDS = 10.0
 CACHE_SIZE = 10_000
-BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="depot-registry"'}
 
 
 class OriginAuthority(Protocol):
@@ -71,17 +67,6 @@ class OriginAuthority(Protocol):
     async def token(
         self, *, host: str, secret: str | None, service: str, scopes: Sequence[str]
     ) -> str: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Credentials:
-    kind: str  # "anonymous" | "bearer" | "basic"
-    grant: Grant | None  # what the caller may do: a verified or an exchanged token
-    bearer_error: str | None = None
-
-    @property
-    def authenticated(self) -> bool:
-        return self.kind != "anonymous" and self.grant is not None
 
 
 class _Expiring:
@@ -208,70 +193,44 @@ class EdgeGate:
         """The internal name ``name`` means on ``host``; None when it addresses nothing."""
         if not self._auth:
             return name
-        try:
-            addressed = address(host, name, self._base_domain)
-        except NameInvalid:
-            return None
-        if addressed.org is not None:
-            return internal_name(addressed.org, addressed.path)
-        assert addressed.project_id is not None
-        org = await self._origin.project_org(addressed.project_id)
-        if org is None:
-            return None
-        return internal_name(org, addressed.project_id)
-
-    async def _names(self, host: str, required: Sequence[Access]) -> dict[str, RepositoryName]:
-        names: dict[str, RepositoryName] = {}
-        for access in required:
-            if _is_repo(access) and access.name not in names:
-                internal = await self.resolve(host, parse_repository_name(access.name))
-                if internal is not None:
-                    names[access.name] = internal
-        return names
+        return await rules.resolve_name(
+            host, name, base_domain=self._base_domain, project_org=self._origin.project_org
+        )
 
     # -- authorising -----------------------------------------------------------------------
 
     async def authorize(self, view: RequestView) -> Authorization:
-        external = view.endpoint.name.value if view.endpoint.name else None
-        required = required_access(view.method, view.endpoint.kind, external, view.query)
+        required = rules.required_for(view)
         if not self._auth:
-            names = {a.name: parse_repository_name(a.name) for a in required if _is_repo(a)}
-            return Authorization(Caller(frozenset(), everything=True), names)
-        names = await self._names(view.host, required)
+            return rules.open_authorization(required)
+        names = await rules.resolve_names(view.host, required, self.resolve)
         if view.method.upper() not in READ_METHODS:
             return Authorization(Caller(frozenset()), names)  # origin authorises writes
+        presented = await self._present(view, required, names)
+        # Only grants are ever presented here: visibility is in their claims.
+        return await rules.decide_request(
+            view, required, names, presented, service=self._service, is_public=None
+        )
 
-        credentials = await self._credentials(view, required, names)
-        missing = [
-            access
-            for access in required
-            if not access.actions <= _allowed(access, credentials, names)
-        ]
-        if view.endpoint.kind is Kind.BASE and not credentials.authenticated:
-            missing.append(Access("registry", "base", frozenset()))
-        if missing:
-            self._refuse(view, credentials, required)
-        grant = credentials.grant
-        return Authorization(Caller(grant.orgs if grant is not None else frozenset()), names)
-
-    async def _credentials(
+    async def _present(
         self, view: RequestView, required: Sequence[Access], names: Mapping[str, RepositoryName]
-    ) -> _Credentials:
+    ) -> rules.Presented:
         credentials = parse_authorization(view.authorization)
-        if credentials is not None and credentials.scheme == "bearer":
+        if credentials is not None and credentials.scheme == rules.BEARER:
             try:
-                return _Credentials("bearer", await self._verify(credentials.secret))
+                return rules.Presented(rules.BEARER, await self._verify(credentials.secret))
             except Unauthorized:
-                return _Credentials("bearer", None, "invalid_token")
-        if credentials is not None and credentials.scheme == "basic":
+                return rules.Presented(rules.BEARER, None, "invalid_token")
+        if credentials is not None and credentials.scheme == rules.BASIC:
             if not credentials.secret:
-                raise Unauthorized("invalid credentials", headers=BASIC_CHALLENGE)
-            grant = await self._exchange(credentials.secret, view.host, required)
-            return _Credentials("basic", grant)
+                raise rules.invalid_credentials()
+            return rules.Presented(
+                rules.BASIC, await self._exchange(credentials.secret, view.host, required)
+            )
         # Anonymous (or a scheme we do not take): origin would still serve public repositories.
-        if any(_is_repo(access) and access.name in names for access in required):
-            return _Credentials("anonymous", await self._exchange(None, view.host, required))
-        return _Credentials("anonymous", None)
+        if any(access.type == "repository" and access.name in names for access in required):
+            return rules.Presented(rules.NONE, await self._exchange(None, view.host, required))
+        return rules.Presented(rules.NONE, None)
 
     async def _exchange(self, secret: str | None, host: str, required: Sequence[Access]) -> Grant:
         """The grant origin's ``/token`` gives ``secret`` (None: anonymous) for ``required``
@@ -280,7 +239,7 @@ class EdgeGate:
         scopes = sorted({str(access) for access in required})
         key = "\n".join([fingerprint, host.lower(), *scopes])
         if self._refused.get(fingerprint, self._clock()):
-            raise Unauthorized("invalid credentials", headers=BASIC_CHALLENGE)
+            raise rules.invalid_credentials()
         cached: Grant | None = self._grants.get(key, self._clock())
         if cached is not None:
             return cached
@@ -316,38 +275,6 @@ class EdgeGate:
             self._grants.put(key, grant, until)
         return grant
 
-    def _refuse(
-        self, view: RequestView, credentials: _Credentials, required: Sequence[Access]
-    ) -> None:
-        if credentials.kind == "basic":
-            # Valid Basic credentials that are not enough: asking again will not help.
-            raise Denied(detail=[str(a) for a in required])
-        realm = f"{view.scheme}://{view.host}/token"
-        scopes = [a for a in required if a.actions]
-        error = credentials.bearer_error
-        if error is None and credentials.kind == "bearer":
-            error = "insufficient_scope"
-        challenge = bearer_challenge(realm, self._service, scopes, error)
-        raise Unauthorized(headers={"WWW-Authenticate": challenge})
-
-
-def _allowed(
-    access: Access, credentials: _Credentials, names: Mapping[str, RepositoryName]
-) -> frozenset[str]:
-    if not _is_repo(access):
-        # The catalog: any authenticated caller lists what it can see.
-        return access.actions if credentials.authenticated else frozenset()
-    internal = names.get(access.name)
-    grant = credentials.grant
-    if internal is None or grant is None:
-        return frozenset()
-    return frozenset(
-        action
-        for granted in grant.access
-        if granted.type == "repository" and granted.name == internal.value
-        for action in granted.actions
-    )
-
 
 def _unverified_kid(token: str) -> str | None:
     if not token or len(token) > MAX_TOKEN_LENGTH:
@@ -357,7 +284,3 @@ def _unverified_kid(token: str) -> str | None:
     except (jwt.PyJWTError, ValueError, TypeError):
         return None
     return kid if isinstance(kid, str) and kid else None
-
-
-def _is_repo(access: Access) -> bool:
-    return access.type == "repository"

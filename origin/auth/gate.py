@@ -1,31 +1,27 @@
-"""Authorising ``/v2/`` requests: whose repository a name means, and whether the caller may.
+"""Authorising ``/v2/`` requests at origin: the shared rules of :mod:`core.auth.gate`, with
+origin's own ways of knowing who asks.
 
-Names arrive as the client sees them (org subdomain, path style, legacy project URL) and
-leave as internal ``<org>/<path>`` names; the caller answers with the external name in
-``Location`` headers. Bearer tokens carry internal names, so a token is honoured on any
-host that resolves to the same repository.
+- Basic ``x-token:<token>``: the registry token is authenticated against the tenancy store;
+  a wrong one is refused at once with a Basic challenge.
+- Bearer: verified with origin's own keys; a token that fails verification is answered as
+  anonymous (public repositories stay readable) with ``error="invalid_token"`` when refused.
+- Legacy project ids are resolved against the tenancy store, and visibility is read there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 
 from config.settings import OriginSettings
-from core.auth.challenge import bearer_challenge
+from core.auth import gate as rules
 from core.auth.credentials import parse_authorization
-from core.auth.permissions import allowed_actions
-from core.auth.principal import ANONYMOUS, Principal
-from core.auth.request import Authorization, Caller, RequestView
-from core.auth.scopes import Access, required_access
-from core.auth.tokens import Grant, verify_grant
-from core.endpoints import Kind
-from core.errors import Denied, NameInvalid, Unauthorized
-from core.reference import RepositoryName, parse_repository_name
-from core.tenancy import address, internal_name
+from core.auth.principal import ANONYMOUS
+from core.auth.request import Authorization, RequestView
+from core.auth.tokens import verify_grant
+from core.errors import Unauthorized
+from core.reference import RepositoryName
 from origin.auth.keys import KeyRing
 from origin.auth.store import TenancyStore
-
-CATALOG = "catalog"
 
 
 class Gate:
@@ -45,56 +41,36 @@ class Gate:
         """The internal name ``name`` means on ``host``; None when it addresses nothing."""
         if not self._settings.auth:
             return name
-        try:
-            addressed = address(host, name, self._settings.base_domain or None)
-        except NameInvalid:
-            return None
-        if addressed.org is not None:
-            return internal_name(addressed.org, addressed.path)
-        assert addressed.project_id is not None
-        project = await self._tenancy.project(addressed.project_id)
-        if project is None:
-            return None
-        return internal_name(project.org_slug, project.id)
+        return await rules.resolve_name(
+            host,
+            name,
+            base_domain=self._settings.base_domain or None,
+            project_org=self._project_org,
+        )
+
+    async def _project_org(self, project_id: str) -> str | None:
+        project = await self._tenancy.project(project_id)
+        return None if project is None else project.org_slug
 
     async def authorize(self, view: RequestView) -> Authorization:
-        external = view.endpoint.name.value if view.endpoint.name else None
-        required = required_access(view.method, view.endpoint.kind, external, view.query)
-        names: dict[str, RepositoryName] = {}
+        required = rules.required_for(view)
         if not self._settings.auth:
-            names = {a.name: parse_repository_name(a.name) for a in required if _is_repo(a)}
-            return Authorization(Caller(frozenset(), everything=True), names)
+            return rules.open_authorization(required)
+        names = await rules.resolve_names(view.host, required, self.resolve)
+        return await rules.decide_request(
+            view,
+            required,
+            names,
+            await self._present(view.authorization),
+            service=self._settings.token_service,
+            is_public=self._tenancy.is_public,
+        )
 
-        for access in required:
-            if _is_repo(access):
-                internal = await self.resolve(view.host, parse_repository_name(access.name))
-                if internal is not None:
-                    names[access.name] = internal
-
-        principal, grant, bearer_error = await self._credentials(view.authorization)
-        allowed = await self._allowed(principal, grant, required, names)
-        source = view.query.get("from") if view.endpoint.kind is Kind.UPLOADS else None
-        mount_allowed = True
-        missing = []
-        for access in required:
-            if not access.actions <= allowed.get((access.type, access.name), frozenset()):
-                if source is not None and access.name == source and access.name != external:
-                    mount_allowed = False
-                else:
-                    missing.append(access)
-        authenticated = principal is not ANONYMOUS or grant is not None
-        if view.endpoint.kind is Kind.BASE and not authenticated:
-            missing.append(Access("registry", "base", frozenset()))
-        if missing:
-            self._refuse(view, principal, grant, bearer_error, required)
-        orgs = grant.orgs if grant is not None else principal.orgs
-        return Authorization(Caller(frozenset(orgs)), names, mount_allowed)
-
-    async def _credentials(self, header: str | None) -> tuple[Principal, Grant | None, str | None]:
+    async def _present(self, header: str | None) -> rules.Presented:
         credentials = parse_authorization(header)
         if credentials is None:
-            return ANONYMOUS, None, None
-        if credentials.scheme == "bearer":
+            return rules.Presented(rules.NONE, ANONYMOUS)
+        if credentials.scheme == rules.BEARER:
             try:
                 grant = verify_grant(
                     credentials.secret,
@@ -104,69 +80,13 @@ class Gate:
                     now=self._clock(),
                 )
             except Unauthorized:
-                return ANONYMOUS, None, "invalid_token"
-            return ANONYMOUS, grant, None
-        if credentials.scheme == "basic":
+                return rules.Presented(rules.BEARER, ANONYMOUS, "invalid_token")
+            return rules.Presented(rules.BEARER, grant)
+        if credentials.scheme == rules.BASIC:
             principal = None
             if credentials.secret:
                 principal = await self._tenancy.authenticate(credentials.secret, self._clock())
             if principal is None:
-                raise Unauthorized(
-                    "invalid credentials",
-                    headers={"WWW-Authenticate": 'Basic realm="depot-registry"'},
-                )
-            return principal, None, None
-        return ANONYMOUS, None, None
-
-    async def _allowed(
-        self,
-        principal: Principal,
-        grant: Grant | None,
-        required: Sequence[Access],
-        names: Mapping[str, RepositoryName],
-    ) -> dict[tuple[str, str], frozenset[str]]:
-        allowed: dict[tuple[str, str], frozenset[str]] = {}
-        for access in required:
-            key = (access.type, access.name)
-            if not _is_repo(access):
-                # The catalog: any authenticated caller lists what it can see.
-                if grant is not None or principal is not ANONYMOUS:
-                    allowed[key] = access.actions
-                continue
-            internal = names.get(access.name)
-            if internal is None:
-                continue
-            if grant is not None:
-                allowed[key] = frozenset(
-                    action
-                    for granted in grant.access
-                    if granted.type == "repository" and granted.name == internal.value
-                    for action in granted.actions
-                )
-            else:
-                public = await self._tenancy.is_public(internal.value)
-                allowed[key] = allowed_actions(
-                    principal, internal.value, access.actions, public=public
-                )
-        return allowed
-
-    def _refuse(
-        self,
-        view: RequestView,
-        principal: Principal,
-        grant: Grant | None,
-        bearer_error: str | None,
-        required: Sequence[Access],
-    ) -> None:
-        if principal is not ANONYMOUS:
-            # Basic credentials that are valid but not enough: asking again will not help.
-            raise Denied(detail=[str(a) for a in required])
-        realm = f"{view.scheme}://{view.host}/token"
-        scopes = [a for a in required if a.actions]
-        error = bearer_error or ("insufficient_scope" if grant is not None else None)
-        challenge = bearer_challenge(realm, self._settings.token_service, scopes, error)
-        raise Unauthorized(headers={"WWW-Authenticate": challenge})
-
-
-def _is_repo(access: Access) -> bool:
-    return access.type == "repository"
+                raise rules.invalid_credentials()
+            return rules.Presented(rules.BASIC, principal)
+        return rules.Presented(rules.NONE, ANONYMOUS)

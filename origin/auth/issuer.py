@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.settings import OriginSettings
-from core.auth.permissions import grant_accesses
+from core.auth.access import grant_accesses
 from core.auth.principal import ANONYMOUS, Principal
 from core.auth.scopes import Access, merge
 from core.auth.tokens import Grant, sign_grant

@@ -18,11 +18,13 @@ from typing import Any
 
 from quart import Quart, request
 
+from core.auth.access import MANAGE, READ, RESOLVE, Org, Project
 from core.auth.credentials import parse_authorization
 from core.auth.principal import ALL_ACTIONS, Principal
-from core.errors import BadRequest, Denied, NotFound, Unauthorized, Unavailable
+from core.errors import BadRequest, NotFound, Unauthorized, Unavailable
 from core.tenancy import internal_name, is_org_slug
 from core.web.response import RegistryResponse as Response
+from origin.auth import management
 from origin.auth.issuer_url import MAX_ISSUER_LENGTH, check_issuer
 from origin.auth.records import OrgRecord, ProjectRecord, TokenRecord, TrustRecord
 from origin.auth.store import TenancyError, TenancyNotFound, TenancyStore
@@ -35,10 +37,7 @@ MAX_CONDITIONS = 32
 MAX_CONDITION_VALUE_LENGTH = 1000
 #: Ten years: beyond that, a token that never expires says what is meant.
 MAX_EXPIRES_IN_SECONDS = 10 * 365 * 86400
-#: Token kinds that manage the orgs they reach; the others only read.
-MANAGERS = frozenset({"org", "user"})
 CREATABLE_KINDS = ("org", "project", "pull")
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="depot-registry"'}
 
 
 def install_api_routes(
@@ -48,7 +47,7 @@ def install_api_routes(
     *,
     allow_insecure_loopback: bool = False,
 ) -> None:
-    api = _Api(tenancy, clock, allow_insecure_loopback)
+    api = ManagementApi(tenancy, clock, allow_insecure_loopback)
     rules: list[tuple[str, str, Callable[..., Any]]] = [
         ("", "GET", api.list_orgs),
         ("/<org>", "GET", api.get_org),
@@ -99,7 +98,11 @@ async def _store_errors() -> AsyncIterator[None]:
         raise Unavailable("the tenancy database is unavailable") from exc
 
 
-class _Api:
+class ManagementApi:
+    """The org routes, and the base of every ``/api/v1/`` route class: who is asking (a
+    registry token), and the org or project they name when they reach it (the decisions
+    are :mod:`origin.auth.management`'s)."""
+
     def __init__(
         self, tenancy: TenancyStore, clock: Callable[[], float], allow_insecure_loopback: bool
     ) -> None:
@@ -112,15 +115,12 @@ class _Api:
     async def _principal(self) -> Principal:
         credentials = parse_authorization(request.headers.get("Authorization"))
         if credentials is None:
-            raise Unauthorized(headers=_CHALLENGE)
+            raise Unauthorized(headers=management.CHALLENGE)
         principal = None
         if credentials.scheme in ("bearer", "basic") and credentials.secret:
             async with _store_errors():
                 principal = await self._tenancy.authenticate(credentials.secret, self._clock())
-        if principal is None:
-            # Never echo the credential: it may be a real token with one character wrong.
-            raise Unauthorized("a valid registry token is required", headers=_CHALLENGE)
-        return principal
+        return management.require_principal(principal)
 
     async def _org(self, ref: str) -> tuple[Principal, OrgRecord]:
         """The caller and the org ``ref`` (slug or id) names; 404 unless the caller reaches
@@ -131,14 +131,11 @@ class _Api:
                 org = await self._tenancy.org_by_slug(ref)
             else:
                 org = await self._tenancy.org_by_id(ref)
-        if org is None or org.slug not in principal.orgs:
-            raise NotFound("organization not found", detail={"org": ref[:100]})
-        return principal, org
+        return principal, management.reached_org(principal, org, ref)
 
     async def _managed_org(self, ref: str) -> tuple[Principal, OrgRecord]:
         principal, org = await self._org(ref)
-        if principal.kind not in MANAGERS:
-            raise Denied(f"a {principal.kind} token cannot manage the organization")
+        management.require(principal, MANAGE, Org(org.slug), "manage the organization")
         return principal, org
 
     async def _project_of(self, org: OrgRecord, project_id: str) -> ProjectRecord:
@@ -156,7 +153,8 @@ class _Api:
         if principal.orgs:
             async with _store_errors():
                 found = await self._tenancy.list_orgs(principal.orgs)
-        return _json({"orgs": [_org_document(o) for o in found if o.slug in principal.orgs]})
+        visible = [o for o in found if management.allows(principal, READ, Org(o.slug))]
+        return _json({"orgs": [_org_document(o) for o in visible]})
 
     async def get_org(self, org: str) -> Response:
         _, record = await self._org(org)
@@ -166,12 +164,12 @@ class _Api:
         principal, record = await self._org(org)
         async with _store_errors():
             found = await self._tenancy.list_projects(record.id)
-        visible = [p for p in found if principal.project in (None, p.id)]
+        visible = [p for p in found if management.allows(principal, READ, _part(record, p))]
         return _json({"projects": [_project_document(p) for p in visible]})
 
     async def get_project(self, org: str, project_id: str) -> Response:
         principal, record = await self._org(org)
-        if principal.project not in (None, project_id):
+        if not management.allows(principal, READ, Project(record.slug, project_id)):
             raise NotFound("project not found", detail={"project_id": project_id[:100]})
         return _json(_project_document(await self._project_of(record, project_id)))
 
@@ -179,12 +177,7 @@ class _Api:
         principal = await self._principal()
         async with _store_errors():
             project = await self._tenancy.project(project_id)
-        reachable = project is not None and (
-            principal.kind == "edge"
-            or (project.org_slug in principal.orgs and principal.project in (None, project.id))
-        )
-        if project is None or not reachable:
-            raise NotFound("project not found", detail={"project_id": project_id[:100]})
+        project = management.reached_project(principal, project, project_id, RESOLVE)
         return _json({**_project_document(project), "org_slug": project.org_slug})
 
     async def create_project(self, org: str) -> Response:
@@ -204,7 +197,7 @@ class _Api:
         include_revoked = request.args.get("include_revoked", "") in ("1", "true")
         async with _store_errors():
             found = await self._tenancy.list_tokens(record.id, include_revoked=include_revoked)
-        visible = [t for t in found if principal.project in (None, t.project_id)]
+        visible = [t for t in found if management.allows(principal, READ, _part(record, t))]
         return _json({"tokens": [_token_document(t) for t in visible]})
 
     async def create_token(self, org: str) -> Response:
@@ -261,7 +254,7 @@ class _Api:
         principal, record = await self._org(org)
         async with _store_errors():
             found = await self._tenancy.list_trusts(record.id)
-        visible = [t for t in found if principal.project in (None, t.project_id)]
+        visible = [t for t in found if management.allows(principal, READ, _part(record, t))]
         return _json({"trust_relationships": [_trust_document(t) for t in visible]})
 
     async def create_trust(self, org: str) -> Response:
@@ -312,7 +305,7 @@ class _Api:
     async def get_visibility(self, org: str, name: str) -> Response:
         principal, record = await self._org(org)
         repository = internal_name(record.slug, name).value
-        if principal.project is not None and repository != f"{record.slug}/{principal.project}":
+        if not management.allows(principal, READ, management.repository_part(record.slug, name)):
             raise NotFound("repository not found", detail={"name": name[:300]})
         async with _store_errors():
             public = await self._tenancy.is_public(repository)
@@ -328,6 +321,11 @@ class _Api:
             await self._tenancy.set_public(record.id, repository, public)
         log.info("repository %s: public=%s set by %s", repository, public, principal.subject)
         return _json({"repository": repository, "public": public})
+
+
+def _part(org: OrgRecord, item: ProjectRecord | TokenRecord | TrustRecord) -> Project:
+    """The part of ``org``'s surface an item belongs to (tokens and trusts: maybe none)."""
+    return Project(org.slug, item.id if isinstance(item, ProjectRecord) else item.project_id)
 
 
 # -- documents --------------------------------------------------------------------------------

@@ -20,16 +20,18 @@ from typing import Any
 
 from quart import Quart, request
 
+from core.auth.access import MANAGE, READ, Project
 from core.auth.principal import PUSH, Principal
-from core.errors import BadRequest, Denied, NotFound, Unavailable
+from core.errors import BadRequest, NotFound, Unavailable
 from core.web.response import RegistryResponse as Response
+from origin.auth import management
 from origin.auth.records import ProjectRecord
 from origin.auth.store import TenancyStore
 from origin.builds.metering import Metering
 from origin.builds.records import BuildRecord, Retention, effective_ttl
 from origin.builds.service import BuildService
 from origin.builds.store import BuildError
-from origin.routes.api import MANAGERS, _Api, _store_errors
+from origin.routes.api import ManagementApi, _store_errors
 from origin.routes.json_body import JsonObject, read_json_object
 
 log = logging.getLogger("depot.api")
@@ -79,7 +81,7 @@ async def _build_errors() -> AsyncIterator[None]:
         raise Unavailable("the build database is unavailable") from exc
 
 
-class _BuildsApi(_Api):
+class _BuildsApi(ManagementApi):
     def __init__(
         self,
         tenancy: TenancyStore,
@@ -96,13 +98,7 @@ class _BuildsApi(_Api):
         principal = await self._principal()
         async with _store_errors():
             project = await self._tenancy.project(project_id)
-        if (
-            project is None
-            or project.org_slug not in principal.orgs
-            or principal.project not in (None, project.id)
-        ):
-            raise NotFound("project not found", detail={"project_id": project_id[:100]})
-        return principal, project
+        return principal, management.reached_project(principal, project, project_id)
 
     async def _build(self, project: ProjectRecord, build_id: str) -> BuildRecord:
         async with _build_errors():
@@ -115,8 +111,7 @@ class _BuildsApi(_Api):
 
     async def create_build(self, project_id: str) -> Response:
         principal, project = await self._project(project_id)
-        if PUSH not in principal.actions:
-            raise Denied(f"a {principal.kind} token cannot save builds")
+        management.require(principal, PUSH, _resource(project), "save builds")
         save_tags: list[str] = []
         if request.content_length or request.mimetype:
             body = await read_json_object()
@@ -141,8 +136,7 @@ class _BuildsApi(_Api):
 
     async def delete_build(self, project_id: str, build_id: str) -> Response:
         principal, project = await self._project(project_id)
-        if PUSH not in principal.actions:
-            raise Denied(f"a {principal.kind} token cannot delete builds")
+        management.require(principal, PUSH, _resource(project), "delete builds")
         build = await self._build(project, build_id)
         async with _build_errors():
             await self._builds.delete(build)
@@ -203,8 +197,7 @@ class _BuildsApi(_Api):
 
     async def set_project_retention(self, project_id: str) -> Response:
         principal, project = await self._project(project_id)
-        if principal.kind not in MANAGERS:
-            raise Denied(f"a {principal.kind} token cannot set retention")
+        management.require(principal, MANAGE, _resource(project), "set retention")
         ttl = await _ttl_body()
         async with _build_errors():
             await self._builds.set_retention(project.org_id, project.id, ttl)
@@ -216,11 +209,15 @@ class _BuildsApi(_Api):
 
     async def get_usage(self, org: str) -> Response:
         principal, record = await self._org(org)
-        if principal.project is not None:
-            raise Denied("a project token cannot read the organization's usage")
+        org_wide = Project(record.slug, None)
+        management.require(principal, READ, org_wide, "read the organization's usage")
         async with _build_errors():
             found = await self._metering.usage(record.slug)
         return _json(found.document())
+
+
+def _resource(project: ProjectRecord) -> Project:
+    return Project(project.org_slug, project.id)
 
 
 async def _ttl_body() -> float | None:

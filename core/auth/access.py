@@ -1,0 +1,258 @@
+"""The access decision: what a caller may do to one resource, and why. Pure: no I/O, no clock.
+
+Every place that decides access asks :func:`decide`: origin's gate and the edge's gate on
+``/v2/`` (see :mod:`core.auth.gate`), origin's token issuer (:func:`grant_accesses`: which
+scopes a token carries) and the management API (``origin/auth/management.py``).
+
+**Who** asks is a :class:`~core.auth.principal.Principal` (a long-lived registry token, an
+OIDC trust relationship, or :data:`~core.auth.principal.ANONYMOUS`) or a verified bearer
+:class:`~core.auth.tokens.Grant` (origin's JWT: its ``access`` claim already says what it may
+do, repository by repository, with internal names).
+
+**Resources** and their actions:
+
+- :class:`Repository` (internal ``<org>/<path>`` name, public or not): pull, push, delete
+  (``*``: all three). A mount needs pull on its source: that is a second repository decision.
+- :class:`Catalog` (``registry:catalog:*``): ``*``. The listing itself shows only the
+  caller's orgs; deciding what it lists is the listing's job.
+- :class:`Org` (an org's management surface): read (see it at all), manage.
+- :class:`Project` (the part of an org's management surface that belongs to one project;
+  ``id=None``: the part that belongs to no project — org-wide tokens and trust relationships,
+  usage): resolve (which org holds it), read, push (save and delete builds), manage.
+
+**The rules** (``tests/unit/test_access.py`` is their table):
+
+- A principal reaches the repositories of its orgs; one bound to a project (a project token, a
+  pull token or trust relationship made for a project) only ``<org>/<project>``. Where it
+  reaches, it may do its own actions (pull tokens: pull only). Anyone, anonymous included, may
+  pull a public repository; nobody else gets more than that outside their orgs.
+- An edge (``dpe_``) pulls every repository and never does anything else; it resolves every
+  project (legacy project URLs) and sees no org's management surface.
+- A bearer grant may do exactly what its ``access`` claim lists for the repository; visibility
+  is not consulted (the issuer granted public pulls already; a client missing a scope asks the
+  token service again after ``insufficient_scope``).
+- Any authenticated caller (a principal other than anonymous, any verified grant) may list the
+  catalog.
+- Management: principals of an org read its surface; org and user tokens manage it; project
+  and pull tokens only read; a project-bound principal reads only its project's part. Bearer
+  grants never reach the management API.
+
+A :class:`Decision` carries the granted subset of the requested actions and a
+:class:`Reason`: when something requested is refused, why it is; otherwise why it was granted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from core.auth.principal import ALL_ACTIONS, PULL, PUSH, Principal
+from core.auth.scopes import CATALOG, Access, merge
+from core.auth.tokens import Grant
+from core.tenancy import org_of
+
+READ, MANAGE, RESOLVE = "read", "manage", "resolve"
+#: Token kinds that manage the orgs they reach; the others only read.
+MANAGERS = frozenset({"org", "user"})
+EDGE, ANONYMOUS_KIND = "edge", "anonymous"
+_ANY = "*"
+_PULL_ONLY = frozenset({PULL})
+_PROJECT_ACTIONS = frozenset({RESOLVE, READ, PUSH, MANAGE})
+
+
+@dataclass(frozen=True, slots=True)
+class Repository:
+    name: str  # internal: <org>/<path>
+    public: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Org:
+    slug: str
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    org: str  # the org's slug
+    id: str | None  # None: what belongs to the org but to no project
+
+
+Resource = Repository | Catalog | Org | Project
+Who = Principal | Grant
+
+
+class Reason(StrEnum):
+    MEMBER = "within the caller's org and project"
+    PUBLIC = "a public repository: anyone pulls it"
+    ACTIONS = "more than the credential may do"
+    OTHER_ORG = "outside the caller's orgs"
+    OTHER_PROJECT = "outside the caller's project"
+    ANONYMOUS = "anonymous callers only pull public repositories"
+    NOT_A_REPOSITORY = "not an internal repository name"
+    EDGE = "edges pull every repository, resolve every project and do nothing else"
+    TOKEN = "the bearer token's access claim"
+    NOT_IN_TOKEN = "not in the bearer token's access claim"
+    AUTHENTICATED = "authenticated callers list the catalog (their orgs only)"
+    MANAGER = "org and user tokens manage the orgs they reach"
+    READ_ONLY = "only org and user tokens manage; others read"
+    BEARER = "bearer tokens do not reach the management API"
+    UNKNOWN_ACTION = "no such action on this resource"
+    # Answered before any resource is asked about (see core.auth.gate):
+    NO_CREDENTIALS = "no valid credentials"
+    UNKNOWN_NAME = "the name addresses no repository"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    granted: frozenset[str]
+    reason: Reason
+
+
+def decide(who: Who, requested: Iterable[str], resource: Resource) -> Decision:
+    """The subset of ``requested`` that ``who`` may do to ``resource``, with the reason."""
+    wanted = frozenset(requested)
+    match resource:
+        case Repository():
+            return _repository(who, _expand(wanted), resource)
+        case Catalog():
+            return _catalog(who, wanted)
+        case Org() | Project() if isinstance(who, Grant):
+            return Decision(frozenset(), Reason.BEARER)
+        case Org():
+            assert isinstance(who, Principal)
+            return _org(who, wanted, resource)
+        case Project():
+            assert isinstance(who, Principal)
+            return _project(who, wanted, resource)
+
+
+def _expand(requested: frozenset[str]) -> frozenset[str]:
+    wanted = ALL_ACTIONS if _ANY in requested else requested
+    return wanted & ALL_ACTIONS
+
+
+def _outcome(granted: frozenset[str], wanted: frozenset[str], yes: Reason, no: Reason) -> Decision:
+    return Decision(granted, yes if granted == wanted else no)
+
+
+# -- repositories ----------------------------------------------------------------------------
+
+
+def _repository(who: Who, wanted: frozenset[str], repository: Repository) -> Decision:
+    if isinstance(who, Grant):
+        claimed = frozenset(
+            action
+            for access in who.access
+            if access.type == "repository" and access.name == repository.name
+            for action in access.actions
+        )
+        return _outcome(wanted & claimed, wanted, Reason.TOKEN, Reason.NOT_IN_TOKEN)
+    if who.kind == EDGE:
+        return Decision(wanted & _PULL_ONLY, Reason.EDGE)
+    refusal = _unreached(who, repository.name)
+    if refusal is None:
+        decision = _outcome(wanted & who.actions, wanted, Reason.MEMBER, Reason.ACTIONS)
+    else:
+        decision = Decision(frozenset(), refusal)
+    if repository.public and PULL in wanted and PULL not in decision.granted:
+        granted = decision.granted | _PULL_ONLY
+        return Decision(granted, Reason.PUBLIC if granted == wanted else decision.reason)
+    return decision
+
+
+def _unreached(principal: Principal, repository: str) -> Reason | None:
+    """Why ``principal`` does not reach ``repository`` (None: it does)."""
+    if principal.kind == ANONYMOUS_KIND:
+        return Reason.ANONYMOUS
+    if "/" not in repository:
+        return Reason.NOT_A_REPOSITORY
+    org = org_of(repository)
+    if org not in principal.orgs:
+        return Reason.OTHER_ORG
+    if principal.project is not None and repository != f"{org}/{principal.project}":
+        return Reason.OTHER_PROJECT
+    return None
+
+
+# -- the catalog -----------------------------------------------------------------------------
+
+
+def _catalog(who: Who, wanted: frozenset[str]) -> Decision:
+    if isinstance(who, Principal) and who.kind == ANONYMOUS_KIND:
+        return Decision(frozenset(), Reason.ANONYMOUS)
+    return _outcome(wanted & {_ANY}, wanted, Reason.AUTHENTICATED, Reason.UNKNOWN_ACTION)
+
+
+# -- management ------------------------------------------------------------------------------
+
+
+def _org(principal: Principal, wanted: frozenset[str], org: Org) -> Decision:
+    if principal.kind == EDGE:
+        return Decision(frozenset(), Reason.EDGE)
+    if org.slug not in principal.orgs:
+        anonymous = principal.kind == ANONYMOUS_KIND
+        return Decision(frozenset(), Reason.ANONYMOUS if anonymous else Reason.OTHER_ORG)
+    may = {READ, MANAGE} if principal.kind in MANAGERS else {READ}
+    granted = wanted & may
+    if granted == wanted:
+        return Decision(granted, Reason.MANAGER if MANAGE in granted else Reason.MEMBER)
+    return Decision(granted, Reason.READ_ONLY if MANAGE in wanted else Reason.UNKNOWN_ACTION)
+
+
+def _project(principal: Principal, wanted: frozenset[str], project: Project) -> Decision:
+    if principal.kind == EDGE:
+        return _outcome(wanted & {RESOLVE}, wanted, Reason.EDGE, Reason.EDGE)
+    if project.org not in principal.orgs:
+        anonymous = principal.kind == ANONYMOUS_KIND
+        return Decision(frozenset(), Reason.ANONYMOUS if anonymous else Reason.OTHER_ORG)
+    if principal.project is not None and principal.project != project.id:
+        return Decision(frozenset(), Reason.OTHER_PROJECT)
+    may = {RESOLVE, READ}
+    if PUSH in principal.actions:
+        may.add(PUSH)
+    if principal.kind in MANAGERS:
+        may.add(MANAGE)
+    granted = wanted & may
+    if granted == wanted:
+        return Decision(granted, Reason.MANAGER if MANAGE in granted else Reason.MEMBER)
+    if not wanted <= _PROJECT_ACTIONS:
+        return Decision(granted, Reason.UNKNOWN_ACTION)
+    return Decision(granted, Reason.READ_ONLY if MANAGE in wanted - granted else Reason.ACTIONS)
+
+
+# -- token issuing ---------------------------------------------------------------------------
+
+
+def grant_accesses(
+    principal: Principal,
+    requested: Sequence[Access],
+    *,
+    resolve: Callable[[str], str | None],
+    is_public: Callable[[str], bool],
+) -> list[Access]:
+    """The accesses a token for ``principal`` carries, given the scopes a client asked for.
+
+    Repository names are resolved to internal names (None: unknown, nothing granted) and the
+    grants carry the internal name; empty grants are dropped. ``registry:catalog:*`` is granted
+    as is when :func:`decide` allows the catalog. Other resource types are never granted.
+    """
+    granted: list[Access] = []
+    for access in merge(requested):
+        if access.type == "repository":
+            internal = resolve(access.name)
+            if internal is None:
+                continue
+            resource = Repository(internal, public=is_public(internal))
+            actions = decide(principal, access.actions, resource).granted
+            if actions:
+                granted.append(Access("repository", internal, actions))
+        elif (access.type, access.name) == (CATALOG.type, CATALOG.name):
+            if _ANY in decide(principal, access.actions, Catalog()).granted:
+                granted.append(CATALOG)
+    return merge(granted)
