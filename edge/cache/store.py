@@ -17,7 +17,8 @@ Keys: ``blob:<digest>`` (a file, adopted by rename, tagged with its size), ``man
 
 Eviction is ours: diskcache's automatic culling is off (``cull_limit=0``; its batch cull can
 evict the value just stored) and :meth:`EdgeCache.adopt_blob` evicts least-recently-used
-entries one at a time, never the blob just adopted, until the volume fits. Every blocking
+entries one at a time, never the blob just adopted, until the volume fits (reading diskcache's
+private index: see :mod:`edge.cache.diskcache_private`). Every blocking
 call runs in a worker thread under the cache's own limiter. diskcache is thread- and
 process-safe, so ``stats``/``purge`` work from another process while an edge runs.
 """
@@ -44,6 +45,7 @@ import diskcache
 import trio
 
 from edge.cache.disk import Adopt, AdoptingDisk
+from edge.cache.diskcache_private import lru_victim
 from edge.cache.hot import Lru
 
 log = logging.getLogger("depot.edge.cache")
@@ -59,8 +61,6 @@ HOT_MANIFEST_BYTES = 32 << 20
 _BLOB, _MANIFEST, _TAG, _LINK = "blob:", "manifest:", "tag:", "link:"
 _SPOOL_SUFFIX = ".spool"
 _DIGEST_PATH_SAFE = re.compile(r"[a-z0-9]+:[a-zA-Z0-9=_-]+")
-# The least recently used entry other than the one just stored (diskcache's own LRU order).
-_LRU_VICTIM = "SELECT key FROM Cache WHERE NOT (key = ? AND raw = 1) ORDER BY access_time LIMIT 1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,15 +278,13 @@ class EdgeCache:
         self._cull(keep=key)
 
     def _cull(self, keep: str) -> int:
-        # diskcache has no public "least recently used key" query: its own cull takes victims
-        # ten at a time (possibly the new blob), so we read its index the way it does.
         evicted = 0
         while self._cache.volume() > self.size_limit:
             with self._cache.transact(retry=True):
-                rows = self._cache._sql(_LRU_VICTIM, (keep,)).fetchall()
-                if not rows:
+                victim = lru_victim(self._cache, keep)
+                if victim is None:
                     break
-                if self._cache.delete(rows[0][0], retry=True):
+                if self._cache.delete(victim, retry=True):
                     evicted += 1
         if evicted:
             self._counters.incr("evictions", evicted, retry=True)
