@@ -111,12 +111,12 @@ def _install_registry(app: Quart, services: EdgeServices) -> None:
 
 async def _manifest(services: EdgeServices, name: RepositoryName, argument: str) -> Response:
     reference = parse_manifest_reference(argument)
-    served = await services.pullthrough.manifest(name.value, reference)
-    g.digest = served.digest
+    served = await services.pullthrough.manifest(name, reference)
+    g.digest = str(served.digest)
     g.cache = "stale" if served.stale else "ok"
     headers = {
         "Content-Type": served.media_type,
-        "Docker-Content-Digest": served.digest,
+        "Docker-Content-Digest": str(served.digest),
         "ETag": f'"{served.digest}"',
     }
     if served.stale:
@@ -128,13 +128,14 @@ async def _manifest(services: EdgeServices, name: RepositoryName, argument: str)
 
 
 async def _blob(services: EdgeServices, name: RepositoryName, argument: str) -> Response:
-    digest = str(parse_digest(argument))
-    g.digest = digest
+    digest = parse_digest(argument)  # the one parse: typed from here down to the upstream
+    g.digest = str(digest)
     if request.method == "HEAD":
-        size, cached = await services.pullthrough.blob_size(name.value, digest)
+        size, cached = await services.pullthrough.blob_size(name, digest)
         g.cache = "hit" if cached else "miss"
-        return blob_response("HEAD", request.headers.get("Range"), BlobInfo(digest, size), _none)
-    stream = await services.pullthrough.open_blob(name.value, digest)
+        info = BlobInfo(str(digest), size)
+        return blob_response("HEAD", request.headers.get("Range"), info, _none)
+    stream = await services.pullthrough.open_blob(name, digest)
     assert isinstance(stream, BlobStream)
     g.cache = "hit" if stream.from_cache else "miss"
     source = "cache" if stream.from_cache else "upstream"
@@ -142,7 +143,7 @@ async def _blob(services: EdgeServices, name: RepositoryName, argument: str) -> 
         return blob_response(
             "GET",
             request.headers.get("Range"),
-            BlobInfo(digest, stream.size),
+            BlobInfo(str(digest), stream.size),
             lambda offset, length: _counted(services, stream, offset, length, source),
         )
     except BaseException:
@@ -207,7 +208,7 @@ async def _after_write(services: EdgeServices, endpoint: Endpoint, response: Res
         if isinstance(reference, Tag):
             internal = await services.gate.resolve(request.host, endpoint.name)
             if internal is not None:
-                await services.pullthrough.forget_tag(internal.value, reference.value)
+                await services.pullthrough.forget_tag(internal, reference)
 
 
 def _install_access_log(app: Quart, services: EdgeServices) -> None:

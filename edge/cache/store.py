@@ -11,9 +11,11 @@ Layout under the edge's cache directory (one filesystem)::
                diskcache whose reads write nothing (least-recently-STORED eviction; the
                blob cache's LRU turns every read into a write transaction)
 
-Keys: ``blob:<digest>`` (a file, adopted by rename, tagged with its size), ``manifest:<digest>``
-(the payload, tagged with its media type), ``tag:<repository>:<tag>`` (JSON text),
-``link:<repository>@<digest>``. Repository names hold no ``:`` or ``@``, so keys cannot collide.
+Values arrive typed (``RepositoryName``, ``Digest``, ``Tag``): nothing here parses a request's
+text again. Keys: ``blob:<digest>`` (a file, adopted by rename, tagged with its size),
+``manifest:<digest>`` (the payload, tagged with its media type), ``tag:<repository>:<tag>``
+(JSON text), ``link:<repository>@<digest>``. Repository names and tags hold no ``:`` or ``@``,
+so keys cannot collide.
 
 Eviction is ours: diskcache's automatic culling is off (``cull_limit=0``; its batch cull can
 evict the value just stored) and :meth:`EdgeCache.adopt_blob` evicts least-recently-used
@@ -32,7 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import warnings
 from collections.abc import Callable, Iterable
@@ -44,6 +45,9 @@ from typing import Any, BinaryIO, TypeVar, cast
 import diskcache
 import trio
 
+from core.digest import Digest, parse_digest
+from core.errors import DigestInvalid
+from core.reference import RepositoryName, Tag
 from edge.cache.disk import Adopt, AdoptingDisk
 from edge.cache.diskcache_private import lru_victim
 from edge.cache.hot import Lru
@@ -60,7 +64,6 @@ HOT_MANIFEST_BYTES = 32 << 20
 
 _BLOB, _MANIFEST, _TAG, _LINK = "blob:", "manifest:", "tag:", "link:"
 _SPOOL_SUFFIX = ".spool"
-_DIGEST_PATH_SAFE = re.compile(r"[a-z0-9]+:[a-zA-Z0-9=_-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +79,7 @@ class CachedBlob:
 
 @dataclass(frozen=True, slots=True)
 class TagEntry:
-    digest: str
+    digest: Digest
     media_type: str
     fetched_at: float  # POSIX seconds: when the upstream last confirmed it
 
@@ -167,7 +170,7 @@ class EdgeCache:
         self.size_limit = size_limit
         self.max_blob_bytes = max_blob_bytes
         self._limiter = trio.CapacityLimiter(THREADS)
-        self._hot_manifests: Lru[str, tuple[str, bytes]] = Lru(
+        self._hot_manifests: Lru[Digest, tuple[str, bytes]] = Lru(
             8192, HOT_MANIFEST_BYTES, weigh=lambda entry: len(entry[1])
         )
         self._hot_links: Lru[str, bool] = Lru(262144, None)
@@ -225,26 +228,23 @@ class EdgeCache:
 
     # --- blobs ----------------------------------------------------------------------------
 
-    def spool_path(self, digest: str) -> Path:
+    def spool_path(self, digest: Digest) -> Path:
         """A fresh spool file name for one fill of ``digest``."""
-        if not _DIGEST_PATH_SAFE.fullmatch(digest):
-            raise ValueError(f"not a digest: {digest[:100]!r}")
-        encoded = digest.split(":", 1)[1]
-        return self.spool_dir / f"{encoded}.{secrets.token_hex(8)}{_SPOOL_SUFFIX}"
+        return self.spool_dir / f"{digest.encoded}.{secrets.token_hex(8)}{_SPOOL_SUFFIX}"
 
-    async def open_blob(self, digest: str) -> CachedBlob | None:
+    async def open_blob(self, digest: Digest) -> CachedBlob | None:
         """Open a cached blob (a use: it becomes most recently used), or None on a miss."""
         return await self._run(self._open_blob, digest, True)
 
-    async def blob_size(self, digest: str) -> int | None:
+    async def blob_size(self, digest: Digest) -> int | None:
         blob = await self._run(self._open_blob, digest, False)
         if blob is None:
             return None
         blob.close()
         return blob.size
 
-    def _open_blob(self, digest: str, count: bool) -> CachedBlob | None:
-        key = _BLOB + digest
+    def _open_blob(self, digest: Digest, count: bool) -> CachedBlob | None:
+        key = _blob_key(digest)
         file, expected = self._cache.get(key, read=True, tag=True, retry=True)
         blob = None
         if file is not None:
@@ -259,7 +259,7 @@ class EdgeCache:
             self._counters.incr("hits" if blob is not None else "misses", retry=True)
         return blob
 
-    async def adopt_blob(self, digest: str, spool_path: Path, size: int) -> bool:
+    async def adopt_blob(self, digest: Digest, spool_path: Path, size: int) -> bool:
         """Move a verified spool file into the cache; False (file left alone) when refused.
 
         Refused: a blob over ``max_blob_bytes``. Then the least recently used entries are
@@ -267,7 +267,7 @@ class EdgeCache:
         """
         if size > self.max_blob_bytes:
             return False
-        await self._run(self._adopt, _BLOB + digest, spool_path, size)
+        await self._run(self._adopt, _blob_key(digest), spool_path, size)
         return True
 
     def _adopt(self, key: str, spool_path: Path, size: int) -> None:
@@ -292,12 +292,12 @@ class EdgeCache:
 
     # --- manifests, tags, links -----------------------------------------------------------
 
-    async def get_manifest(self, digest: str) -> tuple[str, bytes] | None:
+    async def get_manifest(self, digest: Digest) -> tuple[str, bytes] | None:
         hot = self._hot_manifests.get(digest)
         if hot is not None:
             return hot
         payload, media_type = await self._run(
-            partial(self._cache.get, _MANIFEST + digest, tag=True, retry=True)
+            partial(self._cache.get, _manifest_key(digest), tag=True, retry=True)
         )
         if payload is None:
             return None
@@ -305,32 +305,35 @@ class EdgeCache:
         self._hot_manifests.put(digest, found)
         return found
 
-    async def put_manifest(self, digest: str, media_type: str, payload: bytes) -> None:
+    async def put_manifest(self, digest: Digest, media_type: str, payload: bytes) -> None:
         await self._run(
-            partial(self._cache.set, _MANIFEST + digest, payload, tag=media_type, retry=True)
+            partial(self._cache.set, _manifest_key(digest), payload, tag=media_type, retry=True)
         )
         self._hot_manifests.put(digest, (media_type, payload))
 
-    async def get_tag(self, repository: str, tag: str) -> TagEntry | None:
+    async def get_tag(self, repository: RepositoryName, tag: Tag) -> TagEntry | None:
         # Not kept in memory: `edge cache purge` from another process must drop tags at once.
         text = await self._run(partial(self._meta.get, _tag_key(repository, tag), retry=True))
         if text is None:
             return None
-        fields = json.loads(text)
-        return TagEntry(
-            str(fields["digest"]), str(fields["media_type"]), float(fields["fetched_at"])
-        )
+        return _decode_tag(str(text))
 
     async def put_tag(
-        self, repository: str, tag: str, digest: str, media_type: str, fetched_at: float
+        self,
+        repository: RepositoryName,
+        tag: Tag,
+        digest: Digest,
+        media_type: str,
+        fetched_at: float,
     ) -> None:
-        text = json.dumps({"digest": digest, "media_type": media_type, "fetched_at": fetched_at})
+        fields = {"digest": str(digest), "media_type": media_type, "fetched_at": fetched_at}
+        text = json.dumps(fields)
         await self._run(partial(self._meta.set, _tag_key(repository, tag), text, retry=True))
 
-    async def drop_tag(self, repository: str, tag: str) -> None:
+    async def drop_tag(self, repository: RepositoryName, tag: Tag) -> None:
         await self._run(partial(self._meta.delete, _tag_key(repository, tag), retry=True))
 
-    async def add_links(self, repository: str, digests: Iterable[str]) -> None:
+    async def add_links(self, repository: RepositoryName, digests: Iterable[Digest]) -> None:
         keys = [_link_key(repository, digest) for digest in digests]
         await self._run(self._set_all, keys)
         for key in keys:
@@ -341,7 +344,7 @@ class EdgeCache:
             for key in keys:
                 self._meta.set(key, 1, retry=True)
 
-    async def has_link(self, repository: str, digest: str) -> bool:
+    async def has_link(self, repository: RepositoryName, digest: Digest) -> bool:
         key = _link_key(repository, digest)
         if self._hot_links.get(key):
             return True
@@ -377,12 +380,34 @@ class EdgeCache:
         return int(await self._run(partial(self._cache.clear, retry=True))) + int(meta)
 
 
-def _tag_key(repository: str, tag: str) -> str:
+def _blob_key(digest: Digest) -> str:
+    return f"{_BLOB}{digest}"
+
+
+def _manifest_key(digest: Digest) -> str:
+    return f"{_MANIFEST}{digest}"
+
+
+def _tag_key(repository: RepositoryName, tag: Tag) -> str:
     return f"{_TAG}{repository}:{tag}"
 
 
-def _link_key(repository: str, digest: str) -> str:
+def _link_key(repository: RepositoryName, digest: Digest) -> str:
     return f"{_LINK}{repository}@{digest}"
+
+
+def _decode_tag(text: str) -> TagEntry | None:
+    """A stored tag entry; None (a miss: the upstream is asked) when it is unreadable."""
+    try:
+        fields = json.loads(text)
+        return TagEntry(
+            parse_digest(str(fields["digest"])),
+            str(fields["media_type"]),
+            float(fields["fetched_at"]),
+        )
+    except (ValueError, KeyError, TypeError, DigestInvalid) as exc:
+        log.warning("unreadable tag entry treated as a miss: %s", exc)
+        return None
 
 
 def remove_stale_spools(spool_dir: Path) -> int:
