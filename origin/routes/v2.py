@@ -8,7 +8,8 @@ JSON bodies) and ``call.repository``, the internal name it means.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from functools import partial
 
 from quart import Quart, request
@@ -36,7 +37,7 @@ from core.web.response import RegistryResponse as Response
 from core.web.v2 import Call, V2Gate, V2Routes, install_v2, version_check
 from origin.metadata.records import UploadRecord
 from origin.registry.registry import Registry
-from origin.registry.uploads import range_header
+from origin.registry.uploads import UploadOutOfOrder
 
 
 def install_v2_routes(
@@ -61,12 +62,27 @@ def _content_range() -> ByteRange | None:
     return parse_content_range(header) if header else None
 
 
+def range_header(size: int) -> str:
+    """The ``Range`` an upload reports: received bytes, inclusive ("0-0" when empty)."""
+    return f"0-{max(size - 1, 0)}"
+
+
 def _session_headers(record: UploadRecord, external: RepositoryName) -> dict[str, str]:
     return {
         "Location": f"/v2/{external}/blobs/uploads/{record.id}",
         "Range": range_header(record.size),
         "Docker-Upload-UUID": record.id,
     }
+
+
+@contextmanager
+def _located(external: RepositoryName) -> Iterator[None]:
+    """An out-of-order chunk's 416 says where the session is, under the client's name."""
+    try:
+        yield
+    except UploadOutOfOrder as exc:
+        exc.headers.update(_session_headers(exc.session, external))
+        raise
 
 
 def _digest_arg(value: str | None) -> Digest:
@@ -161,25 +177,27 @@ class _Handlers:
         return Response(b"", 204, self._upload_headers(record, call.endpoint.name))
 
     async def append_upload(self, call: Call[UploadEndpoint]) -> Response:
-        record = await self.registry.uploads.append(
-            call.repository,
-            call.endpoint.upload_id,
-            _body(),
-            _content_range(),
-            request.content_length,
-        )
+        with _located(call.endpoint.name):
+            record = await self.registry.uploads.append(
+                call.repository,
+                call.endpoint.upload_id,
+                _body(),
+                _content_range(),
+                request.content_length,
+            )
         return Response(b"", 202, self._upload_headers(record, call.endpoint.name))
 
     async def finish_upload(self, call: Call[UploadEndpoint]) -> Response:
         digest = _digest_arg(request.args.get("digest"))
-        await self.registry.uploads.finish(
-            call.repository,
-            call.endpoint.upload_id,
-            digest,
-            _body(),
-            _content_range(),
-            request.content_length,
-        )
+        with _located(call.endpoint.name):
+            await self.registry.uploads.finish(
+                call.repository,
+                call.endpoint.upload_id,
+                digest,
+                _body(),
+                _content_range(),
+                request.content_length,
+            )
         return _blob_created(call.endpoint.name, digest)
 
     async def cancel_upload(self, call: Call[UploadEndpoint]) -> Response:
