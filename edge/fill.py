@@ -34,7 +34,8 @@ import trio
 from core.digest import Digest
 from core.errors import BlobUnknown, NameUnknown, RegistryError, Unavailable
 from core.reference import RepositoryName
-from edge.cache.store import EdgeCache, SpoolFile
+from edge.cache.spool import SpoolFile
+from edge.cache.store import EdgeCache
 from edge.upstream_types import Upstream, UpstreamBlob
 
 log = logging.getLogger("depot.edge.fill")

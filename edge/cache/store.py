@@ -4,8 +4,7 @@ Layout under the edge's cache directory (one filesystem)::
 
     cache/     diskcache (SQLite index + value files); nothing else may live here, because
                ``check(fix=True)`` at start deletes every file the index does not know
-    spool/     fills in progress: ``<digest-hex>.<random>.spool``; a live fill holds
-               ``flock(LOCK_EX)`` on its spool, so a cleaner skips it
+    spool/     fills in progress: ``<digest-hex>.<random>.spool`` (see edge/cache/spool.py)
     counters/  a second diskcache holding hits, misses and evictions (never culled)
     meta/      tag entries and repository links: small, read on every request, so in a
                diskcache whose reads write nothing (least-recently-STORED eviction; the
@@ -20,17 +19,13 @@ so keys cannot collide.
 Eviction is ours: diskcache's automatic culling is off (``cull_limit=0``; its batch cull can
 evict the value just stored) and :meth:`EdgeCache.adopt_blob` evicts least-recently-used
 entries one at a time, never the blob just adopted, until the volume fits (reading diskcache's
-private index: see :mod:`edge.cache.diskcache_private`). Every blocking
-call runs in a worker thread under the cache's own limiter. diskcache is thread- and
-process-safe, so ``stats``/``purge`` work from another process while an edge runs.
+private index: see :mod:`edge.cache.diskcache_private`). Every blocking call runs in a worker
+thread under the cache's own limiter. diskcache is thread- and process-safe, so
+``stats``/``purge`` work from another process while an edge runs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -51,6 +46,7 @@ from core.reference import RepositoryName, Tag
 from edge.cache.disk import Adopt, AdoptingDisk
 from edge.cache.diskcache_private import lru_victim
 from edge.cache.hot import Lru
+from edge.cache.spool import remove_stale_spools
 
 log = logging.getLogger("depot.edge.cache")
 
@@ -93,62 +89,6 @@ class CacheStats:
     evictions: int
     hits: int  # blob lookups only
     misses: int
-
-
-def lock_spool(fd: int) -> bool:
-    """Take the spool lock a live fill holds; False when another open file holds it."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return False
-        raise
-    return True
-
-
-class SpoolFile:
-    """A fill's spool file: a locked write descriptor and the read descriptor readers dup.
-
-    The lock tells :func:`remove_stale_spools` the file is live. Every method blocks; call
-    them in a worker thread.
-    """
-
-    def __init__(self, path: Path, write_fd: int, read_fd: int) -> None:
-        self.path, self.write_fd, self.read_fd = path, write_fd, read_fd
-
-    @classmethod
-    def create(cls, path: Path) -> SpoolFile:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            # A cleaner that opened the file before we locked it may have deleted it.
-            if not lock_spool(fd) or os.stat(path).st_ino != os.fstat(fd).st_ino:
-                raise OSError(f"spool file {path} was removed while being created")
-            return cls(path, fd, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def write(self, pieces: list[bytes], hasher: hashlib._Hash) -> int:
-        for piece in pieces:
-            hasher.update(piece)  # releases the GIL on buffers over 2 KiB
-        total = sum(map(len, pieces))
-        written = os.writev(self.write_fd, pieces)
-        if written < total:  # a short write: finish it piece by piece
-            rest = memoryview(b"".join(pieces))[written:]
-            while rest:
-                rest = rest[os.write(self.write_fd, rest) :]
-        return total
-
-    def sync(self) -> None:
-        os.fsync(self.write_fd)
-
-    def finish(self, adopted: bool) -> None:
-        """Delete the file unless the cache adopted it; drop the lock."""
-        try:
-            if not adopted:
-                self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self.write_fd)
 
 
 class EdgeCache:
@@ -408,21 +348,3 @@ def _decode_tag(text: str) -> TagEntry | None:
     except (ValueError, KeyError, TypeError, DigestInvalid) as exc:
         log.warning("unreadable tag entry treated as a miss: %s", exc)
         return None
-
-
-def remove_stale_spools(spool_dir: Path) -> int:
-    """Delete spool files no live fill holds locked; return how many."""
-    removed = 0
-    for path in spool_dir.iterdir():
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, IsADirectoryError):
-            continue
-        try:
-            if lock_spool(fd):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    removed += 1
-        finally:
-            os.close(fd)
-    return removed
