@@ -116,9 +116,7 @@ class PullThrough:
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
                 fetched = await self._upstream.get_manifest(repository, digest)
-        except trio.TooSlowError as exc:
-            raise self._unavailable() from exc
-        except Unavailable as exc:
+        except (Unavailable, trio.TooSlowError) as exc:
             raise self._unavailable() from exc
         if fetched.digest != digest or (
             digest.algorithm == "sha256" and sha256_of(fetched.payload) != digest

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -396,20 +395,21 @@ async def test_sha512_digest(http: httpx.AsyncClient) -> None:
         assert_error(response, 400, "DIGEST_INVALID")
 
 
-@pytest.fixture
-async def tenants(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Tenants]:
-    running = await start_tenants(nursery, tmp_path / "data")
-    yield running
-    running.origin.shutdown.set()
-    running.store.close()
-
-
 @pytest.mark.parametrize("addressing", ["org subdomain", "legacy project URL", "path style"])
 async def test_out_of_order_location_names_the_repository_as_addressed(
-    tenants: Tenants, addressing: str
+    nursery: trio.Nursery, tmp_path: Path, addressing: str
 ) -> None:
     """A 416's ``Location`` is the session's URL under the client's name, not the internal
     ``<org>/<path>`` one (which names another repository, or nothing, on that host)."""
+    tenants = await start_tenants(nursery, tmp_path / "data")
+    try:
+        await check_out_of_order_location(tenants, addressing)
+    finally:
+        tenants.origin.shutdown.set()
+        tenants.store.close()
+
+
+async def check_out_of_order_location(tenants: Tenants, addressing: str) -> None:
     host, repo = {
         "org subdomain": (f"acme.{BASE_DOMAIN}", "app"),
         "legacy project URL": (BASE_DOMAIN, tenants.project),
