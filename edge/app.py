@@ -15,15 +15,23 @@ from quart import Quart, g, request
 from quart_trio import QuartTrio
 
 from config.settings import EdgeSettings
-from core import mediatypes
-from core.auth.request import Authorization, RequestView
-from core.digest import parse_digest
-from core.endpoints import Endpoint, Kind, parse_endpoint
-from core.errors import NameUnknown, Unsupported
-from core.reference import RepositoryName, Tag, parse_manifest_reference
+from core.auth.request import RequestView
+from core.endpoints import BaseEndpoint, BlobEndpoint, ManifestEndpoint
+from core.errors import Unsupported
+from core.reference import Tag
 from core.web.app import create_app
 from core.web.blobs import BlobInfo, blob_response
+from core.web.manifests import manifest_response
 from core.web.response import RegistryResponse as Response
+from core.web.v2 import (
+    Call,
+    Fallback,
+    V2Gate,
+    V2Routes,
+    current_endpoint,
+    install_v2,
+    version_check,
+)
 from edge.auth import EdgeGate
 from edge.cache.store import EdgeCache
 from edge.fill import BlobStream, Fills
@@ -32,9 +40,6 @@ from edge.passthrough import forward_headers, pass_through
 from edge.pullthrough import STALE_WARNING, PullThrough
 
 access_log = logging.getLogger("depot.edge.access")
-
-_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-_SERVED_HERE = {Kind.BASE, Kind.MANIFEST, Kind.BLOB}
 
 
 @dataclass
@@ -79,82 +84,67 @@ def _install_ops(app: Quart, services: EdgeServices) -> None:
 
 
 def _install_registry(app: Quart, services: EdgeServices) -> None:
-    @app.route("/v2", methods=_METHODS)
-    @app.route("/v2/", methods=_METHODS)
-    @app.route("/v2/<path:rest>", methods=_METHODS)
-    async def v2(rest: str = "") -> Response:
-        endpoint = parse_endpoint(request.path)
-        g.route = endpoint.kind.value
-        g.repository = endpoint.name.value if endpoint.name else None
-        if endpoint.kind not in _SERVED_HERE or request.method not in ("GET", "HEAD"):
-            g.cache = "pass"
-            response = await _forward(services)
-            await _after_write(services, endpoint, response)
-            return response
-        authorization = await services.gate.authorize(
-            RequestView(
-                method=request.method,
-                host=request.host,
-                scheme=request.scheme,
-                authorization=request.headers.get("Authorization"),
-                endpoint=endpoint,
-                query=request.args,
+    pull = PullHandlers(services.pullthrough, services.metrics)
+    routes = pull.routes(services.gate, fallback=lambda view: _pass_through(services, view))
+    install_v2(app, routes)
+
+
+class PullHandlers:
+    """The pull side of one upstream, answered here: GET/HEAD of ``/v2/``, manifests and
+    blobs, through ``pullthrough`` (the cache, or the upstream once)."""
+
+    def __init__(self, pullthrough: PullThrough, metrics: EdgeMetrics) -> None:
+        self._pullthrough = pullthrough
+        self._metrics = metrics
+
+    def routes(self, gate: V2Gate, *, fallback: Fallback | None) -> V2Routes:
+        """These handlers behind ``gate``; every other request goes to ``fallback``."""
+        routes = V2Routes(gate, fallback=fallback)
+        routes.on(BaseEndpoint, ("GET", "HEAD"), version_check)
+        routes.on(ManifestEndpoint, ("GET", "HEAD"), self.manifest)
+        routes.on(BlobEndpoint, ("GET", "HEAD"), self.blob)
+        return routes
+
+    async def manifest(self, call: Call[ManifestEndpoint]) -> Response:
+        served = await self._pullthrough.manifest(call.repository, call.endpoint.reference)
+        g.digest = str(served.digest)
+        g.cache = "stale" if served.stale else "ok"
+        return manifest_response(
+            request.method,
+            str(served.digest),
+            served.media_type,
+            served.payload,
+            warning=STALE_WARNING if served.stale else None,
+        )
+
+    async def blob(self, call: Call[BlobEndpoint]) -> Response:
+        name, digest = call.repository, call.endpoint.digest
+        g.digest = str(digest)
+        if request.method == "HEAD":
+            size, cached = await self._pullthrough.blob_size(name, digest)
+            g.cache = "hit" if cached else "miss"
+            info = BlobInfo(str(digest), size)
+            return blob_response("HEAD", request.headers.get("Range"), info, _none)
+        stream = await self._pullthrough.open_blob(name, digest)
+        g.cache = "hit" if stream.from_cache else "miss"
+        source = "cache" if stream.from_cache else "upstream"
+        try:
+            return blob_response(
+                "GET",
+                request.headers.get("Range"),
+                BlobInfo(str(digest), stream.size),
+                lambda offset, length: _counted(self._metrics, stream, offset, length, source),
             )
-        )
-        if endpoint.kind is Kind.BASE:
-            return Response(b"{}", content_type=mediatypes.JSON)
-        name = _internal(endpoint, authorization)
-        if endpoint.kind is Kind.MANIFEST:
-            return await _manifest(services, name, endpoint.argument or "")
-        return await _blob(services, name, endpoint.argument or "")
-
-
-async def _manifest(services: EdgeServices, name: RepositoryName, argument: str) -> Response:
-    reference = parse_manifest_reference(argument)
-    served = await services.pullthrough.manifest(name.value, reference)
-    g.digest = served.digest
-    g.cache = "stale" if served.stale else "ok"
-    headers = {
-        "Content-Type": served.media_type,
-        "Docker-Content-Digest": served.digest,
-        "ETag": f'"{served.digest}"',
-    }
-    if served.stale:
-        headers["Warning"] = STALE_WARNING
-    body = b"" if request.method == "HEAD" else served.payload
-    response = Response(body, status=200, headers=headers)
-    response.content_length = len(served.payload)
-    return response
-
-
-async def _blob(services: EdgeServices, name: RepositoryName, argument: str) -> Response:
-    digest = str(parse_digest(argument))
-    g.digest = digest
-    if request.method == "HEAD":
-        size, cached = await services.pullthrough.blob_size(name.value, digest)
-        g.cache = "hit" if cached else "miss"
-        return blob_response("HEAD", request.headers.get("Range"), BlobInfo(digest, size), _none)
-    stream = await services.pullthrough.open_blob(name.value, digest)
-    assert isinstance(stream, BlobStream)
-    g.cache = "hit" if stream.from_cache else "miss"
-    source = "cache" if stream.from_cache else "upstream"
-    try:
-        return blob_response(
-            "GET",
-            request.headers.get("Range"),
-            BlobInfo(digest, stream.size),
-            lambda offset, length: _counted(services, stream, offset, length, source),
-        )
-    except BaseException:
-        stream.close()
-        raise
+        except BaseException:
+            stream.close()
+            raise
 
 
 @asynccontextmanager
 async def _counted(
-    services: EdgeServices, stream: BlobStream, offset: int, length: int, source: str
+    metrics: EdgeMetrics, stream: BlobStream, offset: int, length: int, source: str
 ) -> AsyncIterator[AsyncIterator[bytes]]:
-    counter = services.metrics.bytes_served.labels(source)
+    counter = metrics.bytes_served.labels(source)
 
     async def count(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for chunk in chunks:
@@ -173,12 +163,12 @@ def _none(offset: int, length: int) -> AbstractAsyncContextManager[AsyncIterator
     raise Unsupported("HEAD has no body")  # blob_response never opens a body for HEAD
 
 
-def _internal(endpoint: Endpoint, authorization: Authorization) -> RepositoryName:
-    assert endpoint.name is not None
-    name = authorization.names.get(endpoint.name.value)
-    if name is None:
-        raise NameUnknown(detail={"name": endpoint.name.value})
-    return name
+async def _pass_through(services: EdgeServices, view: RequestView) -> Response:
+    """Anything but the pull side goes to origin, which authorises it."""
+    g.cache = "pass"
+    response = await _forward(services)
+    await _after_write(services, view, response)
+    return response
 
 
 async def _forward(services: EdgeServices) -> Response:
@@ -195,19 +185,18 @@ async def _forward(services: EdgeServices) -> Response:
     )
 
 
-async def _after_write(services: EdgeServices, endpoint: Endpoint, response: Response) -> None:
+async def _after_write(services: EdgeServices, view: RequestView, response: Response) -> None:
     """A manifest PUT or DELETE by tag through this edge invalidates that tag at once."""
+    endpoint = view.endpoint
     if (
-        endpoint.kind is Kind.MANIFEST
-        and request.method in ("PUT", "DELETE")
+        isinstance(endpoint, ManifestEndpoint)
+        and isinstance(endpoint.reference, Tag)
+        and view.method in ("PUT", "DELETE")
         and 200 <= response.status_code < 300
-        and endpoint.name is not None
     ):
-        reference = parse_manifest_reference(endpoint.argument or "")
-        if isinstance(reference, Tag):
-            internal = await services.gate.resolve(request.host, endpoint.name)
-            if internal is not None:
-                await services.pullthrough.forget_tag(internal.value, reference.value)
+        internal = await services.gate.resolve(view.host, endpoint.name)
+        if internal is not None:
+            await services.pullthrough.forget_tag(internal, endpoint.reference)
 
 
 def _install_access_log(app: Quart, services: EdgeServices) -> None:
@@ -215,12 +204,14 @@ def _install_access_log(app: Quart, services: EdgeServices) -> None:
     async def start() -> None:
         g.started = time.monotonic()
         g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
-        g.route, g.repository, g.digest, g.cache = "other", None, None, None
+        g.route, g.digest, g.cache = "other", None, None
 
     @app.after_request
     async def finish(response: Response) -> Response:
         duration = time.monotonic() - g.started
-        route = getattr(g, "route", "other")
+        endpoint = current_endpoint()
+        route = endpoint.kind.value if endpoint is not None else getattr(g, "route", "other")
+        repository = endpoint.name.value if endpoint is not None and endpoint.name else None
         services.metrics.requests.labels(route, str(response.status_code)).inc()
         services.metrics.duration.labels(route).observe(duration)
         response.headers["X-Request-Id"] = g.request_id
@@ -230,7 +221,7 @@ def _install_access_log(app: Quart, services: EdgeServices) -> None:
                     "request_id": g.request_id,
                     "method": request.method,
                     "path": request.path,
-                    "repository": g.repository,
+                    "repository": repository,
                     "digest": g.digest,
                     "cache": g.cache,
                     "status": response.status_code,

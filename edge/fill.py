@@ -31,10 +31,11 @@ from typing import Any, TypeVar
 
 import trio
 
-from core.digest import parse_digest
+from core.digest import Digest
 from core.errors import BlobUnknown, NameUnknown, RegistryError, Unavailable
-from core.reference import parse_repository_name
-from edge.cache.store import EdgeCache, SpoolFile
+from core.reference import RepositoryName
+from edge.cache.spool import SpoolFile
+from edge.cache.store import EdgeCache
 from edge.upstream_types import Upstream, UpstreamBlob
 
 log = logging.getLogger("depot.edge.fill")
@@ -62,7 +63,7 @@ class FillStatistics:
 class _Fill:
     """One fill's state, shared by the fill task and its readers (all in the trio thread)."""
 
-    def __init__(self, repository: str, digest: str, started_at: float) -> None:
+    def __init__(self, repository: RepositoryName, digest: Digest, started_at: float) -> None:
         self.repository, self.digest, self.started_at = repository, digest, started_at
         self.size: int | None = None  # from Content-Length, once the upstream answered
         self.durable = 0  # bytes written to the spool, readable through any descriptor
@@ -197,7 +198,7 @@ class Fills:
         self._clock = clock
         self._read_limiter = trio.CapacityLimiter(threads)
         self._write_limiter = trio.CapacityLimiter(threads)
-        self._in_flight: dict[str, _Fill] = {}
+        self._in_flight: dict[Digest, _Fill] = {}
         self._ended = trio.Event()
         self._running = 0  # fill tasks, until their spool is cleaned up
         self._coalesced = self._completed = self._failed = self._bytes = 0
@@ -212,7 +213,7 @@ class Fills:
         while self._running:
             await self._ended.wait()
 
-    async def open(self, repository: str, digest: str) -> BlobStream:
+    async def open(self, repository: RepositoryName, digest: Digest) -> BlobStream:
         """Open ``digest`` from the cache, or from its fill once the upstream gave the size.
 
         The caller has authorised ``repository`` for ``digest``; the upstream is asked with
@@ -220,7 +221,6 @@ class Fills:
         ``Unavailable``, ...); a joined fill started for another repository that does not
         hold the blob is retried once with ``repository``.
         """
-        parse_digest(digest)  # DigestInvalid before anything is fetched or named after it
         for attempt in (1, 2):
             fill = self._in_flight.get(digest)
             joined = fill is not None
@@ -245,7 +245,7 @@ class Fills:
                 raise fill.error()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _start(self, repository: str, digest: str) -> _Fill:
+    def _start(self, repository: RepositoryName, digest: Digest) -> _Fill:
         fill = _Fill(repository, digest, self._clock())
         self._nursery.start_soon(self._run, fill)  # raises if the process is stopping
         self._in_flight[digest] = fill
@@ -317,18 +317,15 @@ class Fills:
         return await trio.to_thread.run_sync(partial(function, *args), limiter=self._write_limiter)
 
     async def _fetch(self, fill: _Fill) -> None:
-        hasher = parse_digest(fill.digest).hasher()
-        upstream = self._upstream.open_blob(
-            parse_repository_name(fill.repository), parse_digest(fill.digest)
-        )
-        async with upstream as blob:
+        hasher = fill.digest.hasher()
+        async with self._upstream.open_blob(fill.repository, fill.digest) as blob:
             fill.spool = await self._thread(SpoolFile.create, self._cache.spool_path(fill.digest))
             fill.size, fill.read_fd = blob.size, fill.spool.read_fd
             fill.publish()
             await self._stream(fill, blob, hasher)
         if fill.durable != blob.size:
             raise Unavailable(f"upstream body ended at byte {fill.durable} of {blob.size}")
-        if f"{hasher.name}:{hasher.hexdigest()}" != fill.digest:
+        if hasher.hexdigest() != fill.digest.encoded:
             raise Unavailable("upstream body does not match its digest")
         await self._thread(fill.spool.sync)
 

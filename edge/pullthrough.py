@@ -8,11 +8,13 @@ and an uncached object gets 503 with ``Retry-After``.
 A repository may be served a digest only if it contains it: known from manifests fetched
 through this edge for that repository, or confirmed with origin once and remembered. That
 is what keeps org B from reading org A's blob by digest, hit or miss.
+
+Names and digests arrive typed from the route and go down typed to the cache, the fills and
+the upstream: nothing here parses them again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,10 +22,10 @@ from dataclasses import dataclass
 import trio
 
 from config.settings import EdgeSettings
-from core.digest import Digest, parse_digest
+from core.digest import Digest, sha256_of
 from core.errors import BlobUnknown, DigestInvalid, ManifestInvalid, ManifestUnknown, Unavailable
 from core.manifest import parse_manifest
-from core.reference import RepositoryName, Tag, parse_repository_name
+from core.reference import RepositoryName, Tag
 from edge.cache.store import EdgeCache
 from edge.fill import BlobStream, Fills
 from edge.metrics import EdgeMetrics
@@ -36,7 +38,7 @@ STALE_WARNING = '299 - "Response is stale: origin unavailable"'
 
 @dataclass(frozen=True, slots=True)
 class ServedManifest:
-    digest: str
+    digest: Digest
     media_type: str
     payload: bytes
     stale: bool = False
@@ -61,21 +63,23 @@ class PullThrough:
 
     # -- manifests -------------------------------------------------------------------------
 
-    async def manifest(self, repository: str, reference: Tag | Digest) -> ServedManifest:
+    async def manifest(self, repository: RepositoryName, reference: Tag | Digest) -> ServedManifest:
         if isinstance(reference, Digest):
-            return await self._manifest_by_digest(repository, str(reference))
-        return await self._manifest_by_tag(repository, reference.value)
+            return await self._manifest_by_digest(repository, reference)
+        return await self._manifest_by_tag(repository, reference)
 
-    async def _manifest_by_digest(self, repository: str, digest: str) -> ServedManifest:
+    async def _manifest_by_digest(
+        self, repository: RepositoryName, digest: Digest
+    ) -> ServedManifest:
         cached = await self._cache.get_manifest(digest)
         if cached is not None and await self._contains(repository, digest, manifest=True):
             self._metrics.cache_hits.labels("manifest").inc()
             return ServedManifest(digest, cached[0], cached[1])
         self._metrics.cache_misses.labels("manifest").inc()
         fetched = await self._fetch_manifest(repository, digest)
-        return ServedManifest(str(fetched.digest), fetched.media_type, fetched.payload)
+        return ServedManifest(fetched.digest, fetched.media_type, fetched.payload)
 
-    async def _manifest_by_tag(self, repository: str, tag: str) -> ServedManifest:
+    async def _manifest_by_tag(self, repository: RepositoryName, tag: Tag) -> ServedManifest:
         entry = await self._cache.get_tag(repository, tag)
         now = self._clock()
         if entry is not None and now - entry.fetched_at < self._settings.tag_freshness_seconds:
@@ -86,17 +90,16 @@ class PullThrough:
         self._metrics.cache_misses.labels("tag").inc()
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
-                found = await self._upstream.head_manifest(_repo(repository), Tag(tag))
-            current = None if found is None else str(found)
+                current = await self._upstream.head_manifest(repository, tag)
             if current is None:
                 await self._cache.drop_tag(repository, tag)
-                raise ManifestUnknown(detail={"reference": tag})
+                raise ManifestUnknown(detail={"reference": tag.value})
             cached = await self._cache.get_manifest(current)
             if cached is not None:
                 served = ServedManifest(current, cached[0], cached[1])
             else:
                 fetched = await self._fetch_manifest(repository, current)
-                served = ServedManifest(str(fetched.digest), fetched.media_type, fetched.payload)
+                served = ServedManifest(fetched.digest, fetched.media_type, fetched.payload)
             await self._cache.add_links(repository, [current])
             await self._cache.put_tag(repository, tag, current, served.media_type, now)
             return served
@@ -109,16 +112,15 @@ class PullThrough:
                     return ServedManifest(entry.digest, cached[0], cached[1], stale=True)
             raise self._unavailable() from exc
 
-    async def _fetch_manifest(self, repository: str, digest: str) -> UpstreamManifest:
+    async def _fetch_manifest(self, repository: RepositoryName, digest: Digest) -> UpstreamManifest:
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
-                fetched = await self._upstream.get_manifest(_repo(repository), parse_digest(digest))
-        except trio.TooSlowError as exc:
+                fetched = await self._upstream.get_manifest(repository, digest)
+        except (Unavailable, trio.TooSlowError) as exc:
             raise self._unavailable() from exc
-        except Unavailable as exc:
-            raise self._unavailable() from exc
-        actual = "sha256:" + hashlib.sha256(fetched.payload).hexdigest()
-        if str(fetched.digest) != digest or (digest.startswith("sha256:") and actual != digest):
+        if fetched.digest != digest or (
+            digest.algorithm == "sha256" and sha256_of(fetched.payload) != digest
+        ):
             raise Unavailable("origin sent a manifest that does not match its digest")
         try:
             parsed = parse_manifest(fetched.payload, fetched.media_type)
@@ -127,17 +129,17 @@ class PullThrough:
         await self._cache.put_manifest(digest, fetched.media_type, fetched.payload)
         links = [digest]
         if parsed is not None:
-            links += [str(d.digest) for d in (*parsed.blobs, *parsed.manifests)]
+            links += [d.digest for d in (*parsed.blobs, *parsed.manifests)]
         await self._cache.add_links(repository, links)
         return fetched
 
-    async def forget_tag(self, repository: str, tag: str) -> None:
+    async def forget_tag(self, repository: RepositoryName, tag: Tag) -> None:
         """A manifest PUT or DELETE went through this edge: stop answering the old digest."""
         await self._cache.drop_tag(repository, tag)
 
     # -- blobs -----------------------------------------------------------------------------
 
-    async def blob_size(self, repository: str, digest: str) -> tuple[int, bool]:
+    async def blob_size(self, repository: RepositoryName, digest: Digest) -> tuple[int, bool]:
         """HEAD: the size, and whether the cache answered; never filling."""
         size = await self._cache.blob_size(digest)
         if size is not None and await self._contains(repository, digest):
@@ -146,20 +148,18 @@ class PullThrough:
         self._metrics.cache_misses.labels("blob").inc()
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
-                upstream_size = await self._upstream.blob_size(
-                    _repo(repository), parse_digest(digest)
-                )
+                upstream_size = await self._upstream.blob_size(repository, digest)
         except (Unavailable, trio.TooSlowError) as exc:
             raise self._unavailable() from exc
         if upstream_size is None:
-            raise BlobUnknown(detail={"digest": digest})
+            raise BlobUnknown(detail={"digest": str(digest)})
         await self._cache.add_links(repository, [digest])
         return upstream_size, False
 
-    async def open_blob(self, repository: str, digest: str) -> BlobStream:
+    async def open_blob(self, repository: RepositoryName, digest: Digest) -> BlobStream:
         """The blob's stream (cache hit, or joining/starting the single fill)."""
         if not await self._contains(repository, digest):
-            raise BlobUnknown(detail={"digest": digest})
+            raise BlobUnknown(detail={"digest": str(digest)})
         # The upstream deadline bounds the wait for the blob's size (the response head), not
         # the fill: a waiter gives up with a prompt 503 while the fill goes on for others.
         try:
@@ -175,21 +175,17 @@ class PullThrough:
         counter.labels("blob").inc()
         return stream
 
-    async def _contains(self, repository: str, digest: str, *, manifest: bool = False) -> bool:
+    async def _contains(
+        self, repository: RepositoryName, digest: Digest, *, manifest: bool = False
+    ) -> bool:
         if await self._cache.has_link(repository, digest):
             return True
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
                 if manifest:
-                    found = (
-                        await self._upstream.head_manifest(_repo(repository), parse_digest(digest))
-                        is not None
-                    )
+                    found = await self._upstream.head_manifest(repository, digest) is not None
                 else:
-                    found = (
-                        await self._upstream.blob_size(_repo(repository), parse_digest(digest))
-                        is not None
-                    )
+                    found = await self._upstream.blob_size(repository, digest) is not None
         except (Unavailable, trio.TooSlowError) as exc:
             # Without origin we cannot tell whether this repository may read the digest.
             raise self._unavailable() from exc
@@ -202,7 +198,3 @@ class PullThrough:
     def _unavailable(self) -> Unavailable:
         retry = str(self._settings.unavailable_retry_after_seconds)
         return Unavailable("origin unavailable", headers={"Retry-After": retry})
-
-
-def _repo(name: str) -> RepositoryName:
-    return parse_repository_name(name)

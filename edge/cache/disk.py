@@ -8,7 +8,9 @@ edge keeps its spool directory beside the cache directory for that). Every other
 stored by diskcache's own ``Disk``.
 
 Built on diskcache 5.6's ``Disk.store`` contract: return ``(size, mode, filename, value)``
-where ``filename`` is relative to the cache directory and ``value`` is None for file values.
+where ``filename`` is relative to the cache directory and ``value`` is None for file values
+(fenced: ``edge/cache/diskcache_private.py`` checks the version at import, and
+``tests/unit/test_diskcache_fence.py`` checks each internal used here).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
+
+from edge.cache import diskcache_private  # noqa: F401  # refuses an untested diskcache
 
 #: Attempts to create the value's directory and rename into it: another cache handle (a
 #: thread, a process) removes emptied directories while evicting, as diskcache's own

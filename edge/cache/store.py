@@ -4,34 +4,31 @@ Layout under the edge's cache directory (one filesystem)::
 
     cache/     diskcache (SQLite index + value files); nothing else may live here, because
                ``check(fix=True)`` at start deletes every file the index does not know
-    spool/     fills in progress: ``<digest-hex>.<random>.spool``; a live fill holds
-               ``flock(LOCK_EX)`` on its spool, so a cleaner skips it
+    spool/     fills in progress: ``<digest-hex>.<random>.spool`` (see edge/cache/spool.py)
     counters/  a second diskcache holding hits, misses and evictions (never culled)
     meta/      tag entries and repository links: small, read on every request, so in a
                diskcache whose reads write nothing (least-recently-STORED eviction; the
                blob cache's LRU turns every read into a write transaction)
 
-Keys: ``blob:<digest>`` (a file, adopted by rename, tagged with its size), ``manifest:<digest>``
-(the payload, tagged with its media type), ``tag:<repository>:<tag>`` (JSON text),
-``link:<repository>@<digest>``. Repository names hold no ``:`` or ``@``, so keys cannot collide.
+Values arrive typed (``RepositoryName``, ``Digest``, ``Tag``): nothing here parses a request's
+text again. Keys: ``blob:<digest>`` (a file, adopted by rename, tagged with its size),
+``manifest:<digest>`` (the payload, tagged with its media type), ``tag:<repository>:<tag>``
+(JSON text), ``link:<repository>@<digest>``. Repository names and tags hold no ``:`` or ``@``,
+so keys cannot collide.
 
 Eviction is ours: diskcache's automatic culling is off (``cull_limit=0``; its batch cull can
 evict the value just stored) and :meth:`EdgeCache.adopt_blob` evicts least-recently-used
-entries one at a time, never the blob just adopted, until the volume fits. Every blocking
-call runs in a worker thread under the cache's own limiter. diskcache is thread- and
-process-safe, so ``stats``/``purge`` work from another process while an edge runs.
+entries one at a time, never the blob just adopted, until the volume fits (reading diskcache's
+private index: see :mod:`edge.cache.diskcache_private`). Every blocking call runs in a worker
+thread under the cache's own limiter. diskcache is thread- and process-safe, so
+``stats``/``purge`` work from another process while an edge runs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
-import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import warnings
 from collections.abc import Callable, Iterable
@@ -43,8 +40,13 @@ from typing import Any, BinaryIO, TypeVar, cast
 import diskcache
 import trio
 
+from core.digest import Digest, parse_digest
+from core.errors import DigestInvalid
+from core.reference import RepositoryName, Tag
 from edge.cache.disk import Adopt, AdoptingDisk
+from edge.cache.diskcache_private import lru_victim
 from edge.cache.hot import Lru
+from edge.cache.spool import remove_stale_spools
 
 log = logging.getLogger("depot.edge.cache")
 
@@ -58,9 +60,6 @@ HOT_MANIFEST_BYTES = 32 << 20
 
 _BLOB, _MANIFEST, _TAG, _LINK = "blob:", "manifest:", "tag:", "link:"
 _SPOOL_SUFFIX = ".spool"
-_DIGEST_PATH_SAFE = re.compile(r"[a-z0-9]+:[a-zA-Z0-9=_-]+")
-# The least recently used entry other than the one just stored (diskcache's own LRU order).
-_LRU_VICTIM = "SELECT key FROM Cache WHERE NOT (key = ? AND raw = 1) ORDER BY access_time LIMIT 1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +75,7 @@ class CachedBlob:
 
 @dataclass(frozen=True, slots=True)
 class TagEntry:
-    digest: str
+    digest: Digest
     media_type: str
     fetched_at: float  # POSIX seconds: when the upstream last confirmed it
 
@@ -90,62 +89,6 @@ class CacheStats:
     evictions: int
     hits: int  # blob lookups only
     misses: int
-
-
-def lock_spool(fd: int) -> bool:
-    """Take the spool lock a live fill holds; False when another open file holds it."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return False
-        raise
-    return True
-
-
-class SpoolFile:
-    """A fill's spool file: a locked write descriptor and the read descriptor readers dup.
-
-    The lock tells :func:`remove_stale_spools` the file is live. Every method blocks; call
-    them in a worker thread.
-    """
-
-    def __init__(self, path: Path, write_fd: int, read_fd: int) -> None:
-        self.path, self.write_fd, self.read_fd = path, write_fd, read_fd
-
-    @classmethod
-    def create(cls, path: Path) -> SpoolFile:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            # A cleaner that opened the file before we locked it may have deleted it.
-            if not lock_spool(fd) or os.stat(path).st_ino != os.fstat(fd).st_ino:
-                raise OSError(f"spool file {path} was removed while being created")
-            return cls(path, fd, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def write(self, pieces: list[bytes], hasher: hashlib._Hash) -> int:
-        for piece in pieces:
-            hasher.update(piece)  # releases the GIL on buffers over 2 KiB
-        total = sum(map(len, pieces))
-        written = os.writev(self.write_fd, pieces)
-        if written < total:  # a short write: finish it piece by piece
-            rest = memoryview(b"".join(pieces))[written:]
-            while rest:
-                rest = rest[os.write(self.write_fd, rest) :]
-        return total
-
-    def sync(self) -> None:
-        os.fsync(self.write_fd)
-
-    def finish(self, adopted: bool) -> None:
-        """Delete the file unless the cache adopted it; drop the lock."""
-        try:
-            if not adopted:
-                self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self.write_fd)
 
 
 class EdgeCache:
@@ -167,7 +110,7 @@ class EdgeCache:
         self.size_limit = size_limit
         self.max_blob_bytes = max_blob_bytes
         self._limiter = trio.CapacityLimiter(THREADS)
-        self._hot_manifests: Lru[str, tuple[str, bytes]] = Lru(
+        self._hot_manifests: Lru[Digest, tuple[str, bytes]] = Lru(
             8192, HOT_MANIFEST_BYTES, weigh=lambda entry: len(entry[1])
         )
         self._hot_links: Lru[str, bool] = Lru(262144, None)
@@ -225,26 +168,23 @@ class EdgeCache:
 
     # --- blobs ----------------------------------------------------------------------------
 
-    def spool_path(self, digest: str) -> Path:
+    def spool_path(self, digest: Digest) -> Path:
         """A fresh spool file name for one fill of ``digest``."""
-        if not _DIGEST_PATH_SAFE.fullmatch(digest):
-            raise ValueError(f"not a digest: {digest[:100]!r}")
-        encoded = digest.split(":", 1)[1]
-        return self.spool_dir / f"{encoded}.{secrets.token_hex(8)}{_SPOOL_SUFFIX}"
+        return self.spool_dir / f"{digest.encoded}.{secrets.token_hex(8)}{_SPOOL_SUFFIX}"
 
-    async def open_blob(self, digest: str) -> CachedBlob | None:
+    async def open_blob(self, digest: Digest) -> CachedBlob | None:
         """Open a cached blob (a use: it becomes most recently used), or None on a miss."""
         return await self._run(self._open_blob, digest, True)
 
-    async def blob_size(self, digest: str) -> int | None:
+    async def blob_size(self, digest: Digest) -> int | None:
         blob = await self._run(self._open_blob, digest, False)
         if blob is None:
             return None
         blob.close()
         return blob.size
 
-    def _open_blob(self, digest: str, count: bool) -> CachedBlob | None:
-        key = _BLOB + digest
+    def _open_blob(self, digest: Digest, count: bool) -> CachedBlob | None:
+        key = _blob_key(digest)
         file, expected = self._cache.get(key, read=True, tag=True, retry=True)
         blob = None
         if file is not None:
@@ -259,7 +199,7 @@ class EdgeCache:
             self._counters.incr("hits" if blob is not None else "misses", retry=True)
         return blob
 
-    async def adopt_blob(self, digest: str, spool_path: Path, size: int) -> bool:
+    async def adopt_blob(self, digest: Digest, spool_path: Path, size: int) -> bool:
         """Move a verified spool file into the cache; False (file left alone) when refused.
 
         Refused: a blob over ``max_blob_bytes``. Then the least recently used entries are
@@ -267,7 +207,7 @@ class EdgeCache:
         """
         if size > self.max_blob_bytes:
             return False
-        await self._run(self._adopt, _BLOB + digest, spool_path, size)
+        await self._run(self._adopt, _blob_key(digest), spool_path, size)
         return True
 
     def _adopt(self, key: str, spool_path: Path, size: int) -> None:
@@ -278,15 +218,13 @@ class EdgeCache:
         self._cull(keep=key)
 
     def _cull(self, keep: str) -> int:
-        # diskcache has no public "least recently used key" query: its own cull takes victims
-        # ten at a time (possibly the new blob), so we read its index the way it does.
         evicted = 0
         while self._cache.volume() > self.size_limit:
             with self._cache.transact(retry=True):
-                rows = self._cache._sql(_LRU_VICTIM, (keep,)).fetchall()
-                if not rows:
+                victim = lru_victim(self._cache, keep)
+                if victim is None:
                     break
-                if self._cache.delete(rows[0][0], retry=True):
+                if self._cache.delete(victim, retry=True):
                     evicted += 1
         if evicted:
             self._counters.incr("evictions", evicted, retry=True)
@@ -294,12 +232,12 @@ class EdgeCache:
 
     # --- manifests, tags, links -----------------------------------------------------------
 
-    async def get_manifest(self, digest: str) -> tuple[str, bytes] | None:
+    async def get_manifest(self, digest: Digest) -> tuple[str, bytes] | None:
         hot = self._hot_manifests.get(digest)
         if hot is not None:
             return hot
         payload, media_type = await self._run(
-            partial(self._cache.get, _MANIFEST + digest, tag=True, retry=True)
+            partial(self._cache.get, _manifest_key(digest), tag=True, retry=True)
         )
         if payload is None:
             return None
@@ -307,32 +245,35 @@ class EdgeCache:
         self._hot_manifests.put(digest, found)
         return found
 
-    async def put_manifest(self, digest: str, media_type: str, payload: bytes) -> None:
+    async def put_manifest(self, digest: Digest, media_type: str, payload: bytes) -> None:
         await self._run(
-            partial(self._cache.set, _MANIFEST + digest, payload, tag=media_type, retry=True)
+            partial(self._cache.set, _manifest_key(digest), payload, tag=media_type, retry=True)
         )
         self._hot_manifests.put(digest, (media_type, payload))
 
-    async def get_tag(self, repository: str, tag: str) -> TagEntry | None:
+    async def get_tag(self, repository: RepositoryName, tag: Tag) -> TagEntry | None:
         # Not kept in memory: `edge cache purge` from another process must drop tags at once.
         text = await self._run(partial(self._meta.get, _tag_key(repository, tag), retry=True))
         if text is None:
             return None
-        fields = json.loads(text)
-        return TagEntry(
-            str(fields["digest"]), str(fields["media_type"]), float(fields["fetched_at"])
-        )
+        return _decode_tag(str(text))
 
     async def put_tag(
-        self, repository: str, tag: str, digest: str, media_type: str, fetched_at: float
+        self,
+        repository: RepositoryName,
+        tag: Tag,
+        digest: Digest,
+        media_type: str,
+        fetched_at: float,
     ) -> None:
-        text = json.dumps({"digest": digest, "media_type": media_type, "fetched_at": fetched_at})
+        fields = {"digest": str(digest), "media_type": media_type, "fetched_at": fetched_at}
+        text = json.dumps(fields)
         await self._run(partial(self._meta.set, _tag_key(repository, tag), text, retry=True))
 
-    async def drop_tag(self, repository: str, tag: str) -> None:
+    async def drop_tag(self, repository: RepositoryName, tag: Tag) -> None:
         await self._run(partial(self._meta.delete, _tag_key(repository, tag), retry=True))
 
-    async def add_links(self, repository: str, digests: Iterable[str]) -> None:
+    async def add_links(self, repository: RepositoryName, digests: Iterable[Digest]) -> None:
         keys = [_link_key(repository, digest) for digest in digests]
         await self._run(self._set_all, keys)
         for key in keys:
@@ -343,7 +284,7 @@ class EdgeCache:
             for key in keys:
                 self._meta.set(key, 1, retry=True)
 
-    async def has_link(self, repository: str, digest: str) -> bool:
+    async def has_link(self, repository: RepositoryName, digest: Digest) -> bool:
         key = _link_key(repository, digest)
         if self._hot_links.get(key):
             return True
@@ -379,27 +320,31 @@ class EdgeCache:
         return int(await self._run(partial(self._cache.clear, retry=True))) + int(meta)
 
 
-def _tag_key(repository: str, tag: str) -> str:
+def _blob_key(digest: Digest) -> str:
+    return f"{_BLOB}{digest}"
+
+
+def _manifest_key(digest: Digest) -> str:
+    return f"{_MANIFEST}{digest}"
+
+
+def _tag_key(repository: RepositoryName, tag: Tag) -> str:
     return f"{_TAG}{repository}:{tag}"
 
 
-def _link_key(repository: str, digest: str) -> str:
+def _link_key(repository: RepositoryName, digest: Digest) -> str:
     return f"{_LINK}{repository}@{digest}"
 
 
-def remove_stale_spools(spool_dir: Path) -> int:
-    """Delete spool files no live fill holds locked; return how many."""
-    removed = 0
-    for path in spool_dir.iterdir():
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, IsADirectoryError):
-            continue
-        try:
-            if lock_spool(fd):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    removed += 1
-        finally:
-            os.close(fd)
-    return removed
+def _decode_tag(text: str) -> TagEntry | None:
+    """A stored tag entry; None (a miss: the upstream is asked) when it is unreadable."""
+    try:
+        fields = json.loads(text)
+        return TagEntry(
+            parse_digest(str(fields["digest"])),
+            str(fields["media_type"]),
+            float(fields["fetched_at"]),
+        )
+    except (ValueError, KeyError, TypeError, DigestInvalid) as exc:
+        log.warning("unreadable tag entry treated as a miss: %s", exc)
+        return None

@@ -40,9 +40,14 @@ _MAX_CACHED_HASHES = 4096
 _WRITE_QUEUE_BATCHES = 4
 
 
-def range_header(size: int) -> str:
-    """The ``Range`` an upload reports: received bytes, inclusive ("0-0" when empty)."""
-    return f"0-{max(size - 1, 0)}"
+class UploadOutOfOrder(RangeInvalid):
+    """416: a chunk does not start where the session's bytes end. ``session`` is the
+    session as it stands, for the answer's ``Range`` and ``Location`` (which name the
+    repository as the client addressed it: only the route knows that name)."""
+
+    def __init__(self, session: UploadRecord) -> None:
+        super().__init__("chunk out of order", detail={"expected_offset": session.size})
+        self.session = session
 
 
 class Uploads:
@@ -95,7 +100,7 @@ class Uploads:
                 # Another process appended concurrently; the client must re-sync.
                 self._hashes.pop(upload_id, None)
                 current = await self.status(name, upload_id)
-                raise _out_of_order(current)
+                raise UploadOutOfOrder(current)
             return replace(record, size=new_size)
 
     async def finish(
@@ -234,19 +239,7 @@ def _expected_length(
     if content_range is None:
         return content_length
     if content_range.first != record.size:
-        raise _out_of_order(record)
+        raise UploadOutOfOrder(record)
     if content_length is not None and content_length != content_range.length:
         raise SizeInvalid("Content-Length does not match Content-Range")
     return content_range.length
-
-
-def _out_of_order(record: UploadRecord) -> RangeInvalid:
-    return RangeInvalid(
-        "chunk out of order",
-        detail={"expected_offset": record.size},
-        headers={
-            "Range": range_header(record.size),
-            "Docker-Upload-UUID": record.id,
-            "Location": f"/v2/{record.repository}/blobs/uploads/{record.id}",
-        },
-    )

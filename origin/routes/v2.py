@@ -1,71 +1,56 @@
-"""The ``/v2/`` API: thin handlers that parse, call one domain method, build the response."""
+"""The ``/v2/`` API: thin handlers that call one domain method and build the response.
+
+Parsing, the method table and authorisation are :mod:`core.web.v2`'s; each handler gets the
+typed endpoint (``endpoint.name`` is the name as the client wrote it, for ``Location`` and
+JSON bodies) and ``call.repository``, the internal name it means.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from functools import partial
 
 from quart import Quart, request
 
 from core import mediatypes
-from core.auth.request import Authorization, Caller, RequestView
 from core.digest import Digest, parse_digest
-from core.endpoints import Endpoint, Kind, parse_endpoint
-from core.errors import DigestInvalid, NameUnknown, TooLarge, Unsupported
+from core.endpoints import (
+    BaseEndpoint,
+    BlobEndpoint,
+    CatalogEndpoint,
+    ManifestEndpoint,
+    ReferrersEndpoint,
+    TagsEndpoint,
+    UploadEndpoint,
+    UploadsEndpoint,
+)
+from core.errors import DigestInvalid, TooLarge
 from core.pagination import next_link, parse_page
 from core.ranges import ByteRange, parse_content_range
-from core.reference import RepositoryName, parse_manifest_reference, parse_repository_name
+from core.reference import RepositoryName, parse_repository_name
 from core.tenancy import org_from_host
 from core.web.blobs import blob_response
+from core.web.manifests import manifest_response
 from core.web.response import RegistryResponse as Response
-from origin.auth.gate import Gate
+from core.web.v2 import Call, V2Gate, V2Routes, install_v2, version_check
 from origin.metadata.records import UploadRecord
 from origin.registry.registry import Registry
-from origin.registry.uploads import range_header
-
-_ALLOWED = {
-    Kind.BASE: {"GET", "HEAD"},
-    Kind.CATALOG: {"GET"},
-    Kind.BLOB: {"GET", "HEAD", "DELETE"},
-    Kind.UPLOADS: {"POST"},
-    Kind.UPLOAD: {"GET", "PATCH", "PUT", "DELETE"},
-    Kind.MANIFEST: {"GET", "HEAD", "PUT", "DELETE"},
-    Kind.TAGS: {"GET"},
-    Kind.REFERRERS: {"GET"},
-}
-_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+from origin.registry.uploads import UploadOutOfOrder
 
 
 def install_v2_routes(
     app: Quart,
     registry: Registry,
-    gate: Gate,
+    gate: V2Gate,
     *,
     max_manifest_bytes: int,
     chunk_min_length: int,
     base_domain: str,
 ) -> None:
     handlers = _Handlers(registry, max_manifest_bytes, chunk_min_length, base_domain)
-
-    @app.route("/v2", methods=_METHODS)
-    @app.route("/v2/", methods=_METHODS)
-    @app.route("/v2/<path:rest>", methods=_METHODS)
-    async def v2(rest: str = "") -> Response:
-        endpoint = parse_endpoint(request.path)
-        if request.method not in _ALLOWED[endpoint.kind]:
-            raise Unsupported(headers={"Allow": ", ".join(sorted(_ALLOWED[endpoint.kind]))})
-        authorization = await gate.authorize(
-            RequestView(
-                method=request.method,
-                host=request.host,
-                scheme=request.scheme,
-                authorization=request.headers.get("Authorization"),
-                endpoint=endpoint,
-                query=request.args,
-            )
-        )
-        return await handlers.dispatch(endpoint, authorization)
+    install_v2(app, handlers.routes(gate))
 
 
 def _body() -> AsyncIterator[bytes]:
@@ -77,17 +62,27 @@ def _content_range() -> ByteRange | None:
     return parse_content_range(header) if header else None
 
 
-def _upload_headers(
-    record: UploadRecord, external: RepositoryName, chunk_min_length: int
-) -> dict[str, str]:
-    headers = {
+def range_header(size: int) -> str:
+    """The ``Range`` an upload reports: received bytes, inclusive ("0-0" when empty)."""
+    return f"0-{max(size - 1, 0)}"
+
+
+def _session_headers(record: UploadRecord, external: RepositoryName) -> dict[str, str]:
+    return {
         "Location": f"/v2/{external}/blobs/uploads/{record.id}",
         "Range": range_header(record.size),
         "Docker-Upload-UUID": record.id,
     }
-    if chunk_min_length:
-        headers["OCI-Chunk-Min-Length"] = str(chunk_min_length)
-    return headers
+
+
+@contextmanager
+def _located(external: RepositoryName) -> Iterator[None]:
+    """An out-of-order chunk's 416 says where the session is, under the client's name."""
+    try:
+        yield
+    except UploadOutOfOrder as exc:
+        exc.headers.update(_session_headers(exc.session, external))
+        raise
 
 
 def _digest_arg(value: str | None) -> Digest:
@@ -109,60 +104,35 @@ class _Handlers:
         self.chunk_min_length = chunk_min_length
         self.base_domain = base_domain or None
 
-    async def dispatch(self, endpoint: Endpoint, authorization: Authorization) -> Response:
-        """``ext`` is the name as the client wrote it (for Location and JSON bodies);
-        ``name`` is the repository it means."""
-        method = request.method
-        if endpoint.kind is Kind.BASE:
-            return Response(b"{}", content_type=mediatypes.JSON)
-        if endpoint.kind is Kind.CATALOG:
-            return await self.catalog(authorization.caller)
-        assert endpoint.name is not None
-        ext, arg = endpoint.name, endpoint.argument or ""
-        name = authorization.names.get(ext.value)
-        if name is None:
-            raise NameUnknown(detail={"name": ext.value})
-        match endpoint.kind, method:
-            case Kind.BLOB, "GET" | "HEAD":
-                return await self.get_blob(name, parse_digest(arg))
-            case Kind.BLOB, "DELETE":
-                await self.registry.blobs.delete(name, parse_digest(arg))
-                return Response(b"", status=202)
-            case Kind.UPLOADS, _:
-                return await self.start_upload(name, ext, authorization)
-            case Kind.UPLOAD, "GET":
-                record = await self.registry.uploads.status(name, arg)
-                return Response(b"", 204, _upload_headers(record, ext, self.chunk_min_length))
-            case Kind.UPLOAD, "PATCH":
-                record = await self.registry.uploads.append(
-                    name, arg, _body(), _content_range(), request.content_length
-                )
-                return Response(b"", 202, _upload_headers(record, ext, self.chunk_min_length))
-            case Kind.UPLOAD, "PUT":
-                digest = _digest_arg(request.args.get("digest"))
-                await self.registry.uploads.finish(
-                    name, arg, digest, _body(), _content_range(), request.content_length
-                )
-                return self._blob_created(ext, digest)
-            case Kind.UPLOAD, "DELETE":
-                await self.registry.uploads.cancel(name, arg)
-                return Response(b"", status=204)
-            case Kind.MANIFEST, "GET" | "HEAD":
-                return await self.get_manifest(name, arg)
-            case Kind.MANIFEST, "PUT":
-                return await self.put_manifest(name, ext, arg)
-            case Kind.MANIFEST, "DELETE":
-                await self.registry.manifests.delete(name, parse_manifest_reference(arg))
-                return Response(b"", status=202)
-            case Kind.TAGS, _:
-                return await self.tags(name, ext)
-            case Kind.REFERRERS, _:
-                return await self.referrers(name, parse_digest(arg))
-        raise Unsupported()
+    def routes(self, gate: V2Gate) -> V2Routes:
+        routes = V2Routes(gate)
+        routes.on(BaseEndpoint, ("GET", "HEAD"), version_check)
+        routes.on(CatalogEndpoint, ("GET",), self.catalog)
+        routes.on(BlobEndpoint, ("GET", "HEAD"), self.get_blob)
+        routes.on(BlobEndpoint, ("DELETE",), self.delete_blob)
+        routes.on(UploadsEndpoint, ("POST",), self.start_upload)
+        routes.on(UploadEndpoint, ("GET",), self.upload_status)
+        routes.on(UploadEndpoint, ("PATCH",), self.append_upload)
+        routes.on(UploadEndpoint, ("PUT",), self.finish_upload)
+        routes.on(UploadEndpoint, ("DELETE",), self.cancel_upload)
+        routes.on(ManifestEndpoint, ("GET", "HEAD"), self.get_manifest)
+        routes.on(ManifestEndpoint, ("PUT",), self.put_manifest)
+        routes.on(ManifestEndpoint, ("DELETE",), self.delete_manifest)
+        routes.on(TagsEndpoint, ("GET",), self.tags)
+        routes.on(ReferrersEndpoint, ("GET",), self.referrers)
+        return routes
 
-    async def get_blob(self, name: RepositoryName, digest: Digest) -> Response:
-        info = await self.registry.blobs.stat(name, digest)
+    def _upload_headers(self, record: UploadRecord, external: RepositoryName) -> dict[str, str]:
+        headers = _session_headers(record, external)
+        if self.chunk_min_length:
+            headers["OCI-Chunk-Min-Length"] = str(self.chunk_min_length)
+        return headers
 
+    # -- blobs -----------------------------------------------------------------------------
+
+    async def get_blob(self, call: Call[BlobEndpoint]) -> Response:
+        digest = call.endpoint.digest
+        info = await self.registry.blobs.stat(call.repository, digest)
         return blob_response(
             request.method,
             request.headers.get("Range"),
@@ -170,9 +140,14 @@ class _Handlers:
             partial(self.registry.blobs.open, digest),
         )
 
-    async def start_upload(
-        self, name: RepositoryName, ext: RepositoryName, authorization: Authorization
-    ) -> Response:
+    async def delete_blob(self, call: Call[BlobEndpoint]) -> Response:
+        await self.registry.blobs.delete(call.repository, call.endpoint.digest)
+        return Response(b"", status=202)
+
+    # -- uploads ---------------------------------------------------------------------------
+
+    async def start_upload(self, call: Call[UploadsEndpoint]) -> Response:
+        name, ext = call.repository, call.endpoint.name
         args = request.args
         mount, source = args.get("mount"), args.get("from")
         if mount:
@@ -181,41 +156,61 @@ class _Handlers:
             # one, and a blob of another tenant is never linked by knowing its digest.
             if source:
                 parse_repository_name(source)  # a malformed name is a 400, not a fallback
-            source_name = authorization.names.get(source or "")
+            source_name = call.authorization.names.get(source or "")
             if (
                 source_name is not None
-                and authorization.mount_allowed
+                and call.authorization.mount_allowed
                 and await self.registry.blobs.mount(name, source_name, mounted)
             ):
-                return self._blob_created(ext, mounted)
+                return _blob_created(ext, mounted)
         single = _digest_arg(args.get("digest")) if "digest" in args else None
         record = await self.registry.uploads.start(name)
         if single is not None:  # single-request monolithic upload
             await self.registry.uploads.finish(
                 name, record.id, single, _body(), None, request.content_length
             )
-            return self._blob_created(ext, single)
-        return Response(b"", 202, _upload_headers(record, ext, self.chunk_min_length))
+            return _blob_created(ext, single)
+        return Response(b"", 202, self._upload_headers(record, ext))
 
-    @staticmethod
-    def _blob_created(ext: RepositoryName, digest: Digest) -> Response:
-        headers = {"Location": f"/v2/{ext}/blobs/{digest}", "Docker-Content-Digest": str(digest)}
-        return Response(b"", status=201, headers=headers)
+    async def upload_status(self, call: Call[UploadEndpoint]) -> Response:
+        record = await self.registry.uploads.status(call.repository, call.endpoint.upload_id)
+        return Response(b"", 204, self._upload_headers(record, call.endpoint.name))
 
-    async def get_manifest(self, name: RepositoryName, arg: str) -> Response:
-        record = await self.registry.manifests.get(name, parse_manifest_reference(arg))
-        headers = {
-            "Content-Type": record.media_type,
-            "Docker-Content-Digest": record.digest,
-            "ETag": f'"{record.digest}"',
-        }
-        body = b"" if request.method == "HEAD" else record.payload
-        response = Response(body, status=200, headers=headers)
-        response.content_length = record.size
-        return response
+    async def append_upload(self, call: Call[UploadEndpoint]) -> Response:
+        with _located(call.endpoint.name):
+            record = await self.registry.uploads.append(
+                call.repository,
+                call.endpoint.upload_id,
+                _body(),
+                _content_range(),
+                request.content_length,
+            )
+        return Response(b"", 202, self._upload_headers(record, call.endpoint.name))
 
-    async def put_manifest(self, name: RepositoryName, ext: RepositoryName, arg: str) -> Response:
-        reference = parse_manifest_reference(arg)
+    async def finish_upload(self, call: Call[UploadEndpoint]) -> Response:
+        digest = _digest_arg(request.args.get("digest"))
+        with _located(call.endpoint.name):
+            await self.registry.uploads.finish(
+                call.repository,
+                call.endpoint.upload_id,
+                digest,
+                _body(),
+                _content_range(),
+                request.content_length,
+            )
+        return _blob_created(call.endpoint.name, digest)
+
+    async def cancel_upload(self, call: Call[UploadEndpoint]) -> Response:
+        await self.registry.uploads.cancel(call.repository, call.endpoint.upload_id)
+        return Response(b"", status=204)
+
+    # -- manifests -------------------------------------------------------------------------
+
+    async def get_manifest(self, call: Call[ManifestEndpoint]) -> Response:
+        record = await self.registry.manifests.get(call.repository, call.endpoint.reference)
+        return manifest_response(request.method, record.digest, record.media_type, record.payload)
+
+    async def put_manifest(self, call: Call[ManifestEndpoint]) -> Response:
         limit = self.max_manifest_bytes
         if (request.content_length or 0) > limit:
             raise TooLarge(f"manifest exceeds {limit} bytes")
@@ -225,27 +220,37 @@ class _Handlers:
             if len(payload) > limit:
                 raise TooLarge(f"manifest exceeds {limit} bytes")
         pushed = await self.registry.manifests.put(
-            name, reference, bytes(payload), request.headers.get("Content-Type")
+            call.repository,
+            call.endpoint.reference,
+            bytes(payload),
+            request.headers.get("Content-Type"),
         )
         headers = {
-            "Location": f"/v2/{ext}/manifests/{pushed.digest}",
+            "Location": f"/v2/{call.endpoint.name}/manifests/{pushed.digest}",
             "Docker-Content-Digest": pushed.digest,
         }
         if pushed.subject:
             headers["OCI-Subject"] = pushed.subject
         return Response(b"", status=201, headers=headers)
 
-    async def tags(self, name: RepositoryName, ext: RepositoryName) -> Response:
+    async def delete_manifest(self, call: Call[ManifestEndpoint]) -> Response:
+        await self.registry.manifests.delete(call.repository, call.endpoint.reference)
+        return Response(b"", status=202)
+
+    # -- listings --------------------------------------------------------------------------
+
+    async def tags(self, call: Call[TagsEndpoint]) -> Response:
         page = parse_page(request.args)
-        tags = await self.registry.manifests.tags(name, page.n + 1, page.last)
-        response = _json({"name": ext.value, "tags": tags[: page.n]})
+        tags = await self.registry.manifests.tags(call.repository, page.n + 1, page.last)
+        response = _json({"name": call.endpoint.name.value, "tags": tags[: page.n]})
         link = next_link(request.path, page, tags)
         if link:
             response.headers["Link"] = link
         return response
 
-    async def catalog(self, caller: Caller) -> Response:
+    async def catalog(self, call: Call[CatalogEndpoint]) -> Response:
         """Only the caller's orgs; on an org's subdomain, only that org, names as seen there."""
+        caller = call.authorization.caller
         page = parse_page(request.args, default=1000)
         host_org = org_from_host(request.host, self.base_domain)
         orgs: frozenset[str] | None = None if caller.everything else caller.orgs
@@ -261,9 +266,11 @@ class _Handlers:
             response.headers["Link"] = link
         return response
 
-    async def referrers(self, name: RepositoryName, subject: Digest) -> Response:
+    async def referrers(self, call: Call[ReferrersEndpoint]) -> Response:
         artifact_type = request.args.get("artifactType") or None
-        records = await self.registry.manifests.referrers(name, subject, artifact_type)
+        records = await self.registry.manifests.referrers(
+            call.repository, call.endpoint.subject, artifact_type
+        )
         manifests = []
         for record in records:
             descriptor: dict[str, object] = {
@@ -281,6 +288,11 @@ class _Handlers:
         if artifact_type:
             response.headers["OCI-Filters-Applied"] = "artifactType"
         return response
+
+
+def _blob_created(ext: RepositoryName, digest: Digest) -> Response:
+    headers = {"Location": f"/v2/{ext}/blobs/{digest}", "Docker-Content-Digest": str(digest)}
+    return Response(b"", status=201, headers=headers)
 
 
 def _json(document: object, content_type: str = mediatypes.JSON) -> Response:

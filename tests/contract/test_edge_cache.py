@@ -11,11 +11,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from core.digest import sha256_of
+from core.digest import Digest, sha256_of
+from core.reference import RepositoryName, Tag, parse_repository_name, parse_tag
 from edge.cache.store import EdgeCache
 
 KIB = 1024
 TIMEOUT = 20
+APP, V1 = parse_repository_name("acme/app"), parse_tag("v1")
+
+
+def name(text: str) -> RepositoryName:
+    return parse_repository_name(text)
 
 
 @pytest.fixture
@@ -30,24 +36,24 @@ def cache(edge_dir: Path) -> Iterator[EdgeCache]:
     opened.close()
 
 
-def blob(size: int, seed: int) -> tuple[str, bytes]:
+def blob(size: int, seed: int) -> tuple[Digest, bytes]:
     data = random.Random(seed).randbytes(size)
-    return str(sha256_of(data)), data
+    return sha256_of(data), data
 
 
-def spool(cache: EdgeCache, digest: str, data: bytes) -> Path:
+def spool(cache: EdgeCache, digest: Digest, data: bytes) -> Path:
     path = cache.spool_path(digest)
     path.write_bytes(data)
     return path
 
 
-async def put(cache: EdgeCache, size: int, seed: int) -> str:
+async def put(cache: EdgeCache, size: int, seed: int) -> Digest:
     digest, data = blob(size, seed)
     assert await cache.adopt_blob(digest, spool(cache, digest, data), size)
     return digest
 
 
-async def read_blob(cache: EdgeCache, digest: str) -> bytes | None:
+async def read_blob(cache: EdgeCache, digest: Digest) -> bytes | None:
     cached = await cache.open_blob(digest)
     if cached is None:
         return None
@@ -57,7 +63,7 @@ async def read_blob(cache: EdgeCache, digest: str) -> bytes | None:
         cached.close()
 
 
-async def present(cache: EdgeCache, *digests: str) -> list[bool]:
+async def present(cache: EdgeCache, *digests: Digest) -> list[bool]:
     return [await cache.blob_size(digest) is not None for digest in digests]
 
 
@@ -77,7 +83,7 @@ async def test_adopt_moves_the_file_without_copying(cache: EdgeCache) -> None:
         finally:
             cached.close()
         assert await cache.blob_size(digest) == len(data)
-        assert await cache.blob_size(str(sha256_of(b"other"))) is None
+        assert await cache.blob_size(sha256_of(b"other")) is None
 
 
 async def test_lru_eviction_keeps_the_new_blob_and_the_recently_used(cache: EdgeCache) -> None:
@@ -178,45 +184,46 @@ async def test_open_deletes_leftover_spools_and_orphans(edge_dir: Path) -> None:
 
 async def test_manifests_tags_and_links(cache: EdgeCache) -> None:
     with trio.fail_after(TIMEOUT):
-        digest = str(sha256_of(b"{}"))
+        digest = sha256_of(b"{}")
         media_type = "application/vnd.oci.image.manifest.v1+json"
         assert await cache.get_manifest(digest) is None
         await cache.put_manifest(digest, media_type, b"{}")
         big = b"x" * (100 * KIB)  # stored as a file by diskcache
-        await cache.put_manifest(str(sha256_of(big)), media_type, big)
+        await cache.put_manifest(sha256_of(big), media_type, big)
         assert await cache.get_manifest(digest) == (media_type, b"{}")
-        assert await cache.get_manifest(str(sha256_of(big))) == (media_type, big)
+        assert await cache.get_manifest(sha256_of(big)) == (media_type, big)
 
-        assert await cache.get_tag("acme/app", "v1") is None
-        await cache.put_tag("acme/app", "v1", digest, media_type, 1700000000.5)
-        entry = await cache.get_tag("acme/app", "v1")
+        assert await cache.get_tag(APP, V1) is None
+        await cache.put_tag(APP, V1, digest, media_type, 1700000000.5)
+        entry = await cache.get_tag(APP, V1)
         assert entry is not None
         assert (entry.digest, entry.media_type, entry.fetched_at) == (
             digest,
             media_type,
             1700000000.5,
         )
-        assert await cache.get_tag("acme/app", "v2") is None
-        assert await cache.get_tag("acme/ap", "p:v1") is None
-        await cache.drop_tag("acme/app", "v1")
-        assert await cache.get_tag("acme/app", "v1") is None
-        await cache.drop_tag("acme/app", "v1")  # absent: not an error
+        assert await cache.get_tag(APP, parse_tag("v2")) is None
+        # No parser makes this tag (':' is not allowed in one); its key must not collide.
+        assert await cache.get_tag(name("acme/ap"), Tag("p:v1")) is None
+        await cache.drop_tag(APP, V1)
+        assert await cache.get_tag(APP, V1) is None
+        await cache.drop_tag(APP, V1)  # absent: not an error
 
-        other = str(sha256_of(b"other"))
-        await cache.add_links("acme/app", [digest, other])
-        assert await cache.has_link("acme/app", digest)
-        assert await cache.has_link("acme/app", other)
-        assert not await cache.has_link("evil/app", digest)
-        assert not await cache.has_link("acme/app", str(sha256_of(b"third")))
+        other = sha256_of(b"other")
+        await cache.add_links(APP, [digest, other])
+        assert await cache.has_link(APP, digest)
+        assert await cache.has_link(APP, other)
+        assert not await cache.has_link(name("evil/app"), digest)
+        assert not await cache.has_link(APP, sha256_of(b"third"))
 
 
 async def test_stats_and_purge_from_another_instance(cache: EdgeCache, edge_dir: Path) -> None:
     with trio.fail_after(TIMEOUT):
         a = await put(cache, 100 * KIB, 1)
         await put(cache, 100 * KIB, 2)
-        await cache.put_tag("acme/app", "v1", a, "application/json", 1.0)
+        await cache.put_tag(APP, V1, a, "application/json", 1.0)
         assert await read_blob(cache, a) is not None
-        assert await read_blob(cache, str(sha256_of(b"absent"))) is None
+        assert await read_blob(cache, sha256_of(b"absent")) is None
         # A tool attaching while the edge runs: the recorded limit, no recovery.
         tool = EdgeCache.open(edge_dir, recover=False)
         try:
@@ -234,7 +241,7 @@ async def test_stats_and_purge_from_another_instance(cache: EdgeCache, edge_dir:
         finally:
             held.close()
         assert await cache.open_blob(a) is None
-        assert await cache.get_tag("acme/app", "v1") is None
+        assert await cache.get_tag(APP, V1) is None
         stats = await cache.stats()
         assert (stats.entries, stats.blobs, stats.hits) == (0, 0, 2)
         await put(cache, 100 * KIB, 3)  # still usable after a purge
@@ -248,9 +255,9 @@ async def test_concurrent_tasks(edge_dir: Path) -> None:
 
             async def worker(seed: int) -> None:
                 digest = await put(cache, 64 * KIB, seed)
-                await cache.add_links(f"org{seed}/app", [digest])
+                await cache.add_links(name(f"org{seed}/app"), [digest])
                 results[seed] = await read_blob(cache, digest)
-                assert await cache.has_link(f"org{seed}/app", digest)
+                assert await cache.has_link(name(f"org{seed}/app"), digest)
 
             async with trio.open_nursery() as nursery:
                 for seed in range(24):

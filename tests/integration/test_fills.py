@@ -17,7 +17,7 @@ import trio
 
 from core.digest import Digest, sha256_of
 from core.errors import BlobUnknown, RegistryError, Unavailable
-from core.reference import RepositoryName, Tag
+from core.reference import RepositoryName, Tag, parse_repository_name
 from edge.cache.store import EdgeCache
 from edge.fill import BlobStream, Fills
 from edge.upstream_types import UpstreamBlob, UpstreamManifest
@@ -25,6 +25,7 @@ from edge.upstream_types import UpstreamBlob, UpstreamManifest
 KIB, MIB = 1024, 1024 * 1024
 TIMEOUT = 20
 CHUNK = 64 * KIB
+APP = parse_repository_name("acme/app")
 
 
 class FakeUpstream:
@@ -119,9 +120,9 @@ class FakeBody:
         return chunk
 
 
-def make_blob(size: int, seed: int = 1) -> tuple[str, bytes]:
+def make_blob(size: int, seed: int = 1) -> tuple[Digest, bytes]:
     data = random.Random(seed).randbytes(size)
-    return str(sha256_of(data)), data
+    return sha256_of(data), data
 
 
 @pytest.fixture
@@ -185,7 +186,7 @@ async def test_concurrent_opens_share_one_upstream_fetch(
 
         async def client() -> None:
             nonlocal opened
-            stream = await fills.open("acme/app", digest)
+            stream = await fills.open(APP, digest)
             assert stream.size == len(data)
             opened += 1
             if opened == 32:
@@ -199,7 +200,7 @@ async def test_concurrent_opens_share_one_upstream_fetch(
             assert fills.statistics().in_flight == 1
             release.set()
         assert len(bodies) == 32 and all(body == data for body in bodies)
-        assert upstream.opens == [("acme/app", digest)]
+        assert upstream.opens == [("acme/app", str(digest))]
         await fills.wait_idle()
         stats = fills.statistics()
         assert (stats.in_flight, stats.waiters_coalesced, stats.completed, stats.failed) == (
@@ -221,7 +222,7 @@ async def test_first_bytes_arrive_before_the_fill_ends(
         upstream = FakeUpstream(data)
         release = upstream.gate(20)
         fills = make_fills(cache, upstream, nursery)
-        stream = await fills.open("acme/app", digest)
+        stream = await fills.open(APP, digest)
         async with stream.chunks(0, stream.size) as chunks:
             first = await anext(chunks)
             assert first == data[: len(first)]
@@ -240,12 +241,12 @@ async def test_a_range_in_the_middle_is_served_during_the_fill(
         upstream = FakeUpstream(data)
         release = upstream.gate(48)  # 3 MiB in
         fills = make_fills(cache, upstream, nursery)
-        stream = await fills.open("acme/app", digest)
+        stream = await fills.open(APP, digest)
         assert await read_all(stream, MIB + 5, MIB) == data[MIB + 5 : 2 * MIB + 5]
         await upstream.at_gate[48].wait()
         assert fills.statistics().in_flight == 1  # served while the fill cannot finish
         # The range that reaches the end waits for the rest and for verification.
-        tail = await fills.open("acme/app", digest)
+        tail = await fills.open(APP, digest)
         tails: list[bytes] = []
 
         async def read_tail() -> None:
@@ -267,8 +268,8 @@ async def test_a_reader_that_leaves_does_not_stop_the_others(
         upstream = FakeUpstream(data)
         release = upstream.gate(10)
         fills = make_fills(cache, upstream, nursery)
-        leaving = await fills.open("acme/app", digest)
-        staying = await fills.open("acme/app", digest)
+        leaving = await fills.open(APP, digest)
+        staying = await fills.open(APP, digest)
         with trio.CancelScope() as scope:
             async with leaving.chunks(0, leaving.size) as chunks:
                 await anext(chunks)
@@ -291,14 +292,14 @@ async def test_a_fill_completes_and_caches_after_every_reader_left(
         release = upstream.gate(5)
         fills = make_fills(cache, upstream, nursery)
         with trio.CancelScope() as scope:
-            stream = await fills.open("acme/app", digest)
+            stream = await fills.open(APP, digest)
             async with stream.chunks(0, stream.size) as chunks:
                 await anext(chunks)
                 scope.cancel()
         release.set()
         await fills.wait_idle()
         assert fills.statistics().completed == 1
-        again = await fills.open("acme/app", digest)
+        again = await fills.open(APP, digest)
         assert again.from_cache
         assert await read_all(again) == data
         assert len(upstream.opens) == 1
@@ -311,15 +312,15 @@ async def test_a_hit_after_a_fill_does_not_ask_the_upstream(
         digest, data = make_blob(6 * MIB + 7)
         upstream = FakeUpstream(data)
         fills = make_fills(cache, upstream, nursery)
-        first = await fills.open("acme/app", digest)
+        first = await fills.open(APP, digest)
         assert not first.from_cache
         assert await read_all(first) == data
         await fills.wait_idle()
         for offset, length in [(0, len(data)), (MIB, 3), (len(data) - 1, 1), (5, 0)]:
-            stream = await fills.open("acme/app", digest)
+            stream = await fills.open(APP, digest)
             assert stream.from_cache
             assert await read_all(stream, offset, length) == data[offset : offset + length]
-        unread = await fills.open("acme/app", digest)
+        unread = await fills.open(APP, digest)
         unread.close()  # a stream never read (a HEAD) releases its descriptor
         assert len(upstream.opens) == 1
         stats = await cache.stats()
@@ -334,7 +335,7 @@ async def test_upstream_failure_mid_stream_fails_every_reader_then_a_retry_works
         upstream = FakeUpstream(data)
         upstream.fail_at = 30
         fills = make_fills(cache, upstream, nursery)
-        streams = [await fills.open("acme/app", digest) for _ in range(4)]
+        streams = [await fills.open(APP, digest) for _ in range(4)]
         errors: list[Exception] = []
         counts: list[list[int]] = [[] for _ in streams]
 
@@ -353,7 +354,7 @@ async def test_upstream_failure_mid_stream_fails_every_reader_then_a_retry_works
         assert fills.statistics().failed == 1
 
         upstream.fail_at = None
-        retry = await fills.open("acme/app", digest)
+        retry = await fills.open(APP, digest)
         assert await read_all(retry) == data
         assert len(upstream.opens) == 2
 
@@ -372,7 +373,7 @@ async def test_a_wrong_body_never_reaches_a_reader_complete(
         else:
             upstream.trailing = b"extra"
         fills = make_fills(cache, upstream, nursery)
-        streams = [await fills.open("acme/app", digest) for _ in range(3)]
+        streams = [await fills.open(APP, digest) for _ in range(3)]
         counts: list[list[int]] = [[] for _ in streams]
         errors = [
             await read_until_failure(stream, received)
@@ -396,7 +397,7 @@ async def test_an_error_before_the_body_reaches_every_waiter(
 
         async def waiter() -> None:
             try:
-                await fills.open("acme/app", digest)
+                await fills.open(APP, digest)
             except RegistryError as exc:
                 raised.append(exc)
 
@@ -417,13 +418,14 @@ async def test_a_joined_fill_for_another_repository_is_retried_with_ours(
     with trio.fail_after(TIMEOUT):
         digest, data = make_blob(100 * KIB)
         upstream = FakeUpstream(data)
-        upstream.holders = {"good/app": {digest}}
+        upstream.holders = {"good/app": {str(digest)}}
         fills = make_fills(cache, upstream, nursery)
         outcomes: dict[str, object] = {}
 
         async def client(repository: str) -> None:
             try:
-                outcomes[repository] = await read_all(await fills.open(repository, digest))
+                stream = await fills.open(parse_repository_name(repository), digest)
+                outcomes[repository] = await read_all(stream)
             except BlobUnknown as exc:
                 outcomes[repository] = exc
 
@@ -441,7 +443,7 @@ async def test_the_fill_deadline(cache: EdgeCache, nursery: trio.Nursery) -> Non
         upstream = FakeUpstream(data)
         upstream.gate(3)  # never released
         fills = make_fills(cache, upstream, nursery, deadline=0.5)
-        stream = await fills.open("acme/app", digest)
+        stream = await fills.open(APP, digest)
         exc = await read_until_failure(stream, [])
         assert isinstance(exc, Unavailable) and "exceeded" in exc.message
         await fills.wait_idle()
@@ -455,7 +457,7 @@ async def test_the_progress_timeout(cache: EdgeCache, nursery: trio.Nursery) -> 
         upstream = FakeUpstream(data)
         upstream.gate(3)  # never released
         fills = make_fills(cache, upstream, nursery, progress_timeout=0.3)
-        stream = await fills.open("acme/app", digest)
+        stream = await fills.open(APP, digest)
         exc = await read_until_failure(stream, [])
         assert isinstance(exc, Unavailable) and "sent nothing" in exc.message
 
@@ -469,7 +471,7 @@ async def test_a_blob_too_large_to_cache_is_still_served(
             digest, data = make_blob(MIB + 1)
             upstream = FakeUpstream(data)
             fills = make_fills(small, upstream, nursery)
-            bodies = [await read_all(await fills.open("acme/app", digest)) for _ in range(2)]
+            bodies = [await read_all(await fills.open(APP, digest)) for _ in range(2)]
             assert bodies == [data, data]
             await fills.wait_idle()
             assert len(upstream.opens) == 2
@@ -484,7 +486,7 @@ async def test_an_empty_blob(cache: EdgeCache, nursery: trio.Nursery) -> None:
         digest, data = make_blob(0)
         upstream = FakeUpstream(data)
         fills = make_fills(cache, upstream, nursery)
-        assert await read_all(await fills.open("acme/app", digest)) == b""
+        assert await read_all(await fills.open(APP, digest)) == b""
         await fills.wait_idle()
         assert await cache.blob_size(digest) == 0
 
@@ -504,7 +506,7 @@ async def test_a_fill_cancelled_at_shutdown_fails_its_readers_and_cleans_up(
         async with trio.open_nursery() as readers:
             async with trio.open_nursery() as root:
                 fills = make_fills(cache, upstream, root)
-                readers.start_soon(reader, await fills.open("acme/app", digest))
+                readers.start_soon(reader, await fills.open(APP, digest))
                 await upstream.at_gate[4].wait()
                 root.cancel_scope.cancel()  # the process stops
         assert isinstance(outcome[0], Unavailable)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from tests.integration.oci import (
     start_upload,
     upload_url,
 )
+from tests.integration.tenants import BASE_DOMAIN, Tenants, basic, start_tenants
 
 UPLOAD_LOCATION = re.compile(r"^/v2/lib/app/blobs/uploads/(?P<id>[^/?]+)$")
 
@@ -391,3 +393,60 @@ async def test_sha512_digest(http: httpx.AsyncClient) -> None:
             upload_url(started), params={"digest": "sha512:" + "0" * 128}, content=blob.data
         )
         assert_error(response, 400, "DIGEST_INVALID")
+
+
+@pytest.mark.parametrize("addressing", ["org subdomain", "legacy project URL", "path style"])
+async def test_out_of_order_location_names_the_repository_as_addressed(
+    nursery: trio.Nursery, tmp_path: Path, addressing: str
+) -> None:
+    """A 416's ``Location`` is the session's URL under the client's name, not the internal
+    ``<org>/<path>`` one (which names another repository, or nothing, on that host)."""
+    tenants = await start_tenants(nursery, tmp_path / "data")
+    try:
+        await check_out_of_order_location(tenants, addressing)
+    finally:
+        tenants.origin.shutdown.set()
+        tenants.store.close()
+
+
+async def check_out_of_order_location(tenants: Tenants, addressing: str) -> None:
+    host, repo = {
+        "org subdomain": (f"acme.{BASE_DOMAIN}", "app"),
+        "legacy project URL": (BASE_DOMAIN, tenants.project),
+        "path style": (BASE_DOMAIN, "acme/app"),
+    }[addressing]
+    headers = {"Host": host, **basic(tenants.acme)}
+    blob = random_blob(30)
+    with trio.fail_after(TIMEOUT):
+        async with httpx.AsyncClient(
+            base_url=tenants.url, trust_env=False, timeout=TIMEOUT, headers=headers
+        ) as http:
+            guarded(http)
+            started = await start_upload(http, repo)
+            location = upload_url(started)
+            assert location.startswith(f"/v2/{repo}/blobs/uploads/"), location
+            assert (await patch_chunk(http, location, blob.data[:10], 0)).status_code == 202
+
+            out_of_order = [
+                await patch_chunk(http, location, blob.data[15:], 15),
+                await http.put(
+                    location,
+                    params={"digest": blob.digest},
+                    content=blob.data[5:],
+                    headers={"Content-Range": f"5-{blob.size - 1}"},
+                ),
+            ]
+            for response in out_of_order:
+                assert_error(response, 416, "RANGE_INVALID")
+                assert response.headers["Location"] == location
+                assert response.headers["Range"] == "0-9"
+                assert (
+                    response.headers["Docker-Upload-UUID"] == started.headers["Docker-Upload-UUID"]
+                )
+
+            # The Location leads back to the same session, on this host, under this name.
+            resumed = await patch_chunk(http, response.headers["Location"], blob.data[10:], 10)
+            assert resumed.status_code == 202, resumed.text
+            done = await http.put(upload_url(resumed), params={"digest": blob.digest})
+            assert_created(done, repo, blob)
+            await assert_blob(http, repo, blob)

@@ -4,8 +4,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.digest import parse_digest, sha256_of
-from core.endpoints import Kind, parse_endpoint
+from core.digest import Digest, parse_digest, sha256_of
+from core.endpoints import (
+    BlobEndpoint,
+    Endpoint,
+    Kind,
+    ManifestEndpoint,
+    ReferrersEndpoint,
+    UploadEndpoint,
+    parse_endpoint,
+)
 from core.errors import DigestInvalid, ManifestInvalid, NameInvalid, NotFound
 from core.reference import (
     Tag,
@@ -103,7 +111,47 @@ def test_parse_endpoint(path: str, kind: Kind, name: str | None, arg: str | None
     endpoint = parse_endpoint(path)
     assert endpoint.kind is kind
     assert (endpoint.name.value if endpoint.name else None) == name
-    assert endpoint.argument == arg
+    assert argument_of(endpoint) == arg
+
+
+def argument_of(endpoint: Endpoint) -> str | None:
+    """The typed value after the name, as text (and checked to be of its kind's type)."""
+    match endpoint:
+        case BlobEndpoint(digest=digest) | ReferrersEndpoint(subject=digest):
+            assert isinstance(digest, Digest)
+            return str(digest)
+        case ManifestEndpoint(reference=reference):
+            assert isinstance(reference, Tag | Digest)
+            return str(reference)
+        case UploadEndpoint(upload_id=upload_id):
+            return upload_id
+    return None
+
+
+def test_parse_endpoint_types_the_manifest_reference() -> None:
+    by_tag = parse_endpoint("/v2/a/manifests/latest")
+    by_digest = parse_endpoint(f"/v2/a/manifests/{GOOD}")
+    assert isinstance(by_tag, ManifestEndpoint) and by_tag.reference == Tag("latest")
+    assert isinstance(by_digest, ManifestEndpoint)
+    assert by_digest.reference == parse_digest(GOOD)
+
+
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [
+        ("/v2/a/blobs/sha256:abc", DigestInvalid),
+        ("/v2/a/blobs/notadigest", DigestInvalid),
+        ("/v2/a/referrers/md5:" + "a" * 32, DigestInvalid),
+        ("/v2/a/manifests/sha256:nope", DigestInvalid),
+        ("/v2/a/manifests/-bad", ManifestInvalid),
+        ("/v2/a/manifests/" + "t" * 129, ManifestInvalid),
+        ("/v2/Bad/blobs/sha256:abc", NameInvalid),  # the name is checked first
+        ("/v2/Bad/manifests/-bad", NameInvalid),
+    ],
+)
+def test_parse_endpoint_refuses_malformed_values(path: str, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_endpoint(path)
 
 
 def test_parse_endpoint_bad_name_and_unknown_path() -> None:
