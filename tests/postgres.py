@@ -61,3 +61,21 @@ def fresh_schema(server_url: str) -> Iterator[str]:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
     finally:
         admin.dispose()
+
+
+def terminate_sessions(server_url: str, application_name: str) -> int:
+    """End every session whose ``application_name`` is given, as a server restart or a
+    failover would; the number ended."""
+    admin = sa.create_engine(server_url)
+    try:
+        with admin.connect() as conn:
+            ended = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = :name"
+                ),
+                {"name": application_name},
+            ).scalar_one()
+        return int(ended)
+    finally:
+        admin.dispose()

@@ -20,6 +20,7 @@ from origin.auth.store import TenancyStore
 from origin.builds.store import BuildStore
 from origin.metadata.database import Database, first
 from origin.metadata.store import MetadataStore
+from tests.postgres import terminate_sessions
 
 NOW = 1_700_000_000.0
 
@@ -115,24 +116,14 @@ async def test_a_lost_postgres_connection_fails_one_call(store_url: str) -> None
     url = f"{store_url}&application_name={application}"
     database = Database.open(url)
     store = MetadataStore(database)
-    admin = sa.create_engine(store_url)
     try:
         with trio.fail_after(20):
             assert await store.ensure_repository("a/b", NOW) > 0
-            with admin.connect() as conn:
-                ended = conn.execute(
-                    sa.text(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                        " WHERE application_name = :name"
-                    ),
-                    {"name": application},
-                ).scalar_one()
-            assert ended >= 1
+            assert terminate_sessions(store_url, application) >= 1
             with pytest.raises(DatabaseError):
                 await store.repository_id("a/b")
             assert await store.repository_id("a/b") is not None
     finally:
-        admin.dispose()
         database.close()
 
 

@@ -31,7 +31,7 @@ from tests.integration.oci import (
     put_manifest,
 )
 from tests.integration.tenants import Tenants, basic, bearer_for, exchange, start_tenants
-from tests.postgres import fresh_schema, require_postgres
+from tests.postgres import fresh_schema, require_postgres, terminate_sessions
 
 TIMEOUT = 60
 #: Short, so that a lock held by the test outlasts it at once.
@@ -231,19 +231,27 @@ def tables_locked(url: str, *tables: str) -> Iterator[None]:
         engine.dispose()
 
 
+async def reads_and_writes(http: httpx.AsyncClient, tenants: Tenants) -> list[tuple[Request, int]]:
+    """A request per path, with the status each answers when the database is well: a manifest
+    GET with a bearer token (the gate reads nothing), a token exchange, an org listing, an
+    upload start."""
+    await push_manifest(http, "acme/app", new_image(), "v1")
+    pull = await bearer_for(http, tenants.acme, "repository:acme/app:pull")
+    return [
+        (get_manifest("v1", pull), 200),
+        (exchange_token(tenants.acme), 200),
+        (list_orgs, 200),
+        (start_upload, 202),
+    ]
+
+
 async def test_postgres_lock_held_past_the_lock_timeout(postgres_tenants: Tenants) -> None:
     tenants = postgres_tenants
-    url = tenants.origin.settings.database_url
     with trio.fail_after(TIMEOUT):
         async with client(tenants) as http:
-            await push_manifest(http, "acme/app", new_image(), "v1")
-            pull = await bearer_for(http, tenants.acme, "repository:acme/app:pull")
-            requests = [
-                (get_manifest("v1", pull), 200),
-                (exchange_token(tenants.acme), 200),
-                (list_orgs, 200),
-            ]
-            with tables_locked(url, "tokens", "manifests"):
+            requests = await reads_and_writes(http, tenants)
+            tables = ("tokens", "manifests", "uploads")
+            with tables_locked(tenants.origin.settings.database_url, *tables):
                 for request, _ in requests:
                     assert_unavailable(await request(http))
             for request, status in requests:
@@ -251,38 +259,15 @@ async def test_postgres_lock_held_past_the_lock_timeout(postgres_tenants: Tenant
                 assert response.status_code == status, response.text
 
 
-def end_sessions(url: str) -> None:
-    """The server ends every session of the origin (a restart or a failover would)."""
-    application = sa.make_url(url).query["application_name"]
-    engine = sa.create_engine(url.replace(f"&application_name={application}", ""))
-    try:
-        with engine.connect() as conn:
-            ended = conn.execute(
-                sa.text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE application_name = :name"
-                ),
-                {"name": application},
-            ).scalar_one()
-        assert ended >= 1
-    finally:
-        engine.dispose()
-
-
 async def test_postgres_connection_lost(postgres_tenants: Tenants) -> None:
     tenants = postgres_tenants
-    url = tenants.origin.settings.database_url
+    url = sa.make_url(tenants.origin.settings.database_url)
+    application = str(url.query["application_name"])
     with trio.fail_after(TIMEOUT):
         async with client(tenants) as http:
-            await push_manifest(http, "acme/app", new_image(), "v1")
-            pull = await bearer_for(http, tenants.acme, "repository:acme/app:pull")
-            for request, status in [
-                (get_manifest("v1", pull), 200),
-                (exchange_token(tenants.acme), 200),
-                (list_orgs, 200),
-                (start_upload, 202),
-            ]:
-                end_sessions(url)
+            for request, status in await reads_and_writes(http, tenants):
+                server = url.difference_update_query(["application_name"])
+                assert terminate_sessions(server.render_as_string(False), application) >= 1
                 # The request that meets the dead connection fails; the pool reconnects.
                 assert_unavailable(await request(http))
                 response = await request(http)
