@@ -12,6 +12,10 @@ class OriginSettings:
     listen: str = "127.0.0.1:5000"
     #: SQLAlchemy URL; empty means a SQLite file inside ``data_dir``.
     database_url: str = ""
+    #: A statement waiting this long for a lock fails (SQLite's busy timeout, PostgreSQL's
+    #: lock_timeout), and the request with it: 503 with Retry-After. Per-request SQLite reads
+    #: run on the event loop and wait at most 1.5 s.
+    database_busy_timeout_seconds: float = 30
     workers: int = 1
     max_manifest_bytes: int = 4 * 1024 * 1024
     #: Upload sessions untouched for this long are purged (their staged bytes deleted).

@@ -19,6 +19,8 @@ import trio
 from config.loader import ConfigError, load
 from config.settings import OriginSettings
 from core.cli import main as cli_main
+from core.errors import BackendError, InputError
+from core.exceptiongroups import single_exception
 from core.web.serving import bind_socket, bound_url, is_loopback, serve_until_signal
 from origin import cli_gc, cli_tenancy
 from origin.server import housekeeping, open_registry, serve
@@ -132,6 +134,18 @@ def _run_origin(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"depot-registry: {exc}", file=sys.stderr)
         return 2
+    try:
+        with single_exception():
+            return _serve(settings, args)
+    except InputError as exc:  # e.g. a database_url that names no usable database
+        print(f"depot-registry: {exc}", file=sys.stderr)
+        return 2
+    except BackendError as exc:  # the database or storage failed at start
+        print(f"depot-registry: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(settings: OriginSettings, args: argparse.Namespace) -> int:
     if args.command == "worker":
         sock = socket.socket(fileno=args.fd)
         _serve_until_signal(settings, sock, clean_at_start=False, announce=False)

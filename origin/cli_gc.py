@@ -4,7 +4,7 @@ Safe while origins serve the same data (no read-only window): see ``origin/reten
 Settings load exactly as for ``depot-registry origin serve``; ``--grace`` defaults to
 ``gc_grace_seconds``. Prints what it deleted (with ``--dry-run``: what it would delete) and the
 bytes freed; ``--json`` prints the report as one JSON document. Failures print one line to
-stderr and exit 2.
+stderr: bad settings or arguments exit 2, a failing database or storage exits 1.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import trio
 
-from config.loader import ConfigError
 from config.settings import OriginSettings
 from config.units import parse_duration
-from origin.metadata.store import MetadataError
+from core.errors import BackendError, InputError
 from origin.retention.gc import GcReport, collect
 from origin.server import open_services
 
@@ -59,15 +58,17 @@ def run(
     """Run ``gc``; the exit status."""
     try:
         settings = load_settings(args)
-    except (ConfigError, ValueError) as exc:
-        return _fail(exc)
+    except InputError as exc:
+        return _fail(exc, 2)
     if not settings.database_url and not (settings.data_dir / "registry.db").exists():
-        return _fail(f"no registry in {settings.data_dir}")
+        return _fail(f"no registry in {settings.data_dir}", 2)
     grace = settings.gc_grace_seconds if args.grace is None else args.grace
     try:
         report = trio.run(_collect, settings, grace, args.dry_run)
-    except (MetadataError, OSError, ValueError) as exc:
-        return _fail(exc)
+    except InputError as exc:
+        return _fail(exc, 2)
+    except (BackendError, OSError) as exc:
+        return _fail(exc, 1)
     if args.json:
         print(json.dumps(report.as_json()), flush=True)
     else:
@@ -119,7 +120,7 @@ def _human(size: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _fail(exc: BaseException | str) -> int:
+def _fail(exc: BaseException | str, status: int) -> int:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     print(f"{_PROG}: {message}", file=sys.stderr)
-    return 2
+    return status

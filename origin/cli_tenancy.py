@@ -5,7 +5,8 @@ Works on the database the origin serves from (``registry.db`` in the data direct
 exactly as ``depot-registry origin serve`` loads them; a running origin sees changes at once.
 
 A token's secret is printed once, by the command that creates it, and nowhere else. Failures
-print one line to stderr and exit 2.
+print one line to stderr: a refusal (bad input, an unknown or taken name) exits 2, a database
+failure (unreachable, locked past the busy timeout, full) exits 1.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from typing import Any
 
 import trio
 
-from config.loader import ConfigError
 from config.settings import OriginSettings
 from config.units import parse_duration
-from core.errors import UnknownObject
+from core.errors import BackendError, InputError, UnknownObject
 from origin.auth.records import TokenRecord
-from origin.auth.store import TenancyError, TenancyStore
+from origin.auth.store import TenancyStore
 from origin.auth.token_format import KINDS, parse_token
+from origin.server import open_database
 
 COMPONENTS = frozenset({"org", "project", "user", "token"})
 _PROG = "depot-registry"
@@ -96,25 +97,26 @@ def run(
 ) -> int:
     """Run a parsed tenancy command; the exit status."""
     try:
-        settings = load_settings(args)
-        if not settings.database_url:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = TenancyStore.open(settings.resolved_database_url)
-    except (ConfigError, TenancyError, ValueError, OSError) as exc:
-        return _fail(exc)
+        database = open_database(load_settings(args))
+    except InputError as exc:  # settings included (ConfigError)
+        return _fail(exc, 2)
+    except (BackendError, OSError) as exc:
+        return _fail(exc, 1)
     try:
-        trio.run(args.tenancy_handler, store, args, time.time())
-    except (TenancyError, ValueError, _Refused) as exc:
-        return _fail(exc)
+        trio.run(args.tenancy_handler, TenancyStore(database), args, time.time())
+    except InputError as exc:
+        return _fail(exc, 2)
+    except BackendError as exc:
+        return _fail(exc, 1)
     finally:
-        store.close()
+        database.close()
     return 0
 
 
-def _fail(exc: BaseException) -> int:
+def _fail(exc: BaseException, status: int) -> int:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     print(f"{_PROG}: {message}", file=sys.stderr)
-    return 2
+    return status
 
 
 def _print(args: argparse.Namespace, document: Any, text: str) -> None:
@@ -181,9 +183,12 @@ async def _user_create(store: TenancyStore, args: argparse.Namespace, now: float
 async def _token_create(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
     expires_at = None
     if args.expires is not None:
-        lifetime = parse_duration(args.expires)
+        try:
+            lifetime = parse_duration(args.expires)
+        except ValueError as exc:
+            raise InputError(f"--expires: {exc}") from exc
         if lifetime <= 0:
-            raise ValueError(f"--expires must be a positive duration, not {args.expires!r}")
+            raise InputError(f"--expires must be a positive duration, not {args.expires!r}")
         expires_at = now + lifetime
     user_id = None
     if args.user is not None:

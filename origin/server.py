@@ -1,4 +1,9 @@
-"""The origin process: the root nursery, housekeeping, and hypercorn serving the app."""
+"""The origin process: the root nursery, housekeeping, and hypercorn serving the app.
+
+One :class:`~origin.metadata.database.Database` per process, opened here: the registry's
+metadata store, the tenancy store and the build store are all built on it, so they share one
+engine pair, one write gate and one thread limiter.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from origin.auth.store import TenancyStore
 from origin.builds.metering import Metering
 from origin.builds.service import BuildService
 from origin.builds.store import BuildStore
+from origin.metadata.database import Database
 from origin.metadata.store import MetadataStore
 from origin.registry.registry import Registry
 from origin.retention.gc import ExtraRoots, collect
@@ -36,6 +42,7 @@ log = logging.getLogger("depot.origin")
 class Services:
     """Everything one origin process serves with, opened together and closed together."""
 
+    database: Database
     registry: Registry
     tenancy: TenancyStore
     keys: KeyRing
@@ -45,30 +52,47 @@ class Services:
     metering: Metering
 
 
+def open_database(settings: OriginSettings) -> Database:
+    """The origin's database (``database_url``, or ``registry.db`` in the data directory),
+    its tables created. Blocking: call it at start-up."""
+    if not settings.database_url:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Database.open(
+        settings.resolved_database_url,
+        busy_timeout_seconds=settings.database_busy_timeout_seconds,
+    )
+
+
+def registry_on(
+    database: Database, settings: OriginSettings, clock: Callable[[], float] = time.time
+) -> Registry:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    storage = FilesystemDriver(settings.data_dir / "storage")
+    return Registry(storage, MetadataStore(database), clock)
+
+
 @asynccontextmanager
 async def open_registry(
     settings: OriginSettings, clock: Callable[[], float] = time.time
 ) -> AsyncIterator[Registry]:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    storage = FilesystemDriver(settings.data_dir / "storage")
-    metadata = MetadataStore.open(settings.resolved_database_url)
+    """The registry alone, on a database of its own (closed on exit)."""
+    database = open_database(settings)
     try:
-        yield Registry(storage, metadata, clock)
+        yield registry_on(database, settings, clock)
     finally:
-        metadata.close()
+        database.close()
 
 
 @asynccontextmanager
 async def open_services(
     settings: OriginSettings, clock: Callable[[], float] = time.time
 ) -> AsyncIterator[Services]:
-    async with (
-        open_registry(settings, clock) as registry,
-        httpx.AsyncClient(trust_env=False, timeout=10) as http,
-    ):
-        tenancy = TenancyStore.open(settings.resolved_database_url)
-        build_store = BuildStore.open(settings.resolved_database_url)
-        try:
+    database = open_database(settings)
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+            registry = registry_on(database, settings, clock)
+            tenancy = TenancyStore(database)
+            build_store = BuildStore(database)
             keys = KeyRing.load(settings.data_dir / "keys")
             gate = Gate(settings, tenancy, keys, clock)
             oidc = OidcVerifier(
@@ -76,23 +100,19 @@ async def open_services(
             )
             issuer = TokenIssuer(settings, tenancy, keys, gate, oidc, clock)
             builds = BuildService(
-                build_store,
-                registry.metadata,
-                registry.storage,
-                clock,
-                default_ttl_seconds=settings.build_ttl_seconds,
+                build_store, registry, clock, default_ttl_seconds=settings.build_ttl_seconds
             )
             registry.manifests.hooks = builds  # expired builds stop resolving at once
             metering = Metering(
                 build_store,
                 tenancy,
+                registry,
                 clock,
                 price_per_gb_month=settings.storage_price_per_gb_month,
             )
-            yield Services(registry, tenancy, keys, gate, issuer, builds, metering)
-        finally:
-            build_store.close()
-            tenancy.close()
+            yield Services(database, registry, tenancy, keys, gate, issuer, builds, metering)
+    finally:
+        database.close()
 
 
 async def housekeeping(registry: Registry, settings: OriginSettings) -> None:

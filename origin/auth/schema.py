@@ -1,10 +1,10 @@
 """Tables of the tenancy store: orgs, projects, users, tokens, trust relationships and public
 repositories (SQLAlchemy Core; SQLite and PostgreSQL alike).
 
-They live in the metadata store's database (same file or URL) but on a ``MetaData`` of their
-own, created by :class:`origin.auth.store.TenancyStore`: the metadata store neither needs nor
-creates them, and no table here references one of its tables (a repository may be made public
-before its first push). Timestamps are POSIX seconds as floats, supplied by the caller.
+They live in the origin's one database (``origin/metadata/database.py`` creates every table at
+start) on a ``MetaData`` of their own: no table here references one of the registry's (a
+repository may be made public before its first push). Timestamps are POSIX seconds as floats,
+supplied by the caller.
 
 Nothing is ever deleted except public-repository rows: tokens and trust relationships are
 revoked (``revoked_at``), so what a credential once was stays auditable.

@@ -1,11 +1,17 @@
 """The tenancy store: organizations, projects, users, long-lived tokens, OIDC trust
 relationships and public repositories, in the metadata store's database.
 
-Built like ``origin/metadata/store.py``: SQLAlchemy Core, engines from
-``origin/metadata/engine.py`` (tables from ``origin/auth/schema.py``), each blocking call in a
-worker thread through ``trio.to_thread.run_sync`` with this store's ``CapacityLimiter``, each
-read one autocommit statement, each write one transaction (on SQLite behind a trio gate of one),
-the per-request reads inline on SQLite. SQLAlchemy errors become :class:`TenancyError` here.
+Built like ``origin/metadata/store.py``: SQLAlchemy Core on the process's one
+:class:`~origin.metadata.database.Database` (tables in ``origin/auth/schema.py``), each
+blocking call in the database's worker threads, each read one autocommit statement, each write
+one transaction behind the database's write gate (shared with the metadata and build stores).
+The per-request lookups by primary key or unique index (an org by slug or id, a project, a
+token, a public repository) run inline on SQLite; listings go through the thread limiter.
+
+Errors: a database failure is :class:`core.errors.DatabaseError`; a value the caller must fix
+(an invalid slug, a token kind attached to the wrong things, an expiry in the past) is
+:class:`core.errors.InputError`, a taken name :class:`core.errors.AlreadyExists`, an org,
+project or user that does not exist :class:`core.errors.UnknownObject`.
 
 Tokens: only the SHA-256 of the secret is stored; the full token is returned once by
 :meth:`TenancyStore.create_token` and is never stored or logged.
@@ -18,13 +24,14 @@ import hmac
 import json
 import string
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar, TypeVarTuple
+from typing import Any
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.auth.principal import ALL_ACTIONS, PULL, Principal
+from core.errors import AlreadyExists, InputError, UnknownObject
 from core.tenancy import is_org_slug, org_of
 from origin.auth import token_format as tf
 from origin.auth.records import OrgRecord, ProjectRecord, TokenRecord, TrustRecord, UserRecord
@@ -33,18 +40,13 @@ from origin.auth.schema import (
     orgs,
     projects,
     public_repositories,
-    tenancy_metadata,
     tokens,
     trust_relationships,
     users,
 )
-from origin.metadata.engine import open_engines
-from origin.metadata.sql_store import Row, SqlStore, describe
+from origin.metadata.database import Database, Row
+from origin.metadata.sql_store import SqlStore
 
-T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
-
-DEFAULT_MAX_THREADS = 4
 #: ``last_used_at`` is written at most this often per token, not on every request.
 TOUCH_INTERVAL_SECONDS = 60.0
 _ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -54,25 +56,13 @@ MAX_NAME_LENGTH = 200
 _DUMMY_HASH = tf.hash_secret("")
 
 
-class TenancyError(Exception):
-    """The tenancy database failed or refused an operation."""
-
-
-class TenancyConflict(TenancyError):
-    """The name is taken: an org slug or a user name that already exists."""
-
-
-class TenancyNotFound(TenancyError):
-    """An org, project or user the operation refers to does not exist."""
-
-
 def _new_id(prefix: str, length: int = 16) -> str:
     return prefix + tf.random_string(_ID_ALPHABET, length)
 
 
 def _check_name(what: str, name: str) -> None:
     if not name.strip() or len(name) > MAX_NAME_LENGTH or not name.isprintable():
-        raise ValueError(f"{what} must be 1 to {MAX_NAME_LENGTH} printable characters")
+        raise InputError(f"{what} must be 1 to {MAX_NAME_LENGTH} printable characters")
 
 
 def _insert_ignoring_conflicts(dialect: str, table: sa.Table) -> sa.Insert:
@@ -108,32 +98,18 @@ class TenancyStore(SqlStore):
     """Orgs, projects, users, tokens, trust relationships and public repositories.
 
     Mutating methods take ``now`` (POSIX seconds): the caller owns the clock. Bad arguments
-    (an invalid slug, a token kind attached to the wrong things) raise ``ValueError``.
+    (an invalid slug, a token kind attached to the wrong things) raise ``InputError``.
     """
 
-    error = TenancyError
-    label = "tenancy store"
-
-    def __init__(self, reader: sa.Engine, writer: sa.Engine, *, max_threads: int) -> None:
-        super().__init__(reader, writer, max_threads=max_threads)
-        dialect = writer.dialect.name
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        dialect = database.dialect
         self._insert_org = _insert_ignoring_conflicts(dialect, orgs)
         self._insert_user = _insert_ignoring_conflicts(dialect, users)
         self._insert_membership = _insert_ignoring_conflicts(dialect, memberships)
         self._insert_public = _insert_ignoring_conflicts(dialect, public_repositories)
 
-    @classmethod
-    def open(cls, url: str, *, max_threads: int = DEFAULT_MAX_THREADS) -> TenancyStore:
-        """Connect to ``url`` (the metadata store's) and create missing tables. Blocking: call
-        it at start-up. ``ValueError`` for an unusable URL, :class:`TenancyError` if the
-        database fails."""
-        try:
-            reader, writer = open_engines(url, pool_size=max_threads, tables=tenancy_metadata)
-        except sa.exc.SQLAlchemyError as exc:
-            raise TenancyError(describe(exc)) from exc
-        return cls(reader, writer, max_threads=max_threads)
-
-    # -- plumbing (as in MetadataStore) ---------------------------------------------------
+    # -- plumbing ---------------------------------------------------------------------------
 
     @staticmethod
     def _insert_new(conn: sa.Connection, stmt: sa.Insert, params: Any, taken: str) -> None:
@@ -145,13 +121,13 @@ class TenancyStore(SqlStore):
         table = stmt.table
         assert isinstance(table, sa.Table)
         if conn.execute(sa.select(table.c.id).where(table.c.id == params["id"])).first() is None:
-            raise TenancyConflict(taken)
+            raise AlreadyExists(taken)
 
     @staticmethod
     def _org_slug(conn: sa.Connection, org_id: str) -> str:
         slug = conn.execute(sa.select(orgs.c.slug).where(orgs.c.id == org_id)).scalar()
         if slug is None:
-            raise TenancyNotFound(f"no organization with id {org_id!r}")
+            raise UnknownObject(f"no organization with id {org_id!r}")
         return str(slug)
 
     @staticmethod
@@ -160,17 +136,17 @@ class TenancyStore(SqlStore):
         found = conn.execute(sa.select(projects.c.org_id).where(projects.c.id == project_id))
         project_org = found.scalar()
         if project_org is None:
-            raise TenancyNotFound(f"no project with id {project_id!r}")
+            raise UnknownObject(f"no project with id {project_id!r}")
         if org_id is not None and project_org != org_id:
-            raise ValueError(f"project {project_id!r} does not belong to org {org_id!r}")
+            raise InputError(f"project {project_id!r} does not belong to org {org_id!r}")
         return str(project_org)
 
     # -- organizations --------------------------------------------------------------------
 
     async def create_org(self, slug: str, now: float) -> OrgRecord:
-        """A new org; :class:`TenancyConflict` if the slug is taken (slugs never change)."""
+        """A new org; :class:`AlreadyExists` if the slug is taken (slugs never change)."""
         if not is_org_slug(slug):
-            raise ValueError(f"invalid organization name {slug[:100]!r}: use a-z, 0-9 and '-'")
+            raise InputError(f"invalid organization name {slug[:100]!r}: use a-z, 0-9 and '-'")
         record = OrgRecord(id=_new_id("org_"), slug=slug, created_at=now)
         params = {"id": record.id, "slug": slug, "created_at": now}
         taken = f"organization {slug!r} already exists"
@@ -179,12 +155,12 @@ class TenancyStore(SqlStore):
 
     async def org_by_slug(self, slug: str) -> OrgRecord | None:
         stmt = sa.select(*_ORG_COLUMNS).where(orgs.c.slug == slug)
-        row = await self._run_hot(self._first, stmt, {})
+        row = await self._lookup(stmt)
         return None if row is None else OrgRecord(row.id, row.slug, float(row.created_at))
 
     async def org_by_id(self, org_id: str) -> OrgRecord | None:
         stmt = sa.select(*_ORG_COLUMNS).where(orgs.c.id == org_id)
-        row = await self._run_hot(self._first, stmt, {})
+        row = await self._lookup(stmt)
         return None if row is None else OrgRecord(row.id, row.slug, float(row.created_at))
 
     async def list_orgs(self, ids_or_slugs: Iterable[str] | None = None) -> list[OrgRecord]:
@@ -193,8 +169,7 @@ class TenancyStore(SqlStore):
         if ids_or_slugs is not None:
             wanted = sorted(set(ids_or_slugs))
             stmt = stmt.where(sa.or_(orgs.c.id.in_(wanted), orgs.c.slug.in_(wanted)))
-        rows = await self._run(self._all, stmt, {})
-        return [OrgRecord(row.id, row.slug, float(row.created_at)) for row in rows]
+        return [OrgRecord(row.id, row.slug, float(row.created_at)) for row in await self._all(stmt)]
 
     # -- projects -------------------------------------------------------------------------
 
@@ -215,17 +190,17 @@ class TenancyStore(SqlStore):
 
     async def project(self, project_id: str) -> ProjectRecord | None:
         """The project with its org's slug; one indexed query (legacy project URLs)."""
-        row = await self._run_hot(self._first, _PROJECT.where(projects.c.id == project_id), {})
+        row = await self._lookup(_PROJECT.where(projects.c.id == project_id))
         return None if row is None else _project_record(row)
 
     async def list_projects(self, org_id: str) -> list[ProjectRecord]:
         stmt = _PROJECT.where(projects.c.org_id == org_id).order_by(projects.c.name, projects.c.id)
-        return [_project_record(row) for row in await self._run(self._all, stmt, {})]
+        return [_project_record(row) for row in await self._all(stmt)]
 
     # -- users ----------------------------------------------------------------------------
 
     async def create_user(self, name: str, now: float) -> UserRecord:
-        """A new user; :class:`TenancyConflict` if the name is taken."""
+        """A new user; :class:`AlreadyExists` if the name is taken."""
         _check_name("a user name", name)
         record = UserRecord(id=_new_id("user_"), name=name, created_at=now)
         params = {"id": record.id, "name": name, "created_at": now}
@@ -234,7 +209,7 @@ class TenancyStore(SqlStore):
 
     async def user_by_name(self, name: str) -> UserRecord | None:
         stmt = sa.select(users.c.id, users.c.name, users.c.created_at).where(users.c.name == name)
-        row = await self._run(self._first, stmt, {})
+        row = await self._first(stmt)
         return None if row is None else UserRecord(row.id, row.name, float(row.created_at))
 
     async def add_member(self, user_id: str, org_id: str) -> None:
@@ -244,7 +219,7 @@ class TenancyStore(SqlStore):
     def _add_member(self, conn: sa.Connection, user_id: str, org_id: str) -> None:
         self._org_slug(conn, org_id)
         if conn.execute(sa.select(users.c.id).where(users.c.id == user_id)).first() is None:
-            raise TenancyNotFound(f"no user with id {user_id!r}")
+            raise UnknownObject(f"no user with id {user_id!r}")
         conn.execute(self._insert_membership, {"user_id": user_id, "org_id": org_id})
 
     # -- tokens ---------------------------------------------------------------------------
@@ -268,9 +243,9 @@ class TenancyStore(SqlStore):
         """
         _check_token_shape(kind, org_id=org_id, project_id=project_id, user_id=user_id)
         if expires_at is not None and expires_at <= now:
-            raise ValueError("a token must expire in the future")
+            raise InputError("a token must expire in the future")
         if len(description) > MAX_NAME_LENGTH:
-            raise ValueError(f"a description is at most {MAX_NAME_LENGTH} characters")
+            raise InputError(f"a description is at most {MAX_NAME_LENGTH} characters")
         token_id, secret, full = tf.new_token(kind)
         record = TokenRecord(
             token_id=token_id,
@@ -298,7 +273,7 @@ class TenancyStore(SqlStore):
         if record.user_id is not None:
             found = conn.execute(sa.select(users.c.id).where(users.c.id == record.user_id))
             if found.first() is None:
-                raise TenancyNotFound(f"no user with id {record.user_id!r}")
+                raise UnknownObject(f"no user with id {record.user_id!r}")
         values = {c.name: getattr(record, c.name) for c in _TOKEN_COLUMNS}
         values.update(org_id=org_id, secret_hash=secret_hash)
         conn.execute(sa.insert(tokens), values)
@@ -316,8 +291,7 @@ class TenancyStore(SqlStore):
             stmt = stmt.where(tokens.c.org_id == org_id)
         if not include_revoked:
             stmt = stmt.where(tokens.c.revoked_at.is_(None))
-        rows = await self._run(self._all, stmt, {})
-        return [_token_record(row) for row in rows]
+        return [_token_record(row) for row in await self._all(stmt)]
 
     async def revoke_token(self, token_id: str, now: float) -> bool:
         """Revoke the token; False if it does not exist or was already revoked."""
@@ -326,7 +300,7 @@ class TenancyStore(SqlStore):
             .where(tokens.c.token_id == token_id, tokens.c.revoked_at.is_(None))
             .values(revoked_at=now)
         )
-        return await self._write(self._execute, stmt, {}) > 0
+        return await self._change(stmt) > 0
 
     async def authenticate(self, token: str, now: float) -> Principal | None:
         """The principal ``token`` stands for, or None if it is malformed, unknown, wrong,
@@ -336,7 +310,7 @@ class TenancyStore(SqlStore):
             return None
         kind, token_id, secret = parsed
         presented = tf.hash_secret(secret)
-        row = await self._run_hot(self._first, _AUTH_TOKEN, {"token_id": token_id})
+        row = await self._lookup(_AUTH_TOKEN, {"token_id": token_id})
         # Constant time, and compared even for an unknown id: the comparison's timing tells
         # neither how much of a hash matched nor whether the id exists.
         matches = hmac.compare_digest(_DUMMY_HASH if row is None else row.secret_hash, presented)
@@ -345,9 +319,9 @@ class TenancyStore(SqlStore):
         if row.revoked_at is not None or (row.expires_at is not None and now >= row.expires_at):
             return None
         if row.last_used_at is None or now - row.last_used_at >= TOUCH_INTERVAL_SECONDS:
-            await self._write(self._execute, _touch(token_id, now), {})
+            await self._change(_touch(token_id, now))
         if kind == tf.USER:
-            slugs = await self._run_hot(self._all, _MEMBER_SLUGS, {"user_id": row.user_id})
+            slugs = await self._all(_MEMBER_SLUGS, {"user_id": row.user_id})
             return Principal(kind, token_id, frozenset(r[0] for r in slugs), None, ALL_ACTIONS)
         if kind == tf.EDGE:
             return Principal(kind, token_id, frozenset(), None, frozenset({PULL}))
@@ -373,18 +347,18 @@ class TenancyStore(SqlStore):
         GitHub Actions would match) to act in the org, or only in ``project_id``."""
         url = urlsplit(issuer)
         if url.scheme not in ("https", "http") or not url.hostname:
-            raise ValueError(f"an issuer is an http(s) URL, not {issuer[:200]!r}")
+            raise InputError(f"an issuer is an http(s) URL, not {issuer[:200]!r}")
         if not audience:
-            raise ValueError("an audience is required")
+            raise InputError("an audience is required")
         if not conditions or not all(
             isinstance(k, str) and k and isinstance(v, str) for k, v in conditions.items()
         ):
-            raise ValueError("conditions map claim names to required string values (1 or more)")
+            raise InputError("conditions map claim names to required string values (1 or more)")
         wanted = frozenset(actions)
         if len(description) > MAX_NAME_LENGTH:
-            raise ValueError(f"a description is at most {MAX_NAME_LENGTH} characters")
+            raise InputError(f"a description is at most {MAX_NAME_LENGTH} characters")
         if not wanted or not wanted <= ALL_ACTIONS:
-            raise ValueError(f"actions must be some of {', '.join(sorted(ALL_ACTIONS))}")
+            raise InputError(f"actions must be some of {', '.join(sorted(ALL_ACTIONS))}")
         record = TrustRecord(
             id=_new_id("trust_"),
             org_id=org_id,
@@ -427,7 +401,7 @@ class TenancyStore(SqlStore):
 
     async def _trusts(self, stmt: sa.Select[Any]) -> list[TrustRecord]:
         stmt = stmt.order_by(trust_relationships.c.created_at, trust_relationships.c.id)
-        return [_trust_record(row) for row in await self._run(self._all, stmt, {})]
+        return [_trust_record(row) for row in await self._all(stmt)]
 
     async def revoke_trust(self, trust_id: str, now: float) -> bool:
         """Revoke the trust; False if it does not exist or was already revoked."""
@@ -436,7 +410,7 @@ class TenancyStore(SqlStore):
             .where(trust_relationships.c.id == trust_id, trust_relationships.c.revoked_at.is_(None))
             .values(revoked_at=now)
         )
-        return await self._write(self._execute, stmt, {}) > 0
+        return await self._change(stmt) > 0
 
     # -- public repositories --------------------------------------------------------------
 
@@ -448,7 +422,7 @@ class TenancyStore(SqlStore):
     def _set_public(self, conn: sa.Connection, org_id: str, name: str, public: bool) -> None:
         slug = self._org_slug(conn, org_id)
         if org_of(name) != slug or "/" not in name:
-            raise ValueError(f"repository {name[:300]!r} is not in organization {slug!r}")
+            raise InputError(f"repository {name[:300]!r} is not in organization {slug!r}")
         if public:
             conn.execute(self._insert_public, {"name": name, "org_id": org_id})
         else:
@@ -460,7 +434,7 @@ class TenancyStore(SqlStore):
 
     async def is_public(self, name: str) -> bool:
         """One primary-key lookup: may anyone pull repository ``name``?"""
-        return await self._run_hot(self._first, _IS_PUBLIC, {"name": name}) is not None
+        return await self._lookup(_IS_PUBLIC, {"name": name}) is not None
 
     async def list_public(self, org_id: str) -> list[str]:
         stmt = (
@@ -468,7 +442,7 @@ class TenancyStore(SqlStore):
             .where(public_repositories.c.org_id == org_id)
             .order_by(public_repositories.c.name)
         )
-        return [str(row[0]) for row in await self._run(self._all, stmt, {})]
+        return [str(row[0]) for row in await self._all(stmt)]
 
 
 # What each kind of token is attached to: the accepted sets of {org, project, user}.
@@ -491,7 +465,7 @@ def _check_token_shape(
     kind: str, *, org_id: str | None, project_id: str | None, user_id: str | None
 ) -> None:
     if kind not in _ATTACHMENTS:
-        raise ValueError(f"unknown token kind {kind!r} (one of {', '.join(sorted(tf.KINDS))})")
+        raise InputError(f"unknown token kind {kind!r} (one of {', '.join(sorted(tf.KINDS))})")
     given = frozenset(
         name
         for name, value in (("org", org_id), ("project", project_id), ("user", user_id))
@@ -499,7 +473,7 @@ def _check_token_shape(
     )
     accepted, described = _ATTACHMENTS[kind]
     if given not in accepted:
-        raise ValueError(f"a token of kind {kind!r} is attached to {described}")
+        raise InputError(f"a token of kind {kind!r} is attached to {described}")
 
 
 def _touch(token_id: str, now: float) -> sa.Update:

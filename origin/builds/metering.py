@@ -5,7 +5,9 @@ by several repositories or builds counts once) plus its distinct manifests. Byte
 in rounds (:meth:`Metering.accrue`, run periodically by :meth:`Metering.run` in the origin's
 root nursery): each round adds, per org, the bytes stored at the previous round times the hours
 since, split by UTC month. Where accrual stands is stored per org, so a crash or a restart loses
-nothing and concurrent rounds (several origins) never count an interval twice.
+nothing and concurrent rounds (several origins) never count an interval twice. Bytes stored
+are measured by the registry domain (:meth:`origin.registry.registry.Registry.stored_bytes`);
+accrual is kept in the build store.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import trio
 from origin.auth.store import TenancyStore
 from origin.builds.records import month_of, storage_cost
 from origin.builds.store import BuildStore
+from origin.registry.registry import Registry
 
 log = logging.getLogger("depot.metering")
 
@@ -56,29 +59,31 @@ class Metering:
         self,
         store: BuildStore,
         tenancy: TenancyStore,
+        registry: Registry,
         clock: Callable[[], float] = time.time,
         *,
         price_per_gb_month: float = DEFAULT_PRICE_PER_GB_MONTH,
     ) -> None:
         self._store = store
         self._tenancy = tenancy
+        self._registry = registry
         self._clock = clock
         self.price_per_gb_month = price_per_gb_month
 
     async def stored_bytes(self, org_slug: str) -> int:
-        return await self._store.stored_bytes(org_slug)
+        return await self._registry.stored_bytes(org_slug)
 
     async def accrue(self) -> float:
         """One round over every org; the byte-hours added in total."""
         added = 0.0
         for org in await self._tenancy.list_orgs():
-            stored = await self._store.stored_bytes(org.slug)
+            stored = await self.stored_bytes(org.slug)
             added += await self._store.accrue(org.slug, stored, self._clock())
         return added
 
     async def usage(self, org_slug: str) -> Usage:
         now = self._clock()
-        stored = await self._store.stored_bytes(org_slug)
+        stored = await self.stored_bytes(org_slug)
         record = await self._store.usage(org_slug, month_of(now))
         return Usage(
             org_slug,

@@ -1,11 +1,10 @@
 """Tables of builds, build retention and storage usage (SQLAlchemy Core; SQLite and PostgreSQL
 alike).
 
-They live in the metadata store's database on a ``MetaData`` of their own, created by
-:class:`origin.builds.store.BuildStore` (as the tenancy tables are by ``TenancyStore``). No
-foreign key points into the metadata or tenancy tables: a build names its repository, project
-and org by value, so either store can be opened alone. Timestamps are POSIX seconds as floats,
-supplied by the caller.
+They live in the origin's one database (``origin/metadata/database.py`` creates every table at
+start) on a ``MetaData`` of their own. No foreign key points into the registry or tenancy
+tables: a build names its repository, project and org by value. Timestamps are POSIX seconds
+as floats, supplied by the caller.
 """
 
 from __future__ import annotations

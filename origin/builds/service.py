@@ -7,6 +7,11 @@ once, before garbage collection frees anything: in a project repository a manife
 the build id, by a save-tag bound only to dead builds, or by a digest only dead builds reach
 answers MANIFEST_UNKNOWN. :meth:`BuildService.visible` and :meth:`BuildService.on_tagged` are
 the hooks :class:`origin.registry.manifests.Manifests` calls.
+
+Builds keep their own records in :class:`~origin.builds.store.BuildStore`; the registry's
+state (tags they move, manifests they follow, blob sizes) is read and changed only through the
+registry domain (:class:`~origin.registry.registry.Registry`). Database failures pass through
+as :class:`core.errors.DatabaseError` (a 503 with ``Retry-After`` on any route).
 """
 
 from __future__ import annotations
@@ -17,10 +22,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from core.digest import Digest
-from core.errors import RegistryError, Unavailable
+from core.errors import InputError, RegistryError, StorageError
 from core.manifest import ParsedManifest, parse_manifest
-from core.reference import RepositoryName, Tag, is_tag
-from core.storage.driver import StorageDriver, StorageError
+from core.reference import RepositoryName, Tag, is_tag, parse_repository_name, parse_tag
 from origin.auth.records import ProjectRecord
 from origin.builds.records import (
     DEFAULT_BUILD_TTL_SECONDS,
@@ -34,11 +38,9 @@ from origin.builds.records import (
     new_build_id,
     platform_string,
 )
-from origin.builds.store import BuildError, BuildStore
+from origin.builds.store import BuildStore
 from origin.metadata.records import ManifestRecord
-from origin.metadata.store import MetadataStore
-from origin.registry.manifests import references_of
-from origin.registry.paths import blob_path
+from origin.registry.registry import Registry
 
 log = logging.getLogger("depot.builds")
 
@@ -52,16 +54,16 @@ _MAX_DEPTH = 2
 
 def check_save_tags(save_tags: Sequence[str]) -> tuple[str, ...]:
     """Distinct valid tags, at most :data:`MAX_SAVE_TAGS`, none shaped like a build id (it
-    would be ambiguous with the build that has that id); ``ValueError`` otherwise."""
+    would be ambiguous with the build that has that id); ``InputError`` otherwise."""
     if len(save_tags) > MAX_SAVE_TAGS:
-        raise ValueError(f"at most {MAX_SAVE_TAGS} save-tags")
+        raise InputError(f"at most {MAX_SAVE_TAGS} save-tags")
     for tag in save_tags:
         if not is_tag(tag):
-            raise ValueError(f"invalid save-tag {tag[:130]!r}")
+            raise InputError(f"invalid save-tag {tag[:130]!r}")
         if is_build_id(tag):
-            raise ValueError(f"save-tag {tag!r} looks like a build id (12 of a-z, 0-9)")
+            raise InputError(f"save-tag {tag!r} looks like a build id (12 of a-z, 0-9)")
     if len(set(save_tags)) != len(save_tags):
-        raise ValueError("save-tags repeat")
+        raise InputError("save-tags repeat")
     return tuple(save_tags)
 
 
@@ -69,15 +71,14 @@ class BuildService:
     def __init__(
         self,
         store: BuildStore,
-        metadata: MetadataStore,
-        storage: StorageDriver,
+        registry: Registry,
         clock: Callable[[], float] = time.time,
         *,
         default_ttl_seconds: float = DEFAULT_BUILD_TTL_SECONDS,
     ) -> None:
         self.store = store
-        self._metadata = metadata
-        self._storage = storage
+        self._registry = registry
+        self._manifests = registry.manifests
         self._clock = clock
         self.default_ttl_seconds = default_ttl_seconds
 
@@ -119,16 +120,14 @@ class BuildService:
         now = self._clock()
         if not await self.store.delete_build(build.id, now):
             return False
-        repository_id = await self._metadata.repository_id(build.repository)
-        if repository_id is None:
-            return True
-        await self._metadata.delete_tag(repository_id, build.id)
+        name = parse_repository_name(build.repository)
+        await self._manifests.untag(name, parse_tag(build.id))
         if build.digest is not None:
             for tag in build.save_tags:
-                current = await self._metadata.manifest(build.repository, tag=tag)
+                current = await self._manifests.lookup(name, parse_tag(tag))
                 if current is not None and current.digest == build.digest:
                     if not await self._tag_live(build.repository, tag, build.digest, now):
-                        await self._metadata.delete_tag(repository_id, tag)
+                        await self._manifests.untag(name, parse_tag(tag))
         return True
 
     def now(self) -> float:
@@ -153,23 +152,14 @@ class BuildService:
         repository, bind the image to it and point its save-tags at the same digest."""
         if not is_project_repository(name.value) or not is_build_id(tag):
             return
-        try:
-            build = await self.store.build(tag)
-            if build is None or build.repository != name.value or build.digest is not None:
-                return
-            image = await self._image(name.value, record, parsed)
-            if not await self.store.bind(build.id, image, self._clock()):
-                return
-        except BuildError as exc:
-            raise Unavailable("the build database is unavailable") from exc
-        repository_id = await self._metadata.ensure_repository(name.value, self._clock())
-        # With its references: if a collection removed the manifest meanwhile, it comes back
-        # whole (its blobs protected again), never as a row pointing at nothing.
-        references = references_of(parsed)
+        build = await self.store.build(tag)
+        if build is None or build.repository != name.value or build.digest is not None:
+            return
+        image = await self._image(name, record, parsed)
+        if not await self.store.bind(build.id, image, self._clock()):
+            return
         for save_tag in build.save_tags:
-            await self._metadata.put_manifest(
-                repository_id, record, references, save_tag, self._clock()
-            )
+            await self._manifests.retag(name, parse_tag(save_tag), record, parsed)
         log.info("build %s bound to %s (%d bytes)", build.id, record.digest, image.size)
 
     async def retire_expired(self) -> int:
@@ -178,22 +168,18 @@ class BuildService:
         stopped resolving when they expired; this is about storage."""
         now = self._clock()
         retired = 0
-        try:
-            dead = await self.store.dead_unretired(now)
-            for build in dead:
-                repository_id = await self._metadata.repository_id(build.repository)
-                if build.digest is not None and repository_id is not None:
-                    await self._metadata.delete_tag(repository_id, build.id)
-                    for tag in build.save_tags:
-                        record = await self._metadata.manifest(build.repository, tag=tag)
-                        if record is not None and not await self._tag_live(
-                            build.repository, tag, record.digest, now
-                        ):
-                            await self._metadata.delete_tag(repository_id, tag)
-                await self.store.mark_retired(build.id, now)
-                retired += 1
-        except BuildError as exc:
-            raise Unavailable("the build database is unavailable") from exc
+        for build in await self.store.dead_unretired(now):
+            if build.digest is not None:
+                name = parse_repository_name(build.repository)
+                await self._manifests.untag(name, parse_tag(build.id))
+                for tag in build.save_tags:
+                    record = await self._manifests.lookup(name, parse_tag(tag))
+                    if record is not None and not await self._tag_live(
+                        build.repository, tag, record.digest, now
+                    ):
+                        await self._manifests.untag(name, parse_tag(tag))
+            await self.store.mark_retired(build.id, now)
+            retired += 1
         if retired:
             log.info("retired the tags of %d expired or deleted builds", retired)
         return retired
@@ -205,12 +191,9 @@ class BuildService:
         if not is_project_repository(name.value):
             return True
         now = self._clock()
-        try:
-            if isinstance(reference, Tag):
-                return await self._tag_live(name.value, reference.value, digest, now)
-            return await self._digest_live(name.value, digest, now)
-        except BuildError as exc:
-            raise Unavailable("the build database is unavailable") from exc
+        if isinstance(reference, Tag):
+            return await self._tag_live(name.value, reference.value, digest, now)
+        return await self._digest_live(name, digest, now)
 
     async def _tag_live(self, repository: str, tag: str, digest: str, now: float) -> bool:
         found = await self.store.builds_for_tag(repository, tag)
@@ -223,34 +206,34 @@ class BuildService:
         # None hold the digest the tag now names: a plain push moved it, it is a plain tag.
         return not holders or any(b.live(now) for b in holders)
 
-    async def _digest_live(self, repository: str, digest: str, now: float) -> bool:
-        holders = await self.store.builds_for_digest(repository, digest)
+    async def _digest_live(self, name: RepositoryName, digest: str, now: float) -> bool:
+        holders = await self.store.builds_for_digest(name.value, digest)
         if not holders or any(b.live(now) for b in holders):
             return True
-        for tag, tag_digest in await self.store.tags_reaching(repository, digest):
-            if await self._tag_live(repository, tag, tag_digest, now):
+        for tag, tag_digest in await self._manifests.tags_reaching(name, digest):
+            if await self._tag_live(name.value, tag, tag_digest, now):
                 return True
         return False
 
     # -- what a pushed image is -----------------------------------------------------------
 
     async def _image(
-        self, repository: str, root: ManifestRecord, parsed: ParsedManifest
+        self, name: RepositoryName, root: ManifestRecord, parsed: ParsedManifest
     ) -> BoundImage:
         manifests = {root.digest: root.size}
-        blobs: set[str] = set()
+        blobs: set[Digest] = set()
         platforms: list[str] = []
         pending = [(root, parsed, 0)]
         while pending:
             record, current, depth = pending.pop()
-            blobs.update(str(d.digest) for d in current.blobs)
+            blobs.update(d.digest for d in current.blobs)
             if depth == 0:
                 platforms = await self._platforms(record, current)
             for descriptor in current.manifests:
                 digest = str(descriptor.digest)
                 if digest in manifests or len(manifests) >= MAX_MANIFESTS:
                     continue
-                child = await self._metadata.manifest(repository, digest=digest)
+                child = await self._manifests.lookup(name, descriptor.digest)
                 if child is None:
                     continue
                 manifests[digest] = child.size
@@ -260,7 +243,7 @@ class BuildService:
                     continue
                 if depth < _MAX_DEPTH:
                     pending.append((child, child_parsed, depth + 1))
-        sizes = await self.store.blob_sizes(blobs)
+        sizes = await self._registry.blobs.sizes(blobs)
         return BoundImage(
             digest=root.digest,
             media_type=root.media_type,
@@ -282,7 +265,7 @@ class BuildService:
             return []
         config = parsed.blobs[0]
         try:
-            document = json.loads(await self._storage.get(blob_path(config.digest)))
+            document = json.loads(await self._registry.blobs.read(config.digest))
         except (StorageError, ValueError):
             return []
         platform = platform_string(document)

@@ -1,21 +1,20 @@
-"""The build store: builds, their save-tags and manifests, build retention and storage usage, in
-the metadata store's database.
+"""The build store: builds, their save-tags and manifests, build retention and storage usage.
 
-Built like ``origin/auth/store.py``: SQLAlchemy Core, engines from
-``origin/metadata/engine.py`` (tables from ``origin/builds/schema.py``), each blocking call in a
-worker thread through ``trio.to_thread.run_sync`` with this store's ``CapacityLimiter``, each
-read one autocommit statement, each write one transaction (on SQLite behind a trio gate of one),
-the per-request reads inline on SQLite. SQLAlchemy errors become :class:`BuildError` here.
+Built like ``origin/metadata/store.py``: SQLAlchemy Core on the process's one
+:class:`~origin.metadata.database.Database` (tables in ``origin/builds/schema.py``), each
+blocking call in the database's worker threads, each read one autocommit statement, each write
+one transaction behind the database's write gate (shared with the metadata and tenancy
+stores). Only :meth:`BuildStore.build` (a primary-key lookup) runs inline on SQLite. Every
+database failure is a :class:`core.errors.DatabaseError`.
 
-A few reads join the metadata store's tables (tags, blobs, manifests) by name: same database,
-read only, never written from here.
+Nothing here reads or writes the registry's tables: what builds need of them (tags, manifests,
+blob sizes, stored bytes) comes through the registry domain (``origin/registry/``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
-from typing import Any, TypeVar, TypeVarTuple
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -26,23 +25,13 @@ from origin.builds.schema import (
     build_retention,
     build_tags,
     builds,
-    builds_metadata,
     usage,
     usage_accrual,
 )
-from origin.metadata import schema as md
-from origin.metadata.engine import open_engines
-from origin.metadata.sql_store import Row, SqlStore, describe
+from origin.metadata.database import Database, Row, execute
+from origin.metadata.sql_store import SqlStore
 
-T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
-
-DEFAULT_MAX_THREADS = 4
 _ORG_PROJECT = ""  # build_retention.project_id of an org-wide setting
-
-
-class BuildError(Exception):
-    """The build database failed or refused an operation."""
 
 
 def _upsert(dialect: str, table: sa.Table, keys: list[str], set_: dict[str, Any]) -> sa.Insert:
@@ -51,11 +40,6 @@ def _upsert(dialect: str, table: sa.Table, keys: list[str], set_: dict[str, Any]
     values = {name: value(stmt.excluded) for name, value in set_.items()}
     result: sa.Insert = stmt.on_conflict_do_update(index_elements=keys, set_=values)
     return result
-
-
-def _org_range(column: sa.ColumnElement[str], org: str) -> sa.ColumnElement[bool]:
-    # Names under ``<org>/``: a byte range ('/' + 1 == '0'), no LIKE escaping, uses the index.
-    return sa.and_(column > f"{org}/", column < f"{org}0")
 
 
 # Two indexed lookups (the build's primary key; the save-tag's), not an OR that would scan.
@@ -78,36 +62,15 @@ _BUILD_FOR_DIGEST = (
         build_manifests.c.digest == sa.bindparam("digest"),
     )
 )
-# Tags of the repository pointing at the digest, or at a manifest (an index) that lists it.
-_TAGS_REACHING = (
-    sa.select(md.tags.c.name, md.tags.c.digest)
-    .select_from(md.tags.join(md.repositories, md.repositories.c.id == md.tags.c.repository_id))
-    .where(md.repositories.c.name == sa.bindparam("repository"))
-    .where(
-        sa.or_(
-            md.tags.c.digest == sa.bindparam("digest"),
-            md.tags.c.digest.in_(
-                sa.select(md.manifest_references.c.manifest_digest).where(
-                    md.manifest_references.c.repository_id == md.tags.c.repository_id,
-                    md.manifest_references.c.child_digest == sa.bindparam("digest"),
-                )
-            ),
-        )
-    )
-    .limit(100)
-)
 
 
 class BuildStore(SqlStore):
     """Builds, build retention and usage. Mutating methods take ``now``: the caller owns the
     clock."""
 
-    error = BuildError
-    label = "build store"
-
-    def __init__(self, reader: sa.Engine, writer: sa.Engine, *, max_threads: int) -> None:
-        super().__init__(reader, writer, max_threads=max_threads)
-        dialect = writer.dialect.name
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        dialect = database.dialect
         self._upsert_retention = _upsert(
             dialect,
             build_retention,
@@ -124,21 +87,8 @@ class BuildStore(SqlStore):
             {"byte_hours": lambda e: usage.c.byte_hours + e.byte_hours},
         )
 
-    @classmethod
-    def open(cls, url: str, *, max_threads: int = DEFAULT_MAX_THREADS) -> BuildStore:
-        """Connect to ``url`` (the metadata store's) and create missing tables. Blocking: call
-        it at start-up. ``ValueError`` for an unusable URL, :class:`BuildError` if the database
-        fails."""
-        try:
-            reader, writer = open_engines(url, pool_size=max_threads, tables=builds_metadata)
-        except sa.exc.SQLAlchemyError as exc:
-            raise BuildError(describe(exc)) from exc
-        return cls(reader, writer, max_threads=max_threads)
-
-    # -- plumbing (as in MetadataStore) ---------------------------------------------------
-
-    async def _builds(self, stmt: sa.Executable, params: dict[str, Any]) -> list[BuildRecord]:
-        return [_build_record(row) for row in await self._run_hot(self._all, stmt, params)]
+    async def _builds(self, stmt: sa.Executable) -> list[BuildRecord]:
+        return [_build_record(row) for row in await self._all(stmt)]
 
     # -- builds ---------------------------------------------------------------------------
 
@@ -152,11 +102,12 @@ class BuildStore(SqlStore):
             "expires_at": record.expires_at,
             "save_tags": json.dumps(list(record.save_tags)),
         }
-        await self._write(self._execute, sa.insert(builds), values)
+        await self._change(sa.insert(builds), values)
 
     async def build(self, build_id: str) -> BuildRecord | None:
-        found = await self._builds(sa.select(builds).where(builds.c.id == build_id), {})
-        return found[0] if found else None
+        """One primary-key lookup (inline on SQLite: asked on manifest pushes by tag)."""
+        row = await self._lookup(sa.select(builds).where(builds.c.id == build_id))
+        return None if row is None else _build_record(row)
 
     async def list_builds(self, project_id: str, limit: int) -> list[BuildRecord]:
         """The project's builds not deleted, newest first."""
@@ -166,7 +117,7 @@ class BuildStore(SqlStore):
             .order_by(builds.c.created_at.desc(), builds.c.id.desc())
             .limit(limit)
         )
-        return await self._builds(stmt, {})
+        return await self._builds(stmt)
 
     async def bind(self, build_id: str, image: BoundImage, now: float) -> bool:
         """Bind the pushed image to the build if it is still pending and live; record its
@@ -190,7 +141,7 @@ class BuildStore(SqlStore):
                 bound_at=now,
             )
         )
-        if self._execute(conn, stmt, {}) == 0:
+        if execute(conn, stmt, {}) == 0:
             return False
         row = conn.execute(
             sa.select(builds.c.repository, builds.c.save_tags).where(builds.c.id == build_id)
@@ -217,43 +168,28 @@ class BuildStore(SqlStore):
             .where(builds.c.id == build_id, builds.c.deleted_at.is_(None))
             .values(deleted_at=now)
         )
-        return await self._write(self._execute, stmt, {}) > 0
+        return await self._change(stmt) > 0
 
     async def dead_unretired(self, now: float) -> list[BuildRecord]:
         """Expired or deleted builds whose tags have not been retired yet."""
         dead = sa.or_(builds.c.deleted_at.is_not(None), builds.c.expires_at <= now)
         stmt = sa.select(builds).where(dead, builds.c.retired_at.is_(None)).order_by(builds.c.id)
-        return await self._builds(stmt, {})
+        return await self._builds(stmt)
 
     async def mark_retired(self, build_id: str, now: float) -> None:
         stmt = sa.update(builds).where(builds.c.id == build_id).values(retired_at=now)
-        await self._write(self._execute, stmt, {})
+        await self._change(stmt)
 
     async def builds_for_tag(self, repository: str, tag: str) -> list[BuildRecord]:
-        """Builds of the repository whose id is ``tag`` or bound ``tag`` as a save-tag."""
-        return await self._builds(_BUILD_FOR_TAG, {"repository": repository, "tag": tag})
+        """Builds of the repository whose id is ``tag`` or bound ``tag`` as a save-tag (as
+        many as bound it: through the thread pool, not inline)."""
+        found = await self._all(_BUILD_FOR_TAG, {"repository": repository, "tag": tag})
+        return [_build_record(row) for row in found]
 
     async def builds_for_digest(self, repository: str, digest: str) -> list[BuildRecord]:
         """Bound builds of the repository that reach manifest ``digest``."""
-        params = {"repository": repository, "digest": digest}
-        return await self._builds(_BUILD_FOR_DIGEST, params)
-
-    async def tags_reaching(self, repository: str, digest: str) -> list[tuple[str, str]]:
-        """``(tag, its digest)`` for the repository's tags on ``digest`` or on an index
-        listing it (at most 100)."""
-        rows = await self._run(
-            self._all, _TAGS_REACHING, {"repository": repository, "digest": digest}
-        )
-        return [(str(row[0]), str(row[1])) for row in rows]
-
-    async def blob_sizes(self, digests: Collection[str]) -> dict[str, int]:
-        """Sizes of the blobs the content store holds, by digest."""
-        if not digests:
-            return {}
-        stmt = sa.select(md.blobs.c.digest, md.blobs.c.size).where(
-            md.blobs.c.digest.in_(sorted(digests))
-        )
-        return {str(row[0]): int(row[1]) for row in await self._run(self._all, stmt, {})}
+        found = await self._all(_BUILD_FOR_DIGEST, {"repository": repository, "digest": digest})
+        return [_build_record(row) for row in found]
 
     # -- retention ------------------------------------------------------------------------
 
@@ -262,7 +198,7 @@ class BuildStore(SqlStore):
         stmt = sa.select(build_retention.c.project_id, build_retention.c.build_ttl_seconds).where(
             build_retention.c.org_id == org_id, build_retention.c.project_id.in_(keys)
         )
-        found = {row[0]: float(row[1]) for row in await self._run(self._all, stmt, {})}
+        found = {row[0]: float(row[1]) for row in await self._all(stmt)}
         project = None if project_id is None else found.get(project_id)
         return Retention(found.get(_ORG_PROJECT), project)
 
@@ -276,33 +212,12 @@ class BuildStore(SqlStore):
                 build_retention.c.org_id == key["org_id"],
                 build_retention.c.project_id == key["project_id"],
             )
-            await self._write(self._execute, stmt, {})
+            await self._change(stmt)
             return
         values = {**key, "build_ttl_seconds": ttl_seconds, "updated_at": now}
-        await self._write(self._execute, self._upsert_retention, values)
+        await self._change(self._upsert_retention, values)
 
     # -- usage ----------------------------------------------------------------------------
-
-    async def stored_bytes(self, org_slug: str) -> int:
-        """Distinct blobs linked to any repository of the org, plus distinct manifests."""
-        repos = sa.select(md.repositories.c.id).where(_org_range(md.repositories.c.name, org_slug))
-        linked = sa.select(md.repo_blobs.c.digest).where(md.repo_blobs.c.repository_id.in_(repos))
-        blob_bytes = (
-            sa.select(sa.func.coalesce(sa.func.sum(md.blobs.c.size), 0))
-            .where(md.blobs.c.digest.in_(linked))
-            .scalar_subquery()
-        )
-        distinct_manifests = (
-            sa.select(md.manifests.c.digest, sa.func.length(md.manifests.c.payload).label("n"))
-            .where(md.manifests.c.repository_id.in_(repos))
-            .distinct()
-            .subquery()
-        )
-        manifest_bytes = sa.select(
-            sa.func.coalesce(sa.func.sum(distinct_manifests.c.n), 0)
-        ).scalar_subquery()
-        rows = await self._run(self._all, sa.select(blob_bytes, manifest_bytes), {})
-        return int(rows[0][0]) + int(rows[0][1])
 
     async def accrue(self, org_slug: str, stored_bytes: int, now: float) -> float:
         """Add byte-hours for the time since the org's last accrual (at the bytes stored then),
@@ -327,9 +242,9 @@ class BuildStore(SqlStore):
             usage_accrual.c.org_slug == org_slug, usage_accrual.c.accrued_at == previous
         )
         if now <= previous:  # no time passed: only the measurement is newer
-            self._execute(conn, moved.values(stored_bytes=stored_bytes), {})
+            execute(conn, moved.values(stored_bytes=stored_bytes), {})
             return 0.0
-        if self._execute(conn, moved.values(accrued_at=now, stored_bytes=stored_bytes), {}) == 0:
+        if execute(conn, moved.values(accrued_at=now, stored_bytes=stored_bytes), {}) == 0:
             return 0.0
         added = 0.0
         for month, seconds in split_by_month(previous, now):
@@ -349,7 +264,7 @@ class BuildStore(SqlStore):
             .where(usage_accrual.c.org_slug == org_slug)
             .scalar_subquery(),
         )
-        row = (await self._run(self._all, stmt, {}))[0]
+        row = (await self._all(stmt))[0]
         accrued_at = None if row[1] is None else float(row[1])
         return UsageRecord(org_slug, month, float(row[0] or 0.0), accrued_at)
 

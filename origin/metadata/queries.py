@@ -115,6 +115,51 @@ REFERRERS = (
     .where(manifests.c.subject == sa.bindparam("subject"))
     .order_by(manifests.c.digest)
 )
+# Tags of the repository pointing at the digest, or at a manifest (an index) that lists it.
+TAGS_REACHING = (
+    sa.select(tags.c.name, tags.c.digest)
+    .select_from(tags.join(repositories, repositories.c.id == tags.c.repository_id))
+    .where(repositories.c.name == sa.bindparam("repository"))
+    .where(
+        sa.or_(
+            tags.c.digest == sa.bindparam("digest"),
+            tags.c.digest.in_(
+                sa.select(manifest_references.c.manifest_digest).where(
+                    manifest_references.c.repository_id == tags.c.repository_id,
+                    manifest_references.c.child_digest == sa.bindparam("digest"),
+                )
+            ),
+        )
+    )
+    .limit(100)
+)
+BLOB_SIZES = sa.select(blobs.c.digest, blobs.c.size)
+
+
+def stored_bytes(namespace: str) -> sa.Select[tuple[int, int]]:
+    """``(blob bytes, manifest bytes)`` of the repositories under ``<namespace>/``: each
+    distinct blob linked to any of them once, each distinct manifest digest once."""
+    # A byte range ('/' + 1 == '0'): no LIKE escaping, uses the index on the name.
+    name = repositories.c.name
+    repos = sa.select(repositories.c.id).where(name > f"{namespace}/", name < f"{namespace}0")
+    linked = sa.select(repo_blobs.c.digest).where(repo_blobs.c.repository_id.in_(repos))
+    blob_bytes = (
+        sa.select(sa.func.coalesce(sa.func.sum(blobs.c.size), 0))
+        .where(blobs.c.digest.in_(linked))
+        .scalar_subquery()
+    )
+    distinct_manifests = (
+        sa.select(manifests.c.digest, sa.func.length(manifests.c.payload).label("n"))
+        .where(manifests.c.repository_id.in_(repos))
+        .distinct()
+        .subquery()
+    )
+    manifest_bytes = sa.select(
+        sa.func.coalesce(sa.func.sum(distinct_manifests.c.n), 0)
+    ).scalar_subquery()
+    return sa.select(blob_bytes, manifest_bytes)
+
+
 UPLOAD = (
     sa.select(
         uploads.c.id,

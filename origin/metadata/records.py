@@ -1,7 +1,9 @@
-"""Rows of the metadata store as immutable records (what the domain layer sees)."""
+"""Rows of the metadata store as immutable records (what the domain layer sees), and the
+registry graph garbage collection marks (``origin/retention/mark.py``)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 
@@ -49,3 +51,33 @@ class UploadRecord:
     size: int  # bytes durably received so far
     created_at: float
     updated_at: float
+
+
+# -- the graph of garbage collection -----------------------------------------------------------
+
+#: (repository id, manifest digest)
+ManifestKey = tuple[int, str]
+#: (repository id, blob digest)
+LinkKey = tuple[int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestNode:
+    created_at: float
+    subject: str | None = None
+    children: frozenset[str] = frozenset()  # digests of child manifests (an index's entries)
+    blobs: frozenset[str] = frozenset()  # digests of blobs (config, layers)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobNode:
+    size: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    manifests: Mapping[ManifestKey, ManifestNode]
+    tags: Collection[ManifestKey]  # the manifest each tag points at
+    links: Mapping[LinkKey, float]  # creation time of each repository↔blob link
+    blobs: Mapping[str, BlobNode]

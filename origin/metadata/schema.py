@@ -1,4 +1,5 @@
-"""Tables of the origin's metadata store (SQLAlchemy Core; SQLite and PostgreSQL alike).
+"""Tables of the registry's metadata store (SQLAlchemy Core; SQLite and PostgreSQL alike),
+created with the tenancy and build tables by ``database.py``.
 
 Timestamps are POSIX seconds as floats, supplied by the caller: the caller owns the clock.
 

@@ -1,14 +1,17 @@
-"""The origin's metadata store: SQLAlchemy Core over SQLite (embedded) or PostgreSQL (scale-out).
+"""The registry's metadata store: repositories, blobs, manifests, tags, referrers and upload
+sessions in SQL (SQLAlchemy Core over SQLite, embedded, or PostgreSQL, at scale).
 
-One code path for both backends; engine set-up lives in ``engine.py``, statements in
-``queries.py``, tables in ``schema.py``.
+One code path for both backends; statements live in ``queries.py`` (garbage collection's in
+``collection.py``), tables in ``schema.py``. The store is built on the process's one
+:class:`~origin.metadata.database.Database`, with the tenancy and build stores: every blocking
+call runs in that database's worker threads, every write is one transaction behind its write
+gate (one writer per process on SQLite, whichever store writes), and only the per-request
+lookups by key (:meth:`MetadataStore.linked_blob`, :meth:`MetadataStore.manifest`) run inline
+on SQLite. Each read is one autocommit statement. Every database failure is a
+:class:`core.errors.DatabaseError`.
 
-Every blocking call runs in a worker thread through ``trio.to_thread.run_sync`` with this
-store's own ``CapacityLimiter``: each sync ``_method`` has a thin async wrapper. SQLAlchemy
-errors become :class:`MetadataError` at this boundary and never leak upward. Each read is one
-autocommit statement; each write is one transaction. On SQLite the writers of one process also
-queue on a trio limiter of one, instead of spinning in SQLite's busy handler against each other
-(other processes are still waited for through ``busy_timeout``).
+Only the registry domain (``origin/registry/``) calls this store; builds and garbage
+collection reach the registry's tables through it.
 """
 
 from __future__ import annotations
@@ -19,17 +22,20 @@ from typing import Any, TypeVar, TypeVarTuple
 import sqlalchemy as sa
 import trio
 
-from core.errors import ManifestBlobUnknown
+from core.errors import DatabaseError, ManifestBlobUnknown
+from origin.metadata import collection
 from origin.metadata import queries as q
-from origin.metadata.engine import open_engines
+from origin.metadata.database import Database, execute
 from origin.metadata.records import (
     BlobRecord,
+    Graph,
     ManifestRecord,
     Reference,
     ReferrerRecord,
     UploadRecord,
 )
 from origin.metadata.schema import (
+    blobs,
     manifest_references,
     manifests,
     repo_blobs,
@@ -37,64 +43,32 @@ from origin.metadata.schema import (
     tags,
     uploads,
 )
-from origin.metadata.sql_store import SqlStore, describe
+from origin.metadata.sql_store import SqlStore
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-DEFAULT_MAX_THREADS = 8
 #: Times a write re-takes a row a concurrent garbage collection deleted under it (PostgreSQL).
 _RACE_ATTEMPTS = 3
 _KINDS = frozenset({"blob", "manifest"})
 
 
-class MetadataError(Exception):
-    """The metadata database failed or refused an operation: unreachable, locked past the busy
-    timeout, or a constraint (linking a blob never added, a duplicate upload id, a repository
-    id that does not exist)."""
-
-
 class MetadataStore(SqlStore):
     """Repositories, blobs and their links, manifests, tags, referrers and upload sessions.
 
-    Mutating methods take ``now`` (POSIX seconds): the caller owns the clock.
+    Mutating methods take ``now`` (POSIX seconds): the caller owns the clock. A constraint the
+    caller broke (linking a blob never added, a duplicate upload id, a repository id that does
+    not exist) is a :class:`DatabaseError` like any other failure.
     """
 
-    error = MetadataError
-    label = "metadata store"
-
-    def __init__(self, reader: sa.Engine, writer: sa.Engine, *, max_threads: int) -> None:
-        super().__init__(reader, writer, max_threads=max_threads)
-        self._writes = q.WriteStatements.for_dialect(writer.dialect.name)
-
-    @classmethod
-    def open(cls, url: str, *, max_threads: int = DEFAULT_MAX_THREADS) -> MetadataStore:
-        """Connect to ``url`` (``sqlite:///path/to/file`` or ``postgresql+psycopg://…``) and
-        create missing tables. Blocking: call it at start-up, before serving.
-
-        Raises ``ValueError`` for an unusable URL, :class:`MetadataError` if the database fails.
-        """
-        try:
-            reader, writer = open_engines(url, pool_size=max_threads)
-        except sa.exc.SQLAlchemyError as exc:
-            raise MetadataError(describe(exc)) from exc
-        return cls(reader, writer, max_threads=max_threads)
-
-    # -- plumbing -------------------------------------------------------------------------
-
-    def _read_with(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
-        with self._reader.connect() as conn:
-            return fn(conn, *args)
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        self._writes = q.WriteStatements.for_dialect(database.dialect)
 
     async def read(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
-        """Run ``fn(conn, *args)`` on an autocommit reader connection in a worker thread: for
-        modules owning queries of their own (garbage collection, ``origin/retention/``)."""
-        return await self._run(self._read_with, fn, *args)
-
-    async def transaction(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
-        """Run ``fn(conn, *args)`` in one write transaction, committed when it returns; ``fn``
-        runs in a worker thread and may reach trio through ``trio.from_thread.run``."""
-        return await self._write(fn, *args)
+        """Run ``fn(conn, *args)`` on an autocommit reader connection in a worker thread (for
+        tests and one-off inspection; the registry domain has a method for what it needs)."""
+        return await self.database.read(fn, *args)
 
     # -- repositories ---------------------------------------------------------------------
 
@@ -112,7 +86,7 @@ class MetadataStore(SqlStore):
         return int(conn.execute(q.REPOSITORY_ID, {"name": name}).scalar_one())
 
     async def repository_id(self, name: str) -> int | None:
-        row = await self._run(self._first, q.REPOSITORY_ID, {"name": name})
+        row = await self._first(q.REPOSITORY_ID, {"name": name})
         return None if row is None else int(row[0])
 
     async def list_repositories(
@@ -161,28 +135,25 @@ class MetadataStore(SqlStore):
             stmt = stmt.where(column > last)
         if n is not None:
             stmt = stmt.limit(n)
-        rows = await self._run(self._all, stmt, {})
-        return [str(row[0]) for row in rows]
+        return [str(row[0]) for row in await self._all(stmt)]
 
     # -- blobs ----------------------------------------------------------------------------
 
     async def add_blob(self, digest: str, size: int, now: float) -> None:
         """Record that the content store holds ``digest`` (idempotent)."""
-        await self._write(
-            self._execute,
-            self._writes.insert_blob,
-            {"digest": digest, "size": size, "created_at": now},
+        await self._change(
+            self._writes.insert_blob, {"digest": digest, "size": size, "created_at": now}
         )
 
     async def blob(self, digest: str) -> BlobRecord | None:
         """The blob if the content store holds it, whichever repositories link it."""
-        row = await self._run(self._first, q.BLOB, {"digest": digest})
+        row = await self._first(q.BLOB, {"digest": digest})
         return None if row is None else BlobRecord(digest=row.digest, size=int(row.size))
 
     async def link_blob(self, repository_id: int, digest: str, now: float) -> None:
         """Let the repository serve ``digest`` (idempotent). The blob must have been added."""
         params = {"repository_id": repository_id, "digest": digest, "created_at": now}
-        await self._write(self._execute, self._writes.insert_link, params)
+        await self._change(self._writes.insert_link, params)
 
     async def link_blob_if_present(self, repository_id: int, digest: str, now: float) -> bool:
         """Link ``digest`` if the content store holds it; False if it does not. The blob row is
@@ -212,7 +183,7 @@ class MetadataStore(SqlStore):
         inside the same transaction, before the new row can be seen. Returns whether it was.
 
         Garbage collection deletes a blob's row and its bytes in one transaction after locking
-        the row (``origin/retention/sweep.py``). So this either links a row whose bytes stay
+        the row (``origin/metadata/collection.py``). So this either links a row whose bytes stay
         (the link keeps the collector off), or re-creates row and bytes after the collector is
         done with them; it never places bytes a collector then deletes.
         """
@@ -233,28 +204,26 @@ class MetadataStore(SqlStore):
             if conn.execute(q.BLOB_FOR_SHARE, {"digest": digest}).first() is not None:
                 break
             # Waits for a collector deleting this row (PostgreSQL), then inserts it anew.
-            if self._execute(conn, self._writes.insert_blob, blob) > 0:
+            if execute(conn, self._writes.insert_blob, blob) > 0:
                 trio.from_thread.run(place)
                 placed = True
                 break
         else:
-            raise MetadataError("blob row deleted repeatedly while linking it")
+            raise DatabaseError("blob row deleted repeatedly while linking it")
         params = {"repository_id": repository_id, "digest": digest, "created_at": now}
         conn.execute(self._writes.insert_link, params)
         return placed
 
     async def linked_blob(self, repository: str, digest: str) -> BlobRecord | None:
         """The blob if repository ``repository`` (by name) may serve it; one round trip."""
-        row = await self._run_hot(
-            self._first, q.LINKED_BLOB, {"repository": repository, "digest": digest}
-        )
+        row = await self._lookup(q.LINKED_BLOB, {"repository": repository, "digest": digest})
         return None if row is None else BlobRecord(digest=row.digest, size=int(row.size))
 
     async def unlink_blob(self, repository_id: int, digest: str) -> bool:
         stmt = sa.delete(repo_blobs).where(
             repo_blobs.c.repository_id == repository_id, repo_blobs.c.digest == digest
         )
-        return await self._write(self._execute, stmt, {}) > 0
+        return await self._change(stmt) > 0
 
     # -- manifests ------------------------------------------------------------------------
 
@@ -271,8 +240,7 @@ class MetadataStore(SqlStore):
             "blob_digests": [ref.digest for ref in wanted if ref.kind == "blob"],
             "manifest_digests": [ref.digest for ref in wanted if ref.kind == "manifest"],
         }
-        rows = await self._run(self._all, q.PRESENT_REFERENCES, params)
-        present = {(row[0], row[1]) for row in rows}
+        present = {(row[0], row[1]) for row in await self._all(q.PRESENT_REFERENCES, params)}
         return [ref for ref in wanted if (ref.digest, ref.kind) not in present]
 
     async def put_manifest(
@@ -317,15 +285,15 @@ class MetadataStore(SqlStore):
         lock = {"repository_id": repository_id, "digests": [record.digest]}
         for _ in range(_RACE_ATTEMPTS):
             # Inserted, or present and locked: a collector cannot delete it before commit.
-            if self._execute(conn, self._writes.insert_manifest, row) > 0:
+            if execute(conn, self._writes.insert_manifest, row) > 0:
                 break
             if conn.execute(q.MANIFESTS_FOR_SHARE, lock).first() is not None:
                 break
         else:
-            raise MetadataError("manifest row deleted repeatedly while pushing it")
+            raise DatabaseError("manifest row deleted repeatedly while pushing it")
         if references:
             # A fixed order keeps concurrent writers of overlapping rows from deadlocking.
-            rows = [
+            reference_rows = [
                 {
                     "repository_id": repository_id,
                     "manifest_digest": record.digest,
@@ -334,7 +302,7 @@ class MetadataStore(SqlStore):
                 }
                 for ref in sorted(references, key=lambda ref: ref.digest)
             ]
-            conn.execute(self._writes.insert_reference, rows)
+            conn.execute(self._writes.insert_reference, reference_rows)
         if tag is not None:
             conn.execute(
                 self._writes.upsert_tag,
@@ -371,7 +339,7 @@ class MetadataStore(SqlStore):
             stmt, params = q.MANIFEST_BY_DIGEST, {"repository": repository, "digest": digest}
         else:
             stmt, params = q.MANIFEST_BY_TAG, {"repository": repository, "tag": tag}
-        row = await self._run_hot(self._first, stmt, params)
+        row = await self._lookup(stmt, params)
         if row is None:
             return None
         return ManifestRecord(
@@ -400,7 +368,7 @@ class MetadataStore(SqlStore):
         stmt = sa.delete(manifests).where(
             manifests.c.repository_id == repository_id, manifests.c.digest == digest
         )
-        return self._execute(conn, stmt, {}) > 0
+        return execute(conn, stmt, {}) > 0
 
     async def referrers(
         self, repository_id: int, subject: str, artifact_type: str | None
@@ -409,9 +377,7 @@ class MetadataStore(SqlStore):
         stmt = q.REFERRERS
         if artifact_type is not None:
             stmt = stmt.where(manifests.c.artifact_type == artifact_type)
-        rows = await self._run(
-            self._all, stmt, {"repository_id": repository_id, "subject": subject}
-        )
+        found = await self._all(stmt, {"repository_id": repository_id, "subject": subject})
         return [
             ReferrerRecord(
                 digest=row[0],
@@ -420,18 +386,40 @@ class MetadataStore(SqlStore):
                 artifact_type=row[3],
                 annotations=row[4],
             )
-            for row in rows
+            for row in found
         ]
 
     # -- tags -----------------------------------------------------------------------------
 
     async def delete_tag(self, repository_id: int, tag: str) -> bool:
         stmt = sa.delete(tags).where(tags.c.repository_id == repository_id, tags.c.name == tag)
-        return await self._write(self._execute, stmt, {}) > 0
+        return await self._change(stmt) > 0
 
     async def list_tags(self, repository_id: int, n: int | None, last: str | None) -> list[str]:
         """Tag names in byte-wise order, after ``last``, at most ``n``."""
         return await self._page(tags.c.name, tags.c.repository_id == repository_id, n, last)
+
+    async def tags_reaching(self, repository: str, digest: str) -> list[tuple[str, str]]:
+        """``(tag, its digest)`` for the repository's tags on ``digest`` or on an index
+        listing it (at most 100)."""
+        found = await self._all(q.TAGS_REACHING, {"repository": repository, "digest": digest})
+        return [(str(row[0]), str(row[1])) for row in found]
+
+    # -- sizes ----------------------------------------------------------------------------
+
+    async def blob_sizes(self, digests: Collection[str]) -> dict[str, int]:
+        """Sizes of the blobs the content store holds, by digest."""
+        if not digests:
+            return {}
+        stmt = q.BLOB_SIZES.where(blobs.c.digest.in_(sorted(digests)))
+        return {str(row[0]): int(row[1]) for row in await self._all(stmt)}
+
+    async def stored_bytes(self, namespace: str) -> int:
+        """Distinct blobs linked to any repository under ``<namespace>/``, plus their
+        distinct manifests (by digest)."""
+        row = await self._first(q.stored_bytes(namespace))
+        assert row is not None  # two aggregates: always one row
+        return int(row[0]) + int(row[1])
 
     # -- upload sessions ------------------------------------------------------------------
 
@@ -443,10 +431,10 @@ class MetadataStore(SqlStore):
             "created_at": now,
             "updated_at": now,
         }
-        await self._write(self._execute, sa.insert(uploads), params)
+        await self._change(sa.insert(uploads), params)
 
     async def upload(self, upload_id: str) -> UploadRecord | None:
-        row = await self._run(self._first, q.UPLOAD, {"upload_id": upload_id})
+        row = await self._first(q.UPLOAD, {"upload_id": upload_id})
         if row is None:
             return None
         return UploadRecord(
@@ -467,11 +455,11 @@ class MetadataStore(SqlStore):
             .where(uploads.c.id == upload_id, uploads.c.size == expected_size)
             .values(size=new_size, updated_at=now)
         )
-        return await self._write(self._execute, stmt, {}) > 0
+        return await self._change(stmt) > 0
 
     async def delete_upload(self, upload_id: str) -> bool:
         stmt = sa.delete(uploads).where(uploads.c.id == upload_id)
-        return await self._write(self._execute, stmt, {}) > 0
+        return await self._change(stmt) > 0
 
     async def expired_uploads(self, updated_before: float) -> list[str]:
         """Ids of uploads last advanced before ``updated_before``, oldest first."""
@@ -480,8 +468,28 @@ class MetadataStore(SqlStore):
             .where(uploads.c.updated_at < updated_before)
             .order_by(uploads.c.updated_at, uploads.c.id)
         )
-        rows = await self._run(self._all, stmt, {})
-        return [str(row[0]) for row in rows]
+        return [str(row[0]) for row in await self._all(stmt)]
+
+    # -- garbage collection (origin/retention/; the SQL is in collection.py) ---------------
+
+    async def graph(self) -> tuple[Graph, dict[int, str]]:
+        """What the mark phase walks, and repository names by id."""
+        return await self.database.read(collection.load_graph)
+
+    async def collect_manifest(self, repository_id: int, digest: str, cutoff: float) -> bool:
+        """Delete the manifest and its reference rows if, re-checked now, it is garbage."""
+        return await self._write(collection.delete_manifest, repository_id, digest, cutoff)
+
+    async def collect_link(self, repository_id: int, digest: str, cutoff: float) -> bool:
+        """Unlink the blob from the repository if, re-checked now, nothing references it."""
+        return await self._write(collection.delete_link, repository_id, digest, cutoff)
+
+    async def collect_blob(
+        self, digest: str, cutoff: float, remove: Callable[[], Awaitable[None]]
+    ) -> int | None:
+        """Delete the blob's row, then its bytes (``remove()``), in one transaction if,
+        re-checked now, no repository links it: the size freed, or None when refused."""
+        return await self._write(collection.delete_blob, digest, cutoff, remove)
 
 
 def _unique(references: list[Reference]) -> list[Reference]:

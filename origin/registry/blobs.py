@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 
 from core.digest import Digest
@@ -42,6 +42,15 @@ class Blobs:
             raise BlobUnknown(detail={"digest": str(digest)}) from exc
         except StorageError as exc:
             raise Unavailable("storage read failed") from exc
+
+    async def sizes(self, digests: Collection[Digest]) -> dict[str, int]:
+        """Sizes of the blobs the content store holds, by digest (any repository's)."""
+        return await self._metadata.blob_sizes([str(digest) for digest in digests])
+
+    async def read(self, digest: Digest) -> bytes:
+        """The whole blob, for a small one the origin reads itself (an image config). Raises
+        ``StorageError`` (``PathNotFound`` when its bytes are absent)."""
+        return await self._storage.get(blob_path(digest))
 
     async def exists(self, digest: Digest) -> bool:
         if await self._metadata.blob(str(digest)) is None:

@@ -5,7 +5,9 @@ descriptor they reference exists in the repository (a ``subject`` may be absent)
 index referrers.
 
 Optional :class:`ManifestHooks` (saved builds, ``origin/builds/``) see every manifest pushed by
-tag and may hide a manifest found by a GET/HEAD (an expired build's image).
+tag and may hide a manifest found by a GET/HEAD (an expired build's image). The hooks decide
+with the methods that bypass them: :meth:`Manifests.lookup`, :meth:`Manifests.retag`,
+:meth:`Manifests.untag` and :meth:`Manifests.tags_reaching`.
 """
 
 from __future__ import annotations
@@ -114,6 +116,37 @@ class Manifests:
             deleted = await self._metadata.delete_manifest(repository_id, str(reference))
         if not deleted:
             raise ManifestUnknown(detail={"reference": str(reference)})
+
+    # -- for the hooks (saved builds): the repository as stored, no hook consulted ----------
+
+    async def lookup(self, name: RepositoryName, reference: Tag | Digest) -> ManifestRecord | None:
+        """The manifest ``reference`` names in the repository, or None; hooks not asked."""
+        if isinstance(reference, Tag):
+            return await self._metadata.manifest(name.value, tag=reference.value)
+        return await self._metadata.manifest(name.value, digest=str(reference))
+
+    async def retag(
+        self, name: RepositoryName, tag: Tag, record: ManifestRecord, parsed: ParsedManifest
+    ) -> None:
+        """Point ``tag`` at a manifest pushed to the repository, with its references: if a
+        collection removed the manifest meanwhile, it comes back whole (its blobs protected
+        again), never as a tag pointing at nothing. Hooks are not called."""
+        now = self._clock()
+        repository_id = await self._metadata.ensure_repository(name.value, now)
+        references = references_of(parsed)
+        await self._metadata.put_manifest(repository_id, record, references, tag.value, now)
+
+    async def untag(self, name: RepositoryName, tag: Tag) -> bool:
+        """Remove the tag (the manifest stays); False when there was none."""
+        repository_id = await self._metadata.repository_id(name.value)
+        if repository_id is None:
+            return False
+        return await self._metadata.delete_tag(repository_id, tag.value)
+
+    async def tags_reaching(self, name: RepositoryName, digest: str) -> list[tuple[str, str]]:
+        """``(tag, its digest)`` for the repository's tags on ``digest`` or on an index that
+        lists it (at most 100)."""
+        return await self._metadata.tags_reaching(name.value, digest)
 
     async def tags(self, name: RepositoryName, n: int | None, last: str | None) -> list[str]:
         repository_id = await self._require_repository(name)

@@ -2,9 +2,11 @@
 
 No read-only window: pushes and pulls go on while a collection runs, in this process or in
 others (``depot-registry gc`` beside serving origins). The mark phase (``mark.py``) plans on a
-snapshot; every deletion then re-checks itself in SQL inside its own transaction
-(``sweep.py``), and the writers that race it (manifest push, blob commit, mount) take row locks
-and re-check too (``MetadataStore``). The outcome of a race is therefore either the push
+snapshot of the registry graph; every deletion then re-checks itself in SQL inside its own
+transaction, and the writers that race it (manifest push, blob commit, mount) take row locks
+and re-check too. Both the snapshot and the deletions come from the registry domain
+(:class:`origin.registry.graph.RegistryGraph`, SQL in ``origin/metadata/collection.py``); this
+module touches no table and no storage path. The outcome of a race is therefore either the push
 winning (the blob stays: its link or reference now exists) or the push failing cleanly
 (``MANIFEST_BLOB_UNKNOWN`` / a mount falling back to an upload) for the client to retry —
 never a manifest pointing at a deleted blob.
@@ -24,15 +26,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar
 
 from core.digest import parse_digest
-from origin.metadata.store import MetadataError
-from origin.registry.paths import blob_path
+from core.errors import DatabaseError
 from origin.registry.registry import Registry
 from origin.retention.mark import plan
-from origin.retention.sweep import delete_blob, delete_link, delete_manifest, load_graph
 
 log = logging.getLogger("depot.gc")
 T = TypeVar("T")
@@ -101,9 +100,9 @@ async def collect(
     purge upload sessions idle that long (by the registry's clock)."""
     if grace_seconds < 0:
         raise ValueError(f"grace period must not be negative: {grace_seconds}")
-    metadata = registry.metadata
+    registry_graph = registry.graph
     cutoff = now - grace_seconds
-    graph, names = await metadata.read(load_graph)
+    graph, names = await registry_graph.snapshot()
     roots = list(await extra_roots()) if extra_roots is not None else []
     planned = plan(graph, roots, cutoff)
 
@@ -113,7 +112,7 @@ async def collect(
     if dry_run:
         uploads = 0
         if upload_timeout_seconds is not None:
-            uploads = len(await metadata.expired_uploads(now - upload_timeout_seconds))
+            uploads = await registry_graph.expired_uploads(now - upload_timeout_seconds)
         return GcReport(
             dry_run=True,
             manifests=tuple((name(r), d) for r, d in planned.manifests),
@@ -124,12 +123,12 @@ async def collect(
 
     refused = 0
 
-    async def attempt(fn: Callable[..., T], *args: Any) -> T | None:
+    async def attempt(fn: Callable[..., Awaitable[T]], *args: Any) -> T | None:
         """One deletion; None when refused (a failed transaction rolled back whole)."""
         nonlocal refused
         try:
-            done = await metadata.transaction(fn, *args)
-        except MetadataError as exc:  # e.g. a writer that takes no lock won a race
+            done = await fn(*args)
+        except DatabaseError as exc:  # e.g. a writer that takes no lock won a race
             log.warning("garbage collection: %s%s refused: %s", fn.__name__, args[:2], exc)
             done = None
         if done is None or done is False:
@@ -139,16 +138,15 @@ async def collect(
 
     manifests: list[tuple[str, str]] = []
     for repository_id, digest in planned.manifests:
-        if await attempt(delete_manifest, repository_id, digest, cutoff):
+        if await attempt(registry_graph.remove_manifest, repository_id, digest, cutoff):
             manifests.append((name(repository_id), digest))
     links: list[tuple[str, str]] = []
     for repository_id, digest in planned.links:
-        if await attempt(delete_link, repository_id, digest, cutoff):
+        if await attempt(registry_graph.remove_link, repository_id, digest, cutoff):
             links.append((name(repository_id), digest))
     blobs: list[tuple[str, int]] = []
     for digest in planned.blobs:
-        remove = partial(registry.storage.delete, _blob_dir(digest))
-        size = await attempt(delete_blob, digest, cutoff, remove)
+        size = await attempt(registry_graph.remove_blob, parse_digest(digest), cutoff)
         if size is not None:
             blobs.append((digest, size))
     uploads = 0
@@ -166,8 +164,3 @@ async def collect(
         report.refused,
     )
     return report
-
-
-def _blob_dir(digest: str) -> str:
-    """The directory holding the blob's ``data`` object, removed whole."""
-    return blob_path(parse_digest(digest)).rsplit("/", 1)[0]

@@ -13,42 +13,21 @@ live manifest of their repository references, once older than the grace period; 
 remaining link names, once older than the grace period. So a blob uploaded for a manifest not
 pushed yet survives: its link and its row are young.
 
-The plan is only a list of candidates: the sweep (``sweep.py``) re-checks every deletion in
-SQL, inside its transaction, against what the database holds by then.
+The plan is only a list of candidates: the sweep (``gc.py``, through the registry domain)
+re-checks every deletion in SQL, inside its transaction, against what the database holds by
+then (``origin/metadata/collection.py``). The graph's types live with the metadata records,
+where the registry domain reads it; they are re-exported here for the mark's callers.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-#: (repository id, manifest digest)
-ManifestKey = tuple[int, str]
-#: (repository id, blob digest)
-LinkKey = tuple[int, str]
+from origin.metadata.records import BlobNode, Graph, LinkKey, ManifestKey, ManifestNode
 
-
-@dataclass(frozen=True, slots=True)
-class ManifestNode:
-    created_at: float
-    subject: str | None = None
-    children: frozenset[str] = frozenset()  # digests of child manifests (an index's entries)
-    blobs: frozenset[str] = frozenset()  # digests of blobs (config, layers)
-
-
-@dataclass(frozen=True, slots=True)
-class BlobNode:
-    size: int
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Graph:
-    manifests: Mapping[ManifestKey, ManifestNode]
-    tags: Collection[ManifestKey]  # the manifest each tag points at
-    links: Mapping[LinkKey, float]  # creation time of each repository↔blob link
-    blobs: Mapping[str, BlobNode]
+__all__ = ["BlobNode", "Graph", "LinkKey", "ManifestKey", "ManifestNode", "Plan", "mark", "plan"]
 
 
 @dataclass(frozen=True, slots=True)

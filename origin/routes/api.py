@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from quart import Quart, request
@@ -21,13 +20,13 @@ from quart import Quart, request
 from core.auth.access import MANAGE, READ, RESOLVE, Org, Project
 from core.auth.credentials import parse_authorization
 from core.auth.principal import ALL_ACTIONS, Principal
-from core.errors import BadRequest, NotFound, Unauthorized, Unavailable
+from core.errors import BadRequest, NotFound, Unauthorized
 from core.tenancy import internal_name, is_org_slug
 from core.web.response import RegistryResponse as Response
 from origin.auth import management
 from origin.auth.issuer_url import MAX_ISSUER_LENGTH, check_issuer
 from origin.auth.records import OrgRecord, ProjectRecord, TokenRecord, TrustRecord
-from origin.auth.store import TenancyError, TenancyNotFound, TenancyStore
+from origin.auth.store import TenancyStore
 from origin.routes.json_body import read_json_object
 
 log = logging.getLogger("depot.api")
@@ -83,21 +82,6 @@ def _no_content() -> Response:
     return Response(b"", status=204)
 
 
-@asynccontextmanager
-async def _store_errors() -> AsyncIterator[None]:
-    """The store's refusals as API errors: bad arguments 400, unknown objects 404, a failing
-    database 503 (its message stays in the log: it is about the server, not the request)."""
-    try:
-        yield
-    except ValueError as exc:
-        raise BadRequest(str(exc)[:300]) from exc
-    except TenancyNotFound as exc:
-        raise NotFound(str(exc)[:300]) from exc
-    except TenancyError as exc:
-        log.warning("tenancy store failed: %s", exc)
-        raise Unavailable("the tenancy database is unavailable") from exc
-
-
 class ManagementApi:
     """The org routes, and the base of every ``/api/v1/`` route class: who is asking (a
     registry token), and the org or project they name when they reach it (the decisions
@@ -118,19 +102,17 @@ class ManagementApi:
             raise Unauthorized(headers=management.CHALLENGE)
         principal = None
         if credentials.scheme in ("bearer", "basic") and credentials.secret:
-            async with _store_errors():
-                principal = await self._tenancy.authenticate(credentials.secret, self._clock())
+            principal = await self._tenancy.authenticate(credentials.secret, self._clock())
         return management.require_principal(principal)
 
     async def _org(self, ref: str) -> tuple[Principal, OrgRecord]:
         """The caller and the org ``ref`` (slug or id) names; 404 unless the caller reaches
         it, so another org's existence is not revealed."""
         principal = await self._principal()
-        async with _store_errors():
-            if is_org_slug(ref):
-                org = await self._tenancy.org_by_slug(ref)
-            else:
-                org = await self._tenancy.org_by_id(ref)
+        if is_org_slug(ref):
+            org = await self._tenancy.org_by_slug(ref)
+        else:
+            org = await self._tenancy.org_by_id(ref)
         return principal, management.reached_org(principal, org, ref)
 
     async def _managed_org(self, ref: str) -> tuple[Principal, OrgRecord]:
@@ -139,8 +121,7 @@ class ManagementApi:
         return principal, org
 
     async def _project_of(self, org: OrgRecord, project_id: str) -> ProjectRecord:
-        async with _store_errors():
-            project = await self._tenancy.project(project_id)
+        project = await self._tenancy.project(project_id)
         if project is None or project.org_id != org.id:
             raise NotFound("project not found", detail={"project_id": project_id[:100]})
         return project
@@ -151,8 +132,7 @@ class ManagementApi:
         principal = await self._principal()
         found: list[OrgRecord] = []
         if principal.orgs:
-            async with _store_errors():
-                found = await self._tenancy.list_orgs(principal.orgs)
+            found = await self._tenancy.list_orgs(principal.orgs)
         visible = [o for o in found if management.allows(principal, READ, Org(o.slug))]
         return _json({"orgs": [_org_document(o) for o in visible]})
 
@@ -162,8 +142,7 @@ class ManagementApi:
 
     async def list_projects(self, org: str) -> Response:
         principal, record = await self._org(org)
-        async with _store_errors():
-            found = await self._tenancy.list_projects(record.id)
+        found = await self._tenancy.list_projects(record.id)
         visible = [p for p in found if management.allows(principal, READ, _part(record, p))]
         return _json({"projects": [_project_document(p) for p in visible]})
 
@@ -175,8 +154,7 @@ class ManagementApi:
 
     async def resolve_project(self, project_id: str) -> Response:
         principal = await self._principal()
-        async with _store_errors():
-            project = await self._tenancy.project(project_id)
+        project = await self._tenancy.project(project_id)
         project = management.reached_project(principal, project, project_id, RESOLVE)
         return _json({**_project_document(project), "org_slug": project.org_slug})
 
@@ -185,8 +163,7 @@ class ManagementApi:
         body = await read_json_object()
         name = body.text("name")
         body.done()
-        async with _store_errors():
-            project = await self._tenancy.create_project(record.id, name, self._clock())
+        project = await self._tenancy.create_project(record.id, name, self._clock())
         log.info("org %s: project %s created by %s", record.slug, project.id, principal.subject)
         return _json(_project_document(project), 201)
 
@@ -195,8 +172,7 @@ class ManagementApi:
     async def list_tokens(self, org: str) -> Response:
         principal, record = await self._org(org)
         include_revoked = request.args.get("include_revoked", "") in ("1", "true")
-        async with _store_errors():
-            found = await self._tenancy.list_tokens(record.id, include_revoked=include_revoked)
+        found = await self._tenancy.list_tokens(record.id, include_revoked=include_revoked)
         visible = [t for t in found if management.allows(principal, READ, _part(record, t))]
         return _json({"tokens": [_token_document(t) for t in visible]})
 
@@ -217,15 +193,14 @@ class ManagementApi:
         if project_id is not None:
             await self._project_of(record, project_id)
         now = self._clock()
-        async with _store_errors():
-            created, secret = await self._tenancy.create_token(
-                kind,
-                org_id=record.id,
-                project_id=project_id,
-                description=description,
-                expires_at=None if expires_in is None else now + expires_in,
-                now=now,
-            )
+        created, secret = await self._tenancy.create_token(
+            kind,
+            org_id=record.id,
+            project_id=project_id,
+            description=description,
+            expires_at=None if expires_in is None else now + expires_in,
+            now=now,
+        )
         log.info(
             "org %s: %s token %s created by %s",
             record.slug,
@@ -239,11 +214,10 @@ class ManagementApi:
 
     async def revoke_token(self, org: str, token_id: str) -> Response:
         principal, record = await self._managed_org(org)
-        async with _store_errors():
-            found = await self._tenancy.list_tokens(record.id, include_revoked=True)
-            if not any(t.token_id == token_id for t in found):
-                raise NotFound("token not found", detail={"token_id": token_id[:40]})
-            revoked = await self._tenancy.revoke_token(token_id, self._clock())
+        found = await self._tenancy.list_tokens(record.id, include_revoked=True)
+        if not any(t.token_id == token_id for t in found):
+            raise NotFound("token not found", detail={"token_id": token_id[:40]})
+        revoked = await self._tenancy.revoke_token(token_id, self._clock())
         if revoked:  # already revoked: DELETE is idempotent
             log.info("org %s: token %s revoked by %s", record.slug, token_id, principal.subject)
         return _no_content()
@@ -252,8 +226,7 @@ class ManagementApi:
 
     async def list_trusts(self, org: str) -> Response:
         principal, record = await self._org(org)
-        async with _store_errors():
-            found = await self._tenancy.list_trusts(record.id)
+        found = await self._tenancy.list_trusts(record.id)
         visible = [t for t in found if management.allows(principal, READ, _part(record, t))]
         return _json({"trust_relationships": [_trust_document(t) for t in visible]})
 
@@ -275,27 +248,25 @@ class ManagementApi:
             raise BadRequest(str(exc), detail={"issuer": issuer[:200]}) from exc
         if project_id is not None:
             await self._project_of(record, project_id)
-        async with _store_errors():
-            trust = await self._tenancy.create_trust(
-                record.id,
-                issuer=issuer,
-                audience=audience,
-                conditions=conditions,
-                actions=actions,
-                project_id=project_id,
-                description=description,
-                now=self._clock(),
-            )
+        trust = await self._tenancy.create_trust(
+            record.id,
+            issuer=issuer,
+            audience=audience,
+            conditions=conditions,
+            actions=actions,
+            project_id=project_id,
+            description=description,
+            now=self._clock(),
+        )
         log.info("org %s: trust %s created by %s", record.slug, trust.id, principal.subject)
         return _json(_trust_document(trust), 201)
 
     async def revoke_trust(self, org: str, trust_id: str) -> Response:
         principal, record = await self._managed_org(org)
-        async with _store_errors():
-            found = await self._tenancy.list_trusts(record.id, include_revoked=True)
-            if not any(t.id == trust_id for t in found):
-                raise NotFound("trust relationship not found", detail={"id": trust_id[:40]})
-            revoked = await self._tenancy.revoke_trust(trust_id, self._clock())
+        found = await self._tenancy.list_trusts(record.id, include_revoked=True)
+        if not any(t.id == trust_id for t in found):
+            raise NotFound("trust relationship not found", detail={"id": trust_id[:40]})
+        revoked = await self._tenancy.revoke_trust(trust_id, self._clock())
         if revoked:
             log.info("org %s: trust %s revoked by %s", record.slug, trust_id, principal.subject)
         return _no_content()
@@ -307,8 +278,7 @@ class ManagementApi:
         repository = internal_name(record.slug, name).value
         if not management.allows(principal, READ, management.repository_part(record.slug, name)):
             raise NotFound("repository not found", detail={"name": name[:300]})
-        async with _store_errors():
-            public = await self._tenancy.is_public(repository)
+        public = await self._tenancy.is_public(repository)
         return _json({"repository": repository, "public": public})
 
     async def set_visibility(self, org: str, name: str) -> Response:
@@ -317,8 +287,7 @@ class ManagementApi:
         body = await read_json_object()
         public = body.boolean("public")
         body.done()
-        async with _store_errors():
-            await self._tenancy.set_public(record.id, repository, public)
+        await self._tenancy.set_public(record.id, repository, public)
         log.info("repository %s: public=%s set by %s", repository, public, principal.subject)
         return _json({"repository": repository, "public": public})
 

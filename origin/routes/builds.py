@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 from quart import Quart, request
 
 from core.auth.access import MANAGE, READ, Project
 from core.auth.principal import PUSH, Principal
-from core.errors import BadRequest, NotFound, Unavailable
+from core.errors import BadRequest, NotFound
 from core.web.response import RegistryResponse as Response
 from origin.auth import management
 from origin.auth.records import ProjectRecord
@@ -30,8 +29,7 @@ from origin.auth.store import TenancyStore
 from origin.builds.metering import Metering
 from origin.builds.records import BuildRecord, Retention, effective_ttl
 from origin.builds.service import BuildService
-from origin.builds.store import BuildError
-from origin.routes.api import ManagementApi, _store_errors
+from origin.routes.api import ManagementApi
 from origin.routes.json_body import JsonObject, read_json_object
 
 log = logging.getLogger("depot.api")
@@ -70,17 +68,6 @@ def _json(document: Any, status: int = 200, headers: dict[str, str] | None = Non
     )
 
 
-@asynccontextmanager
-async def _build_errors() -> AsyncIterator[None]:
-    """Bad arguments 400; a failing database 503 (its message stays in the log)."""
-    try:
-        async with _store_errors():
-            yield
-    except BuildError as exc:
-        log.warning("build store failed: %s", exc)
-        raise Unavailable("the build database is unavailable") from exc
-
-
 class _BuildsApi(ManagementApi):
     def __init__(
         self,
@@ -96,13 +83,11 @@ class _BuildsApi(ManagementApi):
     async def _project(self, project_id: str) -> tuple[Principal, ProjectRecord]:
         """The caller and the project; 404 unless the caller reaches it (as for an org)."""
         principal = await self._principal()
-        async with _store_errors():
-            project = await self._tenancy.project(project_id)
+        project = await self._tenancy.project(project_id)
         return principal, management.reached_project(principal, project, project_id)
 
     async def _build(self, project: ProjectRecord, build_id: str) -> BuildRecord:
-        async with _build_errors():
-            build = await self._builds.get(project, build_id)
+        build = await self._builds.get(project, build_id)
         if build is None:
             raise NotFound("build not found", detail={"build_id": build_id[:40]})
         return build
@@ -117,8 +102,7 @@ class _BuildsApi(ManagementApi):
             body = await read_json_object()
             save_tags = _string_list(body, "save_tags")
             body.done()
-        async with _build_errors():
-            build = await self._builds.create(project, save_tags)
+        build = await self._builds.create(project, save_tags)
         log.info("project %s: build %s created by %s", project.id, build.id, principal.subject)
         location = f"/api/v1/projects/{project.id}/builds/{build.id}"
         return _json(self._document(build), 201, {"Location": location})
@@ -126,8 +110,7 @@ class _BuildsApi(ManagementApi):
     async def list_builds(self, project_id: str) -> Response:
         _, project = await self._project(project_id)
         limit = _page_size(request.args.get("n"))
-        async with _build_errors():
-            found = await self._builds.list_builds(project, limit)
+        found = await self._builds.list_builds(project, limit)
         return _json({"builds": [self._document(b) for b in found]})
 
     async def get_build(self, project_id: str, build_id: str) -> Response:
@@ -138,8 +121,7 @@ class _BuildsApi(ManagementApi):
         principal, project = await self._project(project_id)
         management.require(principal, PUSH, _resource(project), "delete builds")
         build = await self._build(project, build_id)
-        async with _build_errors():
-            await self._builds.delete(build)
+        await self._builds.delete(build)
         log.info("project %s: build %s deleted by %s", project.id, build.id, principal.subject)
         return Response(b"", status=204)
 
@@ -176,32 +158,28 @@ class _BuildsApi(ManagementApi):
 
     async def get_org_retention(self, org: str) -> Response:
         _, record = await self._org(org)
-        async with _build_errors():
-            found = await self._builds.retention(record.id)
+        found = await self._builds.retention(record.id)
         return self._retention(record.slug, None, found)
 
     async def set_org_retention(self, org: str) -> Response:
         principal, record = await self._managed_org(org)
         ttl = await _ttl_body()
-        async with _build_errors():
-            await self._builds.set_retention(record.id, None, ttl)
-            found = await self._builds.retention(record.id)
+        await self._builds.set_retention(record.id, None, ttl)
+        found = await self._builds.retention(record.id)
         log.info("org %s: build TTL %s set by %s", record.slug, ttl, principal.subject)
         return self._retention(record.slug, None, found)
 
     async def get_project_retention(self, project_id: str) -> Response:
         _, project = await self._project(project_id)
-        async with _build_errors():
-            found = await self._builds.retention(project.org_id, project.id)
+        found = await self._builds.retention(project.org_id, project.id)
         return self._retention(project.org_slug, project.id, found)
 
     async def set_project_retention(self, project_id: str) -> Response:
         principal, project = await self._project(project_id)
         management.require(principal, MANAGE, _resource(project), "set retention")
         ttl = await _ttl_body()
-        async with _build_errors():
-            await self._builds.set_retention(project.org_id, project.id, ttl)
-            found = await self._builds.retention(project.org_id, project.id)
+        await self._builds.set_retention(project.org_id, project.id, ttl)
+        found = await self._builds.retention(project.org_id, project.id)
         log.info("project %s: build TTL %s set by %s", project.id, ttl, principal.subject)
         return self._retention(project.org_slug, project.id, found)
 
@@ -211,8 +189,7 @@ class _BuildsApi(ManagementApi):
         principal, record = await self._org(org)
         org_wide = Project(record.slug, None)
         management.require(principal, READ, org_wide, "read the organization's usage")
-        async with _build_errors():
-            found = await self._metering.usage(record.slug)
+        found = await self._metering.usage(record.slug)
         return _json(found.document())
 
 

@@ -2,58 +2,46 @@
 
 PostgreSQL (127.0.0.1:5432, database ``test``) is a real peer: absent, its tests skip on a
 laptop and fail in CI (``CI=true``). Each test gets a schema of its own, dropped after.
+
+Stores are built on a :class:`Database` opened once per test (``database``); a test that plays
+several processes opens more with ``open_database`` (each its own engines and write gate).
 """
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
-_PG_CANDIDATES = (
-    "postgresql+psycopg://postgres@127.0.0.1:5432/test",
-    "postgresql+psycopg://root@127.0.0.1:5432/test",
-)
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> str | None:
-    """A URL on which PostgreSQL answers, or None."""
-    for url in _PG_CANDIDATES:
-        engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
-        try:
-            with engine.connect():
-                return url
-        except sa.exc.OperationalError:
-            continue
-        finally:
-            engine.dispose()
-    return None
+from origin.metadata.database import Database
+from tests.postgres import fresh_schema, require_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None
-) -> Iterator[str]:
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
-    if postgres_url is None:
-        message = "PostgreSQL is not reachable on 127.0.0.1:5432 (database test)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    schema = f"contract_{uuid.uuid4().hex}"
-    admin = sa.create_engine(postgres_url)
-    try:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        yield f"{postgres_url}?options=-csearch_path%3D{schema}"
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    finally:
-        admin.dispose()
+    with fresh_schema(require_postgres()) as url:
+        yield url
+
+
+@pytest.fixture
+def open_database(store_url: str) -> Iterator[Callable[[], Database]]:
+    """Opens databases on this test's URL, as separate processes would; closes them all at
+    the end."""
+    opened: list[Database] = []
+
+    def open_one() -> Database:
+        opened.append(Database.open(store_url))
+        return opened[-1]
+
+    yield open_one
+    for database in opened:
+        database.close()
+
+
+@pytest.fixture
+def database(open_database: Callable[[], Database]) -> Database:
+    return open_database()

@@ -1,5 +1,5 @@
 """Contract of the build store (builds, retention, usage), run against SQLite (a file) and
-PostgreSQL, beside a metadata store on the same database.
+PostgreSQL. (What builds read of the registry's tables is the metadata store's contract.)
 
 PostgreSQL runs on 127.0.0.1:5432, database ``test``; each test gets a schema of its own
 (through ``search_path`` in the URL), dropped afterwards. Without a server the PostgreSQL cases
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -18,19 +18,15 @@ import trio
 
 from origin.builds.records import BoundImage, BuildRecord, Retention
 from origin.builds.store import BuildStore
-from origin.metadata.records import ManifestRecord, Reference
-from origin.metadata.store import MetadataStore
+from origin.metadata.database import Database
 
 NOW = datetime(2030, 3, 10, tzinfo=UTC).timestamp()
 REPO = "acme/p1p1p1p1p1p1"
 
 
 @pytest.fixture
-def stores(store_url: str) -> Iterator[tuple[BuildStore, MetadataStore]]:
-    builds, metadata = BuildStore.open(store_url), MetadataStore.open(store_url)
-    yield builds, metadata
-    builds.close()
-    metadata.close()
+def store(database: Database) -> BuildStore:
+    return BuildStore(database)
 
 
 def digest_of(data: bytes) -> str:
@@ -63,8 +59,7 @@ def image(digest: str, *children: str, size: int = 100) -> BoundImage:
     )
 
 
-async def test_create_list_get_delete(stores: tuple[BuildStore, MetadataStore]) -> None:
-    store, _ = stores
+async def test_create_list_get_delete(store: BuildStore) -> None:
     with trio.fail_after(60):
         await store.create_build(build("aaaaaaaaaaaa", created=NOW, save_tags=("main", "v1")))
         await store.create_build(build("bbbbbbbbbbbb", created=NOW + 2))
@@ -88,8 +83,7 @@ async def test_create_list_get_delete(stores: tuple[BuildStore, MetadataStore]) 
         assert [b.id for b in listed] == ["bbbbbbbbbbbb", "aaaaaaaaaaaa"]
 
 
-async def test_bind_once_while_live(stores: tuple[BuildStore, MetadataStore]) -> None:
-    store, _ = stores
+async def test_bind_once_while_live(store: BuildStore) -> None:
     root, child = digest_of(b"index"), digest_of(b"child")
     with trio.fail_after(60):
         await store.create_build(build("aaaaaaaaaaaa", save_tags=("main",)))
@@ -117,80 +111,24 @@ async def test_bind_once_while_live(stores: tuple[BuildStore, MetadataStore]) ->
 
 
 async def test_concurrent_binds_one_wins(
-    stores: tuple[BuildStore, MetadataStore], store_url: str
+    store: BuildStore, open_database: Callable[[], Database]
 ) -> None:
-    store, _ = stores
-    second = BuildStore.open(store_url)
+    second = BuildStore(open_database())  # another process
     results: list[bool] = []
-    try:
-        with trio.fail_after(60):
-            await store.create_build(build("aaaaaaaaaaaa", save_tags=("main",)))
+    with trio.fail_after(60):
+        await store.create_build(build("aaaaaaaaaaaa", save_tags=("main",)))
 
-            async def bind(on: BuildStore, payload: bytes) -> None:
-                results.append(await on.bind("aaaaaaaaaaaa", image(digest_of(payload)), NOW + 1))
+        async def bind(on: BuildStore, payload: bytes) -> None:
+            results.append(await on.bind("aaaaaaaaaaaa", image(digest_of(payload)), NOW + 1))
 
-            async with trio.open_nursery() as nursery:
-                for i, on in enumerate([store, second] * 3):
-                    nursery.start_soon(bind, on, b"%d" % i)
-    finally:
-        second.close()
+        async with trio.open_nursery() as nursery:
+            for i, on in enumerate([store, second] * 3):
+                nursery.start_soon(bind, on, b"%d" % i)
     assert sorted(results) == [False] * 5 + [True]
     assert len(await store.builds_for_tag(REPO, "main")) == 1
 
 
-async def test_metadata_reads(stores: tuple[BuildStore, MetadataStore]) -> None:
-    store, metadata = stores
-    with trio.fail_after(60):
-        repo = await metadata.ensure_repository(REPO, NOW)
-        app = await metadata.ensure_repository("acme/app", NOW)
-        other = await metadata.ensure_repository("other/app", NOW)
-        acme0 = await metadata.ensure_repository("acme0/x", NOW)  # shares the prefix "acme"
-        layers = [b"layer-one", b"layer-two!", b"shared-by-orgs"]
-        for data in layers:
-            await metadata.add_blob(digest_of(data), len(data), NOW)
-        for repository_id, data in (
-            (repo, layers[0]),
-            (app, layers[0]),
-            (app, layers[1]),
-            (repo, layers[2]),
-            (other, layers[2]),
-            (acme0, layers[1]),
-        ):
-            await metadata.link_blob(repository_id, digest_of(data), NOW)
-        child = ManifestRecord(
-            digest_of(b"child"), "application/vnd.oci.image.manifest.v1+json", b"child"
-        )
-        index = ManifestRecord(
-            digest_of(b"index!"), "application/vnd.oci.image.index.v1+json", b"index!"
-        )
-        await metadata.put_manifest(
-            repo, child, [Reference(digest_of(layers[0]), "blob")], "c", NOW
-        )
-        await metadata.put_manifest(
-            repo, index, [Reference(child.digest, "manifest")], "latest", NOW
-        )
-        await metadata.put_manifest(
-            app, child, [Reference(digest_of(layers[0]), "blob")], None, NOW
-        )
-
-        assert sorted(await store.tags_reaching(REPO, child.digest)) == [
-            ("c", child.digest),
-            ("latest", index.digest),
-        ]
-        assert await store.tags_reaching(REPO, index.digest) == [("latest", index.digest)]
-        assert await store.tags_reaching("acme/app", child.digest) == []
-        sizes = await store.blob_sizes([digest_of(d) for d in layers] + [digest_of(b"missing")])
-        assert sizes == {digest_of(d): len(d) for d in layers}
-        assert await store.blob_sizes([]) == {}
-        # Each blob once per org; the same manifest in two repositories once.
-        assert await store.stored_bytes("acme") == 9 + 10 + 14 + 5 + 6
-        assert await store.stored_bytes("other") == 14
-        assert await store.stored_bytes("acme0") == 10
-        assert await store.stored_bytes("nobody") == 0
-
-
-async def test_retention(stores: tuple[BuildStore, MetadataStore]) -> None:
-    store, _ = stores
+async def test_retention(store: BuildStore) -> None:
     with trio.fail_after(60):
         assert await store.retention("org_a", "p1") == Retention(None, None)
         await store.set_retention("org_a", None, 86400, NOW)
@@ -206,8 +144,7 @@ async def test_retention(stores: tuple[BuildStore, MetadataStore]) -> None:
         await store.set_retention("org_a", None, None, NOW + 2)  # idempotent
 
 
-async def test_accrual(stores: tuple[BuildStore, MetadataStore], store_url: str) -> None:
-    store, _ = stores
+async def test_accrual(store: BuildStore, open_database: Callable[[], Database]) -> None:
     with trio.fail_after(60):
         assert await store.accrue("acme", 1000, NOW) == 0  # starts the clock
         assert await store.accrue("acme", 5000, NOW) == 0  # re-measures only
@@ -229,19 +166,15 @@ async def test_accrual(stores: tuple[BuildStore, MetadataStore], store_url: str)
         assert (await store.usage("acme", "2030-04")).byte_hours == pytest.approx(4000)
 
         # Concurrent rounds (several origins) count an interval once.
-        others = [BuildStore.open(store_url) for _ in range(3)]
+        others = [BuildStore(open_database()) for _ in range(3)]
         added: list[float] = []
-        try:
-            await store.accrue("race", 3600, NOW)
+        await store.accrue("race", 3600, NOW)
 
-            async def round_on(on: BuildStore) -> None:
-                added.append(await on.accrue("race", 3600, NOW + 3600))
+        async def round_on(on: BuildStore) -> None:
+            added.append(await on.accrue("race", 3600, NOW + 3600))
 
-            async with trio.open_nursery() as nursery:
-                for on in [store, *others]:
-                    nursery.start_soon(round_on, on)
-        finally:
-            for on in others:
-                on.close()
+        async with trio.open_nursery() as nursery:
+            for on in [store, *others]:
+                nursery.start_soon(round_on, on)
         assert sorted(added) == [0, 0, 0, 3600]
         assert (await store.usage("race", "2030-03")).byte_hours == 3600

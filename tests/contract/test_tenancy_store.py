@@ -8,8 +8,7 @@ skip locally and fail on CI (``CI=true``), as in ``test_metadata_store.py``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,16 +16,12 @@ import sqlalchemy as sa
 import trio
 
 from core.auth.principal import ALL_ACTIONS, PULL, Principal
+from core.errors import AlreadyExists, DatabaseError, InputError, UnknownObject
 from origin.auth import token_format as tf
 from origin.auth.records import OrgRecord, ProjectRecord, TokenRecord
 from origin.auth.schema import tenancy_metadata
-from origin.auth.store import (
-    TOUCH_INTERVAL_SECONDS,
-    TenancyConflict,
-    TenancyError,
-    TenancyNotFound,
-    TenancyStore,
-)
+from origin.auth.store import TOUCH_INTERVAL_SECONDS, TenancyStore
+from origin.metadata.database import Database
 from origin.metadata.store import MetadataStore
 
 NOW = 1_700_000_000.0
@@ -34,22 +29,15 @@ ISSUER = "https://token.actions.githubusercontent.com"
 
 
 @pytest.fixture
-def open_store(store_url: str) -> Iterator[Callable[[], TenancyStore]]:
-    """Opens stores on this test's database; closes them all at the end."""
-    opened: list[TenancyStore] = []
-
-    def open_one() -> TenancyStore:
-        opened.append(TenancyStore.open(store_url))
-        return opened[-1]
-
-    yield open_one
-    for store in opened:
-        store.close()
+def open_store(open_database: Callable[[], Database]) -> Callable[[], TenancyStore]:
+    """Opens stores on this test's database, each on a Database of its own (as separate
+    processes would); the databases are closed at the end."""
+    return lambda: TenancyStore(open_database())
 
 
 @pytest.fixture
-def store(open_store: Callable[[], TenancyStore]) -> TenancyStore:
-    return open_store()
+def store(database: Database) -> TenancyStore:
+    return TenancyStore(database)
 
 
 def all_cells(url: str) -> list[str]:
@@ -94,14 +82,14 @@ async def test_orgs_are_created_and_found(store: TenancyStore) -> None:
 async def test_duplicate_org_slug_conflicts(store: TenancyStore) -> None:
     with trio.fail_after(20):
         first = await store.create_org("acme", NOW)
-        with pytest.raises(TenancyConflict):
+        with pytest.raises(AlreadyExists):
             await store.create_org("acme", NOW + 1)
         assert await store.list_orgs() == [first]
 
 
 @pytest.mark.parametrize("slug", ["", "Acme", "-acme", "acme-", "a_b", "a/b", "a" * 64, "é"])
 async def test_invalid_org_slugs_are_refused(store: TenancyStore, slug: str) -> None:
-    with trio.fail_after(20), pytest.raises(ValueError):
+    with trio.fail_after(20), pytest.raises(InputError):
         await store.create_org(slug, NOW)
 
 
@@ -110,12 +98,12 @@ async def test_concurrent_create_org_one_wins(open_store: Callable[[], TenancySt
     stores = [open_store(), open_store()]
     with trio.fail_after(20):
         created: list[OrgRecord] = []
-        conflicts: list[TenancyConflict] = []
+        conflicts: list[AlreadyExists] = []
 
         async def create(store: TenancyStore) -> None:
             try:
                 created.append(await store.create_org("race", NOW))
-            except TenancyConflict as exc:
+            except AlreadyExists as exc:
                 conflicts.append(exc)
 
         async with trio.open_nursery() as nursery:
@@ -147,11 +135,11 @@ async def test_projects(store: TenancyStore) -> None:
 
 async def test_project_needs_an_org_and_a_name(store: TenancyStore) -> None:
     with trio.fail_after(20):
-        with pytest.raises(TenancyNotFound):
+        with pytest.raises(UnknownObject):
             await store.create_project("org_nope", "web", NOW)
         acme = await store.create_org("acme", NOW)
         for name in ("", "  ", "x" * 201, "line\nbreak"):
-            with pytest.raises(ValueError):
+            with pytest.raises(InputError):
                 await store.create_project(acme.id, name, NOW)
 
 
@@ -164,14 +152,14 @@ async def test_users_and_memberships(store: TenancyStore) -> None:
         assert re.fullmatch(r"user_[a-z0-9]{16}", alice.id)
         assert await store.user_by_name("alice") == alice
         assert await store.user_by_name("bob") is None
-        with pytest.raises(TenancyConflict):
+        with pytest.raises(AlreadyExists):
             await store.create_user("alice", NOW)
         acme = await store.create_org("acme", NOW)
         await store.add_member(alice.id, acme.id)
         await store.add_member(alice.id, acme.id)  # idempotent
-        with pytest.raises(TenancyNotFound):
+        with pytest.raises(UnknownObject):
             await store.add_member("user_nope", acme.id)
-        with pytest.raises(TenancyNotFound):
+        with pytest.raises(UnknownObject):
             await store.add_member(alice.id, "org_nope")
 
 
@@ -246,7 +234,7 @@ async def test_expired_tokens(store: TenancyStore) -> None:
         assert await store.authenticate(token, NOW + 59.9) is not None
         assert await store.authenticate(token, NOW + 60) is None
         assert await store.authenticate(token, NOW + 3600) is None
-        with pytest.raises(ValueError):
+        with pytest.raises(InputError):
             await store.create_token("pull", org_id=web.org_id, expires_at=NOW, now=NOW)
 
 
@@ -319,16 +307,16 @@ async def test_token_attachments_are_checked(store: TenancyStore) -> None:
             ("edge", {"org_id": web.org_id}),
         ]
         for kind, attached in refused:
-            with pytest.raises(ValueError):
+            with pytest.raises(InputError):
                 await store.create_token(kind, **attached, now=NOW)
         missing: list[dict[str, Any]] = [
             {"org_id": "org_nope"},
             {"project_id": "nonexistent0"},
         ]
         for attached in missing:
-            with pytest.raises(TenancyNotFound):
+            with pytest.raises(UnknownObject):
                 await store.create_token("pull", **attached, now=NOW)
-        with pytest.raises(TenancyNotFound):
+        with pytest.raises(UnknownObject):
             await store.create_token("user", user_id="user_nope", now=NOW)
         assert await store.list_tokens(web.org_id) == []
         assert await store.list_tokens(None) == []
@@ -441,11 +429,11 @@ async def test_trust_relationships_are_validated(store: TenancyStore) -> None:
             {"project_id": other.id},  # another org's project
         ]
         for change in refused:
-            with pytest.raises(ValueError):
+            with pytest.raises(InputError):
                 await store.create_trust(web.org_id, **{**good, **change}, now=NOW)
-        with pytest.raises(TenancyNotFound):
+        with pytest.raises(UnknownObject):
             await store.create_trust("org_nope", **good, now=NOW)
-        with pytest.raises(TenancyNotFound):
+        with pytest.raises(UnknownObject):
             await store.create_trust(web.org_id, **good, project_id="nonexistent0", now=NOW)
         assert await store.list_trusts(web.org_id, include_revoked=True) == []
 
@@ -479,11 +467,11 @@ async def test_only_the_orgs_own_repositories_can_be_made_public(store: TenancyS
         other = await store.create_org("other", NOW)
         await store.set_public(other.id, "other/app", True)
         for name in ("other/app", "acme", "acmex/app", "app"):
-            with pytest.raises(ValueError):
+            with pytest.raises(InputError):
                 await store.set_public(acme.id, name, True)
-        with pytest.raises(ValueError):
+        with pytest.raises(InputError):
             await store.set_public(acme.id, "other/app", False)  # cannot hide it either
-        with pytest.raises(TenancyNotFound):
+        with pytest.raises(UnknownObject):
             await store.set_public("org_nope", "acme/app", True)
         assert await store.is_public("other/app")
         assert await store.list_public(acme.id) == []
@@ -493,41 +481,25 @@ async def test_only_the_orgs_own_repositories_can_be_made_public(store: TenancyS
 
 
 async def test_shares_a_database_with_the_metadata_store(
-    store: TenancyStore, store_url: str
+    store: TenancyStore, open_database: Callable[[], Database]
 ) -> None:
     with trio.fail_after(20):
-        metadata = MetadataStore.open(store_url)
-        try:
-            web = await org_with_project(store)
-            await metadata.ensure_repository(web.repository, NOW)
-            assert await metadata.list_repositories(None, None) == [web.repository]
-            assert await store.project(web.id) == web
-        finally:
-            metadata.close()
-        reopened = TenancyStore.open(store_url)  # existing tables are kept
-        try:
-            assert await reopened.project(web.id) == web
-        finally:
-            reopened.close()
+        metadata = MetadataStore(store.database)  # one Database, both stores
+        web = await org_with_project(store)
+        await metadata.ensure_repository(web.repository, NOW)
+        assert await metadata.list_repositories(None, None) == [web.repository]
+        assert await store.project(web.id) == web
+        store.database.close()
+        reopened = TenancyStore(open_database())  # existing tables are kept
+        assert await reopened.project(web.id) == web
 
 
 async def test_closed_store_refuses_calls(store: TenancyStore) -> None:
     with trio.fail_after(20):
-        store.close()
-        with pytest.raises(TenancyError):
+        store.database.close()
+        with pytest.raises(DatabaseError):
             await store.org_by_slug("acme")
-        with pytest.raises(TenancyError):
+        with pytest.raises(DatabaseError):
             await store.create_org("acme", NOW)
-        with pytest.raises(TenancyError):
+        with pytest.raises(DatabaseError):
             await store.is_public("acme/app")
-
-
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "mysql://x@localhost/db"])
-def test_unusable_urls_are_refused(url: str) -> None:
-    with pytest.raises(ValueError):
-        TenancyStore.open(url)
-
-
-def test_unreachable_database_is_a_tenancy_error(tmp_path: Path) -> None:
-    with pytest.raises(TenancyError):
-        TenancyStore.open(f"sqlite:///{tmp_path / 'missing-dir' / 'metadata.db'}")

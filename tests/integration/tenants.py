@@ -14,15 +14,28 @@ import httpx
 import trio
 
 from origin.auth.store import TenancyStore
+from origin.metadata.database import Database
 from tests.integration.conftest import RunningOrigin, start_origin
 
 BASE_DOMAIN = "registry.example"
 
 
+class OwnTenancyStore(TenancyStore):
+    """A tenancy store on a database of its own, as an administrator's process would open
+    it beside the origin; ``close()`` closes that database."""
+
+    @classmethod
+    def open(cls, url: str) -> OwnTenancyStore:
+        return cls(Database.open(url))
+
+    def close(self) -> None:
+        self.database.close()
+
+
 @dataclass
 class Tenants:
     origin: RunningOrigin
-    store: TenancyStore
+    store: OwnTenancyStore
     acme_id: str
     other_id: str
     project: str  # a project of acme
@@ -46,7 +59,7 @@ async def start_tenants(
     origin = await start_origin(
         nursery, data_dir, clock=clock, auth=True, base_domain=BASE_DOMAIN, **overrides
     )
-    store = TenancyStore.open(origin.settings.resolved_database_url)
+    store = OwnTenancyStore.open(origin.settings.resolved_database_url)
     now = clock()
     acme = await store.create_org("acme", now)
     other = await store.create_org("other", now)

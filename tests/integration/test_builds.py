@@ -16,6 +16,7 @@ import trio
 from origin.builds.metering import Metering
 from origin.builds.records import is_build_id
 from origin.builds.store import BuildStore
+from origin.server import open_registry
 from tests.integration.oci import (
     OCI_INDEX,
     Manifest,
@@ -376,15 +377,13 @@ async def test_metering_counts_each_blob_once(tenants: Tenants, clock: FakeClock
             assert_error(await other_client.get("/api/v1/orgs/acme/usage"), 404, "NOT_FOUND")
 
             # Accrual rounds as the origin's periodic task runs them, on the same database.
-            store = BuildStore.open(settings.resolved_database_url)
-            try:
-                metering = Metering(store, tenants.store, clock)
+            async with open_registry(settings, clock) as registry:
+                store = BuildStore(registry.metadata.database)
+                metering = Metering(store, tenants.store, registry, clock)
                 await metering.accrue()  # starts (or re-measures) at the current time
                 clock.advance(10 * 3600)
                 await metering.accrue()
                 await metering.accrue()  # no time passed: adds nothing
-            finally:
-                store.close()
             usage = (await http.get("/api/v1/orgs/acme/usage")).json()
             assert usage["byte_hours"] == pytest.approx(expected * 10)
             assert usage["accrued_at"] == clock()
@@ -402,7 +401,6 @@ async def test_expired_build_is_collected_and_its_bytes_freed(
     """Save, expire, collect: the build's blobs leave the disk; a live org image stays."""
     from origin.builds.service import BuildService
     from origin.retention.gc import collect
-    from origin.server import open_registry
 
     build_image, kept_image = new_image(layers=2), new_image(layers=1)
     project = tenants.project
@@ -415,15 +413,12 @@ async def test_expired_build_is_collected_and_its_bytes_freed(
         build_digests = {b.digest for b in build_image.blobs}
         assert stored_on_disk(data_dir, build_digests) > 0
         clock.advance(WEEK + 3 * 3600)  # expired, and past the 2 h grace period
-        store = BuildStore.open(tenants.origin.settings.resolved_database_url)
-        try:
-            async with open_registry(tenants.origin.settings, clock) as registry:
-                service = BuildService(store, registry.metadata, registry.storage, clock)
-                assert await service.retire_expired() == 1
-                assert await service.retire_expired() == 0  # once
-                report = await collect(registry, now=clock(), grace_seconds=2 * 3600)
-        finally:
-            store.close()
+        async with open_registry(tenants.origin.settings, clock) as registry:
+            store = BuildStore(registry.metadata.database)
+            service = BuildService(store, registry, clock)
+            assert await service.retire_expired() == 1
+            assert await service.retire_expired() == 0  # once
+            report = await collect(registry, now=clock(), grace_seconds=2 * 3600)
         freed = {digest for digest, _ in report.blobs}
         assert build_digests <= freed
         assert report.bytes_freed >= sum(b.size for b in build_image.blobs)

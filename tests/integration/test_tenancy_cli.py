@@ -13,7 +13,8 @@ import trio
 
 from origin.auth.store import TenancyStore
 from origin.auth.token_format import parse_token
-from tests.processes import origin_command
+from origin.metadata.database import Database
+from tests.processes import free_port, origin_command
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_SECONDS = 60
@@ -53,12 +54,12 @@ def refused(*args: str | Path, data_dir: Path) -> str:
 
 
 async def authenticate(data_dir: Path, token: str) -> Any:
-    store = TenancyStore.open(f"sqlite:///{(data_dir / 'registry.db').resolve()}")
+    database = Database.open(f"sqlite:///{(data_dir / 'registry.db').resolve()}")
     try:
         with trio.fail_after(20):
-            return await store.authenticate(token, 4e9)
+            return await TenancyStore(database).authenticate(token, 4e9)
     finally:
-        store.close()
+        database.close()
 
 
 async def test_org_project_and_token_lifecycle(tmp_path: Path) -> None:
@@ -174,6 +175,20 @@ def test_bad_config_exits_2(tmp_path: Path) -> None:
     config.write_text('no_such_setting = "x"\n')
     stderr = refused("org", "list", "--config", config, data_dir=tmp_path / "data")
     assert "unknown settings" in stderr
+
+
+def test_a_failing_database_exits_1(tmp_path: Path) -> None:
+    # Nothing listens on the port: the database is unreachable, not the command wrong.
+    config = tmp_path / "origin.toml"
+    dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"
+    config.write_text(f'database_url = "{dead}"\n')
+    result = cli("org", "list", "--config", config, data_dir=tmp_path / "data")
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("depot-registry: ")
+    # A URL that names no usable database is the caller's to fix.
+    config.write_text('database_url = "mysql://x@localhost/db"\n')
+    assert "unsupported database" in refused("org", "list", "--config", config, data_dir=tmp_path)
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.errors import InputError
 from core.reference import is_tag
 from origin.builds.records import (
     DEFAULT_BUILD_TTL_SECONDS,
@@ -107,13 +108,13 @@ def test_storage_cost() -> None:
 def test_save_tags() -> None:
     assert check_save_tags(["main", "v1.2.3", "pr_42"]) == ("main", "v1.2.3", "pr_42")
     assert check_save_tags([]) == ()
-    with pytest.raises(ValueError, match="invalid"):
+    with pytest.raises(InputError, match="invalid"):
         check_save_tags(["no/slash"])
-    with pytest.raises(ValueError, match="build id"):
+    with pytest.raises(InputError, match="build id"):
         check_save_tags(["abcdefabcdef"])
-    with pytest.raises(ValueError, match="repeat"):
+    with pytest.raises(InputError, match="repeat"):
         check_save_tags(["a", "a"])
-    with pytest.raises(ValueError, match="at most"):
+    with pytest.raises(InputError, match="at most"):
         check_save_tags([f"t{i}" for i in range(MAX_SAVE_TAGS + 1)])
 
 

@@ -1,6 +1,8 @@
 """Garbage collection's SQL: reading the graph, and deletions that re-check themselves.
 
-Each deletion runs in a write transaction of its own (``MetadataStore.transaction``), first
+The collector (``origin/retention/``) reaches these through the registry domain
+(:class:`origin.registry.graph.RegistryGraph`) and :class:`MetadataStore`, whose
+``collect_*`` methods run each deletion in a write transaction of its own. A deletion first
 locks its row, then re-checks against what the database holds *now* that nothing may still
 use it; a deletion that no longer holds is refused, never forced:
 
@@ -24,6 +26,7 @@ from collections.abc import Awaitable, Callable
 import sqlalchemy as sa
 import trio
 
+from origin.metadata.records import BlobNode, Graph, ManifestKey, ManifestNode
 from origin.metadata.schema import (
     blobs,
     manifest_references,
@@ -32,7 +35,6 @@ from origin.metadata.schema import (
     repositories,
     tags,
 )
-from origin.retention.mark import BlobNode, Graph, ManifestKey, ManifestNode
 
 
 def load_graph(conn: sa.Connection) -> tuple[Graph, dict[int, str]]:
