@@ -122,14 +122,22 @@ class Exchange:
         body: Body | None,
     ) -> httpx.Response:
         content: Any = body() if callable(body) else body
-        request = self.http.build_request(
-            method, url, params=params, headers=headers, content=content
-        )
-        if authorization is not None:
-            request.headers["Authorization"] = authorization
-        return await send_with_retry(
-            self.http, request, stream=True, follow_redirects=method in IDEMPOTENT_METHODS
-        )
+        try:
+            # Merged into the URL: httpx would replace a query the registry put in a
+            # Location (Distribution signs its upload state into ``_state``).
+            target = httpx.URL(url).copy_merge_params(params) if params else url
+            request = self.http.build_request(method, target, headers=headers, content=content)
+            if authorization is not None:
+                request.headers["Authorization"] = authorization
+            return await send_with_retry(
+                self.http, request, stream=True, follow_redirects=method in IDEMPOTENT_METHODS
+            )
+        finally:
+            # A body stream the send left unfinished (the connection dropped mid-body) is
+            # closed here, not by the garbage collector.
+            closer = getattr(content, "aclose", None)
+            if closer is not None:
+                await closer()
 
     async def _drain(self, response: httpx.Response) -> tuple[str | None, bytes]:
         """The challenge and (bounded) body of a 401; the answer is closed."""
