@@ -17,23 +17,22 @@ encoding. Blob bytes are the caller's to hash: they stream through.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import httpx
 
 from core import mediatypes
-from core.client import uploads
-from core.client.auth import CATALOG_SCOPE, Authenticator, pull_scope, push_scope
+from core.client import listings, uploads
+from core.client.auth import Authenticator, pull_scope, push_scope
 from core.client.credentials import ANONYMOUS, CredentialsProvider
 from core.client.exchange import Exchange
 from core.client.failures import MAX_ERROR_BYTES, transport_boundary
 from core.client.http import DEFAULT_MAX_CONNECTIONS, closing_generator, open_http_client
+from core.client.listings import Referrers
 from core.client.uploads import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_RESUME_ATTEMPTS,
@@ -46,24 +45,18 @@ from core.errors import (
     BlobUnknown,
     DigestInvalid,
     ManifestUnknown,
-    NameInvalid,
     NameUnknown,
     NotFound,
     RangeInvalid,
     Unavailable,
 )
-from core.reference import RepositoryName, Tag, is_tag, parse_repository_name
+from core.reference import RepositoryName, Tag
 
 log = logging.getLogger("depot.client")
 
 #: OCI and Docker image manifests and indexes, in every manifest request.
 MANIFEST_ACCEPT = ", ".join(sorted(mediatypes.MANIFESTS))
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-#: One page of a tag list, the catalog or a referrers index.
-MAX_PAGE_BYTES = 4 * 1024 * 1024
-#: Pages followed through ``Link`` before giving up (a registry that links in a circle).
-MAX_PAGES = 10_000
-_LINK_NEXT = re.compile(r'<([^>]*)>\s*;[^,]*\brel="?next"?', re.IGNORECASE)
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 
 
@@ -88,21 +81,6 @@ class PushedManifest:
     #: ``OCI-Subject``: the registry processed the manifest's subject (it has the referrers
     #: API); None when the manifest has none or the registry ignores it.
     subject: Digest | None
-
-
-@dataclass(frozen=True, slots=True)
-class Referrer:
-    digest: Digest
-    media_type: str
-    size: int
-    artifact_type: str | None
-    annotations: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Referrers:
-    manifests: tuple[Referrer, ...]
-    filters_applied: frozenset[str]  # from ``OCI-Filters-Applied`` (e.g. "artifactType")
 
 
 class RegistryClient:
@@ -356,26 +334,18 @@ class RegistryClient:
     async def cancel_upload(self, session: UploadSession) -> None:
         await uploads.cancel(self._x, session)
 
-    # -- listings ------------------------------------------------------------------------------
+    # -- listings (see core.client.listings) ---------------------------------------------------
 
     async def list_tags(
         self, repository: RepositoryName, *, page_size: int | None = None
     ) -> list[Tag]:
         """Every tag, following ``Link`` pages of ``page_size`` (the registry's own default
         when None)."""
-        tags: list[Tag] = []
-        async for document in self._pages(
-            f"/v2/{repository}/tags/list", pull_scope(repository), page_size, NameUnknown
-        ):
-            tags.extend(Tag(t) for t in _strings(document.get("tags")) if is_tag(t))
-        return tags
+        return await listings.tags(self._x, repository, page_size)
 
     async def catalog(self, *, page_size: int | None = None) -> list[RepositoryName]:
         """Every repository the credentials may see, following ``Link`` pages."""
-        names: list[RepositoryName] = []
-        async for document in self._pages("/v2/_catalog", CATALOG_SCOPE, page_size, NotFound):
-            names.extend(_names(_strings(document.get("repositories"))))
-        return names
+        return await listings.catalog(self._x, page_size)
 
     async def referrers(
         self,
@@ -384,60 +354,10 @@ class RegistryClient:
         *,
         artifact_type: str | None = None,
     ) -> Referrers | None:
-        """The manifests whose ``subject`` is ``subject``; None when the registry has no
-        referrers API (404 without ``NAME_UNKNOWN``: clients then use the tag schema)."""
-        url = f"/v2/{repository}/referrers/{subject}"
-        params = {"artifactType": artifact_type} if artifact_type else None
-        found: list[Referrer] = []
-        filters: frozenset[str] = frozenset()
-        for _ in range(MAX_PAGES):
-            response, body = await self._x.exchange(
-                "GET",
-                url,
-                scope=pull_scope(repository),
-                params=params,
-                headers={"Accept": mediatypes.OCI_INDEX},
-                limit=MAX_PAGE_BYTES,
-            )
-            if response.status_code == 404:
-                error = self._x.error(response, body, NotFound)
-                if isinstance(error, NameUnknown):
-                    raise error
-                return None
-            if response.status_code != 200:
-                raise self._x.error(response, body, NotFound)
-            document = _json_object(body, self.host, "referrers")
-            if not isinstance(document.get("manifests"), list):
-                return None  # not an index: no referrers API behind this path
-            found.extend(_referrers(document["manifests"]))
-            applied = response.headers.get("OCI-Filters-Applied", "")
-            filters |= frozenset(f.strip() for f in applied.split(",") if f.strip())
-            following = _next_link(response.headers.get("Link"))
-            if following is None:
-                return Referrers(tuple(found), filters)
-            url, params = following, None
-        raise Unavailable(f"{self.host} linked more than {MAX_PAGES} pages")
-
-    async def _pages(
-        self, url: str, scope: str, page_size: int | None, not_found: type[NameUnknown | NotFound]
-    ) -> AsyncIterator[dict[str, Any]]:
-        params = {"n": str(page_size)} if page_size is not None else None
-        seen: set[str] = set()
-        for _ in range(MAX_PAGES):
-            response, body = await self._x.exchange(
-                "GET", url, scope=scope, params=params, limit=MAX_PAGE_BYTES
-            )
-            if response.status_code != 200:
-                raise self._x.error(response, body, not_found)
-            yield _json_object(body, self.host, url)
-            following = _next_link(response.headers.get("Link"))
-            if following is None:
-                return
-            if following in seen:
-                raise Unavailable(f"{self.host} linked back to a page it already sent")
-            seen.add(following)
-            url, params = following, None
-        raise Unavailable(f"{self.host} linked more than {MAX_PAGES} pages")
+        """The manifests whose ``subject`` is ``subject``, filtered by ``artifact_type`` when
+        given; None when the registry has no referrers API (clients then use the
+        ``sha256-<hex>`` tag schema)."""
+        return await listings.referrers(self._x, repository, subject, artifact_type)
 
 
 def verified_digest(
@@ -474,56 +394,3 @@ async def _raw_chunks(response: httpx.Response, host: str, skip: int) -> AsyncIt
                     if not chunk:
                         continue
                 yield chunk
-
-
-def _next_link(header: str | None) -> str | None:
-    match = _LINK_NEXT.search(header or "")
-    return match.group(1) if match else None
-
-
-def _json_object(body: bytes, host: str, what: str) -> dict[str, Any]:
-    try:
-        document = json.loads(body)
-    except ValueError as exc:
-        raise Unavailable(f"{host} sent malformed JSON", detail={"what": what}) from exc
-    if not isinstance(document, dict):
-        raise Unavailable(f"{host} sent JSON that is not an object", detail={"what": what})
-    return document
-
-
-def _strings(value: Any) -> Iterator[str]:
-    """The strings of a JSON list (``null``, as Distribution sends for no tags, is none)."""
-    if isinstance(value, list):
-        yield from (item for item in value if isinstance(item, str))
-
-
-def _names(values: Iterator[str]) -> Iterator[RepositoryName]:
-    for value in values:
-        try:
-            yield parse_repository_name(value)
-        except NameInvalid:
-            log.warning("skipping an invalid repository name in a catalog: %r", value[:100])
-
-
-def _referrers(entries: list[Any]) -> Iterator[Referrer]:
-    for entry in entries:
-        if not isinstance(entry, dict):
-            continue
-        try:
-            digest = parse_digest(str(entry.get("digest", "")))
-        except DigestInvalid:
-            continue
-        size, media_type = entry.get("size"), entry.get("mediaType")
-        if not isinstance(size, int) or isinstance(size, bool) or not isinstance(media_type, str):
-            continue
-        artifact_type = entry.get("artifactType")
-        annotations = entry.get("annotations")
-        yield Referrer(
-            digest,
-            media_type,
-            size,
-            artifact_type if isinstance(artifact_type, str) else None,
-            {k: v for k, v in annotations.items() if isinstance(v, str)}
-            if isinstance(annotations, dict)
-            else {},
-        )

@@ -20,7 +20,8 @@ import trio
 from core import errors
 from core.client.failures import answer_error, retry_after
 from core.client.http import open_http_client
-from core.client.registry import RegistryClient, _next_link
+from core.client.listings import next_link
+from core.client.registry import RegistryClient
 from core.client.uploads import BlobSource
 from core.digest import sha256_of
 from core.errors import RegistryError
@@ -116,10 +117,10 @@ def test_retry_after_takes_seconds_or_an_http_date() -> None:
 
 
 def test_next_links() -> None:
-    assert _next_link('</v2/a/tags/list?n=2&last=b>; rel="next"') == "/v2/a/tags/list?n=2&last=b"
-    assert _next_link("<https://r/v2/_catalog?last=x>; rel=next") == "https://r/v2/_catalog?last=x"
-    assert _next_link('<https://r/x>; rel="prev"') is None
-    assert _next_link(None) is None
+    assert next_link('</v2/a/tags/list?n=2&last=b>; rel="next"') == "/v2/a/tags/list?n=2&last=b"
+    assert next_link("<https://r/v2/_catalog?last=x>; rel=next") == "https://r/v2/_catalog?last=x"
+    assert next_link('<https://r/x>; rel="prev"') is None
+    assert next_link(None) is None
 
 
 # -- uploads against an in-memory registry -------------------------------------------------------
