@@ -1,20 +1,27 @@
-"""Calls of the registry's JSON API (``/api/v1/``) and of ``GET /v2/`` for ``depot``.
+"""Calls of the registry's JSON API (``/api/v1/``) for ``depot``, and its ``/v2`` client.
 
 Every request carries the token as Basic ``x-token:<token>``, which both ``/v2/`` and
-``/api/v1/`` accept. A non-2xx answer raises :class:`ApiError` with the registry's error code
-and message (the OCI error envelope), never with request headers.
+``/api/v1/`` accept: ``/api/v1`` through a plain httpx client (:func:`open_client`), ``/v2``
+through the registry client (:func:`open_registry`, sending the token up front). A non-2xx
+answer raises :class:`ApiError` with the registry's error code and message (the OCI error
+envelope), never with request headers.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from core.client.credentials import x_token_credentials
 from core.client.http import open_http_client, request_with_retry, x_token_auth
-from core.errors import DepotError
+from core.client.registry import RegistryClient
+from core.errors import DepotError, RegistryError, Unauthorized, Unavailable
+
+MAX_CONNECTIONS = 8
 
 
 class ApiError(DepotError):
@@ -27,7 +34,19 @@ class ApiError(DepotError):
 
 
 def open_client(registry: str, token: str) -> httpx.AsyncClient:
-    return open_http_client(registry, auth_header=x_token_auth(token), max_connections=8)
+    return open_http_client(
+        registry, auth_header=x_token_auth(token), max_connections=MAX_CONNECTIONS
+    )
+
+
+def open_registry(registry: str, token: str) -> AbstractAsyncContextManager[RegistryClient]:
+    """The ``/v2`` client of ``registry``, authenticated with ``token``."""
+    return RegistryClient.open(
+        registry,
+        x_token_credentials(token),
+        preemptive_basic=True,
+        max_connections=MAX_CONNECTIONS,
+    )
 
 
 def segment(value: str) -> str:
@@ -52,6 +71,17 @@ def error_from(response: httpx.Response, action: str) -> ApiError:
         hint = " (is the token valid? run depot login again)"
     return ApiError(
         f"{action}: HTTP {response.status_code} {detail}{hint}", response.status_code, code
+    )
+
+
+def registry_error(exc: RegistryError, action: str) -> ApiError:
+    """An :class:`ApiError` describing what the registry client raised while doing ``action``:
+    the HTTP status and the registry's code and message (a failure in transit has none)."""
+    if isinstance(exc, Unavailable):
+        return ApiError(f"{action}: {exc.code}: {exc.message}", None, exc.code)
+    hint = " (is the token valid? run depot login again)" if isinstance(exc, Unauthorized) else ""
+    return ApiError(
+        f"{action}: HTTP {exc.status} {exc.code}: {exc.message}{hint}", exc.status, exc.code
     )
 
 
@@ -80,9 +110,12 @@ async def call(
         raise ApiError(f"{action}: the registry answered with invalid JSON") from exc
 
 
-async def check_login(client: httpx.AsyncClient) -> None:
+async def check_login(registry: RegistryClient) -> None:
     """``GET /v2/`` with the token: 200 or :class:`ApiError`."""
-    await call(client, "GET", "/v2/", "checking the token against /v2/")
+    try:
+        await registry.ping()
+    except RegistryError as exc:
+        raise registry_error(exc, "checking the token against /v2/") from exc
 
 
 async def create_build(

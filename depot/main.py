@@ -28,6 +28,7 @@ from typing import Any, TextIO, TypeGuard
 import httpx
 import trio
 
+from core.client.registry import RegistryClient
 from depot import api, credentials, push
 from depot.api import ApiError
 from depot.credentials import CredentialsError
@@ -95,6 +96,23 @@ def _with_client(
     return trio.run(run)
 
 
+def _with_clients(
+    args: argparse.Namespace,
+    body: Callable[[httpx.AsyncClient, RegistryClient], Awaitable[int]],
+) -> int:
+    """Run ``body`` with the ``/api/v1`` client and the ``/v2`` registry client."""
+    creds = credentials.resolve(args.registry, args.token)
+
+    async def run() -> int:
+        async with (
+            api.open_client(creds.registry, creds.token) as client,
+            api.open_registry(creds.registry, creds.token) as registry,
+        ):
+            return await body(client, registry)
+
+    return trio.run(run)
+
+
 def cmd_login(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     registry = credentials.normalise_registry(args.registry)
     if args.token_stdin:
@@ -105,7 +123,7 @@ def cmd_login(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise CredentialsError("no token given")
 
     async def check() -> None:
-        async with api.open_client(registry, token) as client:
+        async with api.open_registry(registry, token) as client:
             await api.check_login(client)
 
     trio.run(check)
@@ -129,8 +147,10 @@ def cmd_save(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.verbose:
             print(f"{'uploaded' if uploaded else 'exists  '} {blob.digest} {blob.size}", file=err)
 
-    async def body(client: httpx.AsyncClient) -> int:
-        saved = await push.save_build(client, image, args.project, args.save_tags, on_blob)
+    async def body(client: httpx.AsyncClient, registry: RegistryClient) -> int:
+        saved = await push.save_build(
+            client, registry, image, args.project, args.save_tags, on_blob
+        )
         stats = saved.stats
         if args.verbose:
             print(
@@ -143,7 +163,7 @@ def cmd_save(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(saved.build_id, file=out)
         return 0
 
-    return _with_client(args, body)
+    return _with_clients(args, body)
 
 
 def cmd_builds_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -1,9 +1,11 @@
 """Pushing a :class:`~depot.image_source.SourceImage` to a repository, and ``depot save``.
 
-Blobs first, only those the registry lacks (``HEAD`` each; a 200 skips it), each uploaded
-monolithically: ``POST /blobs/uploads/`` then one ``PUT ?digest=`` whose body streams from
-disk 1 MiB at a time (a few uploads run at once). Then the manifests, children of an index
-before the index (by digest), and the top manifest under every reference asked for.
+Through the registry client (:class:`core.client.registry.RegistryClient`). Blobs first,
+only those the registry lacks (``HEAD`` each; a 200 skips it), each uploaded monolithically:
+``POST /blobs/uploads/`` then one ``PUT ?digest=`` whose body streams from disk 1 MiB at a time
+(a few uploads run at once). Then the manifests, children of an index before the index (by
+digest), and the top manifest under every reference asked for. The registry's errors become
+:class:`~depot.api.ApiError` with what was being done and the registry's own message.
 
 ``depot save`` creates the build (``POST /api/v1/projects/{id}/builds``), pushes the image
 to the project's own repository ``<project-id>`` under the build id and each save-tag,
@@ -18,19 +20,22 @@ import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import trio
 
-from core.client.http import request_with_retry
+from core.client.registry import RegistryClient
+from core.client.uploads import BlobSource
+from core.digest import parse_digest
+from core.errors import RegistryError, Unavailable
+from core.reference import RepositoryName, parse_manifest_reference, parse_repository_name
 from depot import api
-from depot.api import ApiError, segment
+from depot.api import ApiError
 from depot.image_source import CHUNK_SIZE, Blob, Manifest, SourceImage
 
 #: Blob uploads running at once.
 UPLOAD_CONCURRENCY = 4
-#: Attempts per blob upload: a transport failure (reset, timeout) starts a new upload once.
+#: Attempts per blob upload: a failure in transit (reset, timeout) starts a new upload once.
 UPLOAD_ATTEMPTS = 2
 
 
@@ -50,57 +55,56 @@ class SavedBuild:
     stats: PushStats
 
 
-async def blob_exists(client: httpx.AsyncClient, repository: str, digest: str) -> bool:
-    response = await request_with_retry(client, "HEAD", f"/v2/{repository}/blobs/{digest}")
-    if response.status_code == 200:
-        return True
-    if response.status_code == 404:
-        return False
-    raise api.error_from(response, f"checking blob {digest}")
+def repository_name(text: str) -> RepositoryName:
+    try:
+        return parse_repository_name(text)
+    except RegistryError as exc:
+        raise api.registry_error(exc, f"using repository {text!r}") from exc
 
 
-async def _chunks(blob: Blob) -> AsyncIterator[bytes]:
-    async with await trio.open_file(blob.path, "rb") as file:
-        await file.seek(blob.offset)
-        remaining = blob.size
-        while remaining > 0:
-            chunk = await file.read(min(CHUNK_SIZE, remaining))
-            if not chunk:
-                raise ApiError(f"{blob.path} ends inside blob {blob.digest}")
-            remaining -= len(chunk)
-            yield chunk
+async def blob_exists(client: RegistryClient, repository: RepositoryName, blob: Blob) -> bool:
+    try:
+        return await client.blob_size(repository, parse_digest(blob.digest)) is not None
+    except RegistryError as exc:
+        raise api.registry_error(exc, f"checking blob {blob.digest}") from exc
 
 
-async def upload_blob(client: httpx.AsyncClient, repository: str, blob: Blob) -> None:
+def _source(blob: Blob) -> BlobSource:
+    """The blob's bytes from an offset, read from its file 1 MiB at a time."""
+
+    async def read(offset: int) -> AsyncIterator[bytes]:
+        async with await trio.open_file(blob.path, "rb") as file:
+            await file.seek(blob.offset + offset)
+            remaining = blob.size - offset
+            while remaining > 0:
+                chunk = await file.read(min(CHUNK_SIZE, remaining))
+                if not chunk:
+                    raise ApiError(f"{blob.path} ends inside blob {blob.digest}")
+                remaining -= len(chunk)
+                yield chunk
+
+    return read
+
+
+async def upload_blob(client: RegistryClient, repository: RepositoryName, blob: Blob) -> None:
     """``POST`` an upload session, then ``PUT`` the whole blob into it, streamed from disk."""
+    action = f"uploading blob {blob.digest}"
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
         try:
-            await _upload_once(client, repository, blob)
+            await client.upload_blob(
+                repository, parse_digest(blob.digest), blob.size, _source(blob)
+            )
             return
-        except httpx.TransportError:
+        except Unavailable as exc:
             if attempt == UPLOAD_ATTEMPTS:
-                raise
-
-
-async def _upload_once(client: httpx.AsyncClient, repository: str, blob: Blob) -> None:
-    action = f"uploading blob {blob.digest}"
-    started = await client.post(f"/v2/{repository}/blobs/uploads/")
-    if started.status_code != 202 or "location" not in started.headers:
-        raise api.error_from(started, action)
-    location = started.headers["location"]
-    separator = "&" if "?" in location else "?"
-    headers = {"Content-Type": "application/octet-stream", "Content-Length": str(blob.size)}
-    body: Any = _chunks(blob) if blob.size else b""
-    done = await client.put(
-        f"{location}{separator}digest={blob.digest}", content=body, headers=headers
-    )
-    if done.status_code != 201:
-        raise api.error_from(done, action)
+                raise api.registry_error(exc, action) from exc
+        except RegistryError as exc:
+            raise api.registry_error(exc, action) from exc
 
 
 async def push_blobs(
-    client: httpx.AsyncClient,
-    repository: str,
+    client: RegistryClient,
+    repository: RepositoryName,
     blobs: Sequence[Blob],
     on_blob: Callable[[Blob, bool], None] | None = None,
 ) -> PushStats:
@@ -114,7 +118,7 @@ async def push_blobs(
             if failures:
                 return
             try:
-                if await blob_exists(client, repository, blob.digest):
+                if await blob_exists(client, repository, blob):
                     stats.skipped += 1
                     uploaded = False
                 else:
@@ -122,7 +126,7 @@ async def push_blobs(
                     stats.uploaded += 1
                     stats.uploaded_bytes += blob.size
                     uploaded = True
-            except (ApiError, httpx.HTTPError, OSError) as exc:
+            except (ApiError, OSError) as exc:
                 failures.append(exc)
                 return
             if on_blob is not None:
@@ -137,22 +141,22 @@ async def push_blobs(
 
 
 async def put_manifest(
-    client: httpx.AsyncClient, repository: str, manifest: Manifest, reference: str
+    client: RegistryClient, repository: RepositoryName, manifest: Manifest, reference: str
 ) -> None:
-    response = await client.put(
-        f"/v2/{repository}/manifests/{segment(reference)}",
-        content=manifest.content,
-        headers={"Content-Type": manifest.media_type},
-    )
-    if response.status_code != 201:
-        raise api.error_from(response, f"pushing manifest {manifest.digest} as {reference}")
-    answered = response.headers.get("docker-content-digest")
-    if answered is not None and answered != manifest.digest:
-        raise ApiError(f"pushing manifest {manifest.digest}: the registry stored it as {answered}")
+    action = f"pushing manifest {manifest.digest} as {reference}"
+    try:
+        await client.put_manifest(
+            repository,
+            parse_manifest_reference(reference),
+            manifest.content,
+            manifest.media_type,
+        )
+    except RegistryError as exc:
+        raise api.registry_error(exc, action) from exc
 
 
 async def push_image(
-    client: httpx.AsyncClient,
+    client: RegistryClient,
     repository: str,
     image: SourceImage,
     references: Sequence[str],
@@ -160,13 +164,14 @@ async def push_image(
 ) -> PushStats:
     """Push ``image`` to ``repository``: missing blobs, child manifests by digest, then the
     top manifest under each of ``references`` (by digest when there are none)."""
-    stats = await push_blobs(client, repository, image.blobs(), on_blob)
+    name = repository_name(repository)
+    stats = await push_blobs(client, name, image.blobs(), on_blob)
     for manifest in image.manifests():
         if manifest is not image.root:
-            await put_manifest(client, repository, manifest, manifest.digest)
+            await put_manifest(client, name, manifest, manifest.digest)
             stats.manifests += 1
     for reference in references or [image.root.digest]:
-        await put_manifest(client, repository, image.root, reference)
+        await put_manifest(client, name, image.root, reference)
         stats.manifests += 1
     return stats
 
@@ -180,6 +185,7 @@ def write_metadata(path: Path, build_id: str, project_id: str) -> None:
 
 async def save_build(
     client: httpx.AsyncClient,
+    registry: RegistryClient,
     image: SourceImage,
     project: str,
     save_tags: Sequence[str],
@@ -192,9 +198,7 @@ async def save_build(
     if not isinstance(project_id, str) or not project_id:
         project_id = project
     try:
-        stats = await push_image(
-            client, segment(project_id), image, [build_id, *save_tags], on_blob
-        )
+        stats = await push_image(registry, project_id, image, [build_id, *save_tags], on_blob)
     except BaseException:
         with trio.move_on_after(10) as scope:
             scope.shield = True

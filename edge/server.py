@@ -19,6 +19,7 @@ from edge.auth import EdgeGate
 from edge.cache.store import CacheStats, EdgeCache
 from edge.fill import Fills
 from edge.metrics import EdgeMetrics
+from edge.origin_control import OriginControl
 from edge.pullthrough import PullThrough
 from edge.upstream import OriginUpstream
 
@@ -72,11 +73,12 @@ async def serve(
     try:
         async with (
             OriginUpstream.open(settings.upstream, token) as upstream,
+            OriginControl.open(settings.upstream, token) as control,
             open_http_client(settings.upstream, auth_header=None) as passthrough,
             trio.open_nursery() as root,
         ):
             gate = EdgeGate(
-                upstream,
+                control,
                 base_domain=settings.base_domain,
                 token_service=settings.token_service,
                 token_issuer=settings.token_issuer,

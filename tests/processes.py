@@ -185,14 +185,17 @@ http:
 
 
 @asynccontextmanager
-async def distribution_process(tmp: Path, program: str) -> AsyncIterator[tuple[str, Path]]:
+async def distribution_process(
+    tmp: Path, program: str, auth: str = ""
+) -> AsyncIterator[tuple[str, Path]]:
     """CNCF Distribution on a free port with filesystem storage under ``tmp``; yields
-    (HOST:PORT, log path)."""
+    (HOST:PORT, log path). ``auth``: an ``auth:`` section of its config (htpasswd, token);
+    with one, ``GET /v2/`` answering 401 means it is up."""
     root = tmp / "distribution-data"
     root.mkdir()
     host = f"127.0.0.1:{free_port()}"
     config = tmp / "distribution.yml"
-    config.write_text(DISTRIBUTION_CONFIG.format(root=root, addr=host))
+    config.write_text(DISTRIBUTION_CONFIG.format(root=root, addr=host) + auth)
     log = tmp / "distribution.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
     with log.open("wb") as output:
@@ -204,19 +207,21 @@ async def distribution_process(tmp: Path, program: str) -> AsyncIterator[tuple[s
             env=env,
         )
     try:
-        await _wait_ready(process, f"http://{host}/v2/", log)
+        await _wait_ready(process, f"http://{host}/v2/", log, ready=(200, 401) if auth else (200,))
         yield host, log
     finally:
         with trio.CancelScope(shield=True):
             await stop_process(process)
 
 
-async def _wait_ready(process: trio.Process, url: str, log: Path) -> None:
+async def _wait_ready(
+    process: trio.Process, url: str, log: Path, ready: tuple[int, ...] = (200,)
+) -> None:
     async with httpx.AsyncClient(trust_env=False, timeout=2) as client:
         with trio.move_on_after(START_SECONDS):
             while process.poll() is None:
                 try:
-                    if (await client.get(url)).status_code == 200:
+                    if (await client.get(url)).status_code in ready:
                         return
                 except httpx.TransportError:
                     pass

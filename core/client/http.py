@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import httpcore
 import httpx
+
+from core.errors import Unavailable
 
 log = logging.getLogger("depot.client")
 
@@ -89,7 +93,11 @@ def open_http_client(
 
 
 async def send_with_retry(
-    client: httpx.AsyncClient, request: httpx.Request, *, stream: bool = False
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    *,
+    stream: bool = False,
+    follow_redirects: bool = False,
 ) -> httpx.Response:
     """Send ``request``; a GET or HEAD that fails with ``httpx.TransportError`` (a stale
     keep-alive connection, a reset, a timeout) is sent once more. Other methods, and a second
@@ -97,7 +105,7 @@ async def send_with_retry(
     attempts = 2 if request.method.upper() in IDEMPOTENT_METHODS else 1
     for attempt in range(1, attempts + 1):
         try:
-            return await client.send(request, stream=stream)
+            return await client.send(request, stream=stream, follow_redirects=follow_redirects)
         except httpx.TransportError as exc:
             if attempt == attempts:
                 raise
@@ -117,3 +125,27 @@ async def request_with_retry(
     """
     request = client.build_request(method.upper(), url, **kwargs)
     return await send_with_retry(client, request, stream=stream)
+
+
+def closing_generator(chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """httpx's body iterators are async generators (typed as iterators): close them
+    explicitly with ``aclosing``, or an early exit leaves them unfinalised (ResourceWarning)."""
+    assert isinstance(chunks, AsyncGenerator)
+    return chunks
+
+
+async def read_body(response: httpx.Response, limit: int) -> bytes:
+    """The (decoded) body of a streamed response; ``Unavailable`` past ``limit`` bytes.
+
+    httpx exceptions pass through: the caller reads inside its transport boundary.
+    """
+    parts: list[bytes] = []
+    total = 0
+    async with aclosing(closing_generator(response.aiter_bytes())) as chunks:
+        async for chunk in chunks:
+            total += len(chunk)
+            if total > limit:
+                host = response.request.url.netloc.decode("ascii", "replace")
+                raise Unavailable(f"{host} sent an answer larger than {limit} bytes")
+            parts.append(chunk)
+    return b"".join(parts)

@@ -1,8 +1,12 @@
 """Building blobs and manifests and pushing them over HTTP, for the integration tests.
 
 Everything here speaks plain OCI Distribution to whatever ``httpx.AsyncClient`` it is given;
-nothing reaches into the origin's internals. :func:`guarded` makes a client fail the test on
-any 5xx answer: a 500 on client input is always a bug.
+nothing reaches into the origin's internals. Valid pushes go through the project's registry
+client (:func:`registry` wraps the given httpx client, so its base URL, headers and hooks
+apply); the raw helpers (:func:`start_upload`, :func:`put_manifest`, :func:`chunked`) stay for
+tests that check the server's answers themselves or send it malformed requests.
+:func:`guarded` makes a client fail the test on any 5xx answer: a 500 on client input is
+always a bug.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from core.client.registry import PushedManifest, RegistryClient
+from core.digest import parse_digest
+from core.reference import parse_manifest_reference, parse_repository_name
 
 #: Seconds every integration test body may take (``with trio.fail_after(TIMEOUT):``).
 TIMEOUT = 30
@@ -96,6 +104,10 @@ class Blob:
 
     def descriptor(self, **extra: Any) -> dict[str, Any]:
         return {"mediaType": self.media_type, "digest": self.digest, "size": self.size, **extra}
+
+    async def source(self, offset: int) -> AsyncIterator[bytes]:
+        """The bytes from ``offset``, as the registry client reads a blob to upload."""
+        yield self.data[offset:]
 
 
 def random_blob(size: int = 1024, media_type: str = OCI_LAYER) -> Blob:
@@ -211,8 +223,23 @@ async def start_upload(client: httpx.AsyncClient, repo: str) -> httpx.Response:
     return response
 
 
-async def push_blob(client: httpx.AsyncClient, repo: str, blob: Blob) -> httpx.Response:
-    """Monolithic push: POST, then PUT ?digest= with the whole body."""
+def registry(client: httpx.AsyncClient) -> RegistryClient:
+    """The registry client over ``client``: its base URL, default headers (credentials) and
+    event hooks (:func:`guarded`) apply to every request."""
+    return RegistryClient(client)
+
+
+async def push_blob(client: httpx.AsyncClient, repo: str, blob: Blob) -> None:
+    """Monolithic push through the registry client: POST, then PUT ?digest= with the whole
+    body (the client checks the 201 and the digest the registry announces)."""
+    await registry(client).upload_blob(
+        parse_repository_name(repo), parse_digest(blob.digest), blob.size, blob.source
+    )
+
+
+async def push_blob_raw(client: httpx.AsyncClient, repo: str, blob: Blob) -> httpx.Response:
+    """A raw monolithic push (POST, then PUT ?digest=) asserting the 201 and the digest; the
+    answer for a test that checks more of it."""
     started = await start_upload(client, repo)
     response = await client.put(
         upload_url(started),
@@ -228,6 +255,7 @@ async def push_blob(client: httpx.AsyncClient, repo: str, blob: Blob) -> httpx.R
 async def put_manifest(
     client: httpx.AsyncClient, repo: str, reference: str, manifest: Manifest
 ) -> httpx.Response:
+    """A raw manifest PUT: the test judges the answer."""
     return await client.put(
         f"/v2/{repo}/manifests/{reference}",
         content=manifest.payload,
@@ -235,19 +263,28 @@ async def put_manifest(
     )
 
 
-async def push_manifest(
-    client: httpx.AsyncClient, repo: str, manifest: Manifest, reference: str | None = None
-) -> httpx.Response:
-    """Push the blobs and child manifests ``manifest`` needs, then the manifest itself (by
-    digest unless ``reference`` is given); asserts the 201."""
+async def push_prerequisites(client: httpx.AsyncClient, repo: str, manifest: Manifest) -> None:
+    """Push what ``manifest`` needs first: its blobs and child manifests."""
     for blob in manifest.blobs:
         await push_blob(client, repo, blob)
     for child in manifest.children:
         await push_manifest(client, repo, child)
-    response = await put_manifest(client, repo, reference or manifest.digest, manifest)
-    assert response.status_code == 201, response.text
-    assert response.headers["Docker-Content-Digest"] == manifest.digest
-    return response
+
+
+async def push_manifest(
+    client: httpx.AsyncClient, repo: str, manifest: Manifest, reference: str | None = None
+) -> PushedManifest:
+    """Push the blobs and child manifests ``manifest`` needs, then the manifest itself (by
+    digest unless ``reference`` is given), through the registry client."""
+    await push_prerequisites(client, repo, manifest)
+    pushed = await registry(client).put_manifest(
+        parse_repository_name(repo),
+        parse_manifest_reference(reference or manifest.digest),
+        manifest.payload,
+        manifest.media_type,
+    )
+    assert str(pushed.digest) == manifest.digest
+    return pushed
 
 
 async def chunked(*pieces: bytes) -> AsyncIterator[bytes]:

@@ -13,6 +13,7 @@ from tests.integration.oci import (
     assert_error,
     guarded,
     push_blob,
+    push_blob_raw,
     random_blob,
 )
 
@@ -46,7 +47,7 @@ async def test_base_endpoint(http: httpx.AsyncClient) -> None:
 async def test_get_and_head_blob(http: httpx.AsyncClient) -> None:
     with trio.fail_after(TIMEOUT):
         blob = random_blob(4096)
-        pushed = await push_blob(http, "lib/app", blob)
+        pushed = await push_blob_raw(http, "lib/app", blob)
         assert pushed.headers["Location"] == f"/v2/lib/app/blobs/{blob.digest}"
 
         response = await http.get(f"/v2/lib/app/blobs/{blob.digest}")

@@ -26,7 +26,7 @@ import pytest
 import trio
 
 from depot import push
-from depot.api import open_client
+from depot.api import open_registry
 from depot.image_source import DOCKER_ARCHIVE, OCI_ARCHIVE, OCI_LAYOUT, load_image
 from tests.integration.tenants import Tenants, basic, start_tenants
 from tests.interop.conftest import Skopeo
@@ -176,7 +176,7 @@ async def test_push_uploads_only_missing_blobs(tenants: Tenants, tmp_path: Path,
     path, digest, blob_count = make_source(kind, tmp_path)
     image = load_image(path)
     with trio.fail_after(COMMAND_SECONDS):
-        async with open_client(tenants.url, tenants.acme) as client:
+        async with open_registry(tenants.url, tenants.acme) as client:
             first = await push.push_image(client, "acme/app", image, ["v1"])
             again = await push.push_image(client, "acme/app", image, ["v2"])
     assert (first.uploaded, first.skipped) == (blob_count, 0)

@@ -1,6 +1,6 @@
-"""The edge's view of origin: OriginUpstream against a real auth-enabled origin (and against
-httpx.MockTransport where a real origin cannot misbehave), and EdgeGate authorising like
-origin while verifying tokens locally."""
+"""The edge's view of origin: OriginUpstream (over the registry client) and OriginControl
+against a real auth-enabled origin (and against httpx.MockTransport where a real origin cannot
+misbehave), and EdgeGate authorising like origin while verifying tokens locally."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ import trio
 from core.auth.request import Authorization, RequestView
 from core.auth.scopes import Access
 from core.auth.tokens import Grant, generate_signing_key, sign_grant
+from core.client.credentials import x_token_credentials
 from core.client.http import open_http_client, x_token_auth
+from core.client.registry import RegistryClient
 from core.digest import parse_digest as dig
 from core.endpoints import parse_endpoint
 from core.errors import (
@@ -40,6 +42,7 @@ from core.reference import parse_manifest_reference as ref
 from core.reference import parse_repository_name as name
 from core.web.serving import bind_socket, bound_url
 from edge.auth import EdgeGate
+from edge.origin_control import OriginControl
 from edge.upstream import OriginUpstream
 from origin.auth.keys import rotate
 from origin.server import serve
@@ -79,6 +82,7 @@ async def tenants(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Tenant
 @dataclass
 class Edge:
     upstream: OriginUpstream
+    control: OriginControl
     #: Every request the edge sent to origin, in order.
     sent: list[httpx.Request] = field(default_factory=list)
 
@@ -89,7 +93,8 @@ class Edge:
 @asynccontextmanager
 async def edge_to(url: str, token: str) -> AsyncIterator[Edge]:
     client = open_http_client(url, auth_header=x_token_auth(token))
-    edge = Edge(OriginUpstream(client))
+    registry = RegistryClient(client, x_token_credentials(token), preemptive_basic=True)
+    edge = Edge(OriginUpstream(registry), OriginControl(client, token))
 
     async def record(request: httpx.Request) -> None:
         edge.sent.append(request)
@@ -204,7 +209,7 @@ async def test_upstream_maps_404_to_unknown(tenants: Tenants) -> None:
                 await upstream.get_manifest(name("acme/nothing"), ref("v1"))
             assert await upstream.head_manifest(name("acme/app"), ref("nope")) is None
             assert await upstream.head_manifest(name("acme/nothing"), ref(missing)) is None
-            assert await upstream.project_org("nosuchproject") is None
+            assert await edge.control.project_org("nosuchproject") is None
 
 
 async def test_a_refused_edge_credential_is_unavailable_and_logged(
@@ -241,21 +246,24 @@ async def test_a_closed_port_is_unavailable_promptly() -> None:
                     pass
             with pytest.raises(Unavailable):
                 await upstream.get_manifest(name("acme/app"), ref("v1"))
+        async with OriginControl.open(f"http://127.0.0.1:{port}", "dpe_x") as control:
             with pytest.raises(Unavailable):
-                await upstream.jwks()
+                await control.jwks()
             with pytest.raises(Unavailable):
-                await upstream.token(host="h", secret=None, service="s", scopes=[])
+                await control.token(host="h", secret=None, service="s", scopes=[])
     assert trio.current_time() - started < 2
 
 
 # -- OriginUpstream against a misbehaving origin (httpx.MockTransport) -----------------------
 
 
-def mocked(handler: Callable[[httpx.Request], httpx.Response]) -> OriginUpstream:
+def mocked_http(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.AsyncClient:
     transport = httpx.MockTransport(handler)
-    return OriginUpstream(
-        open_http_client("http://origin.test", auth_header=None, transport=transport)
-    )
+    return open_http_client("http://origin.test", auth_header=None, transport=transport)
+
+
+def mocked(handler: Callable[[httpx.Request], httpx.Response]) -> OriginUpstream:
+    return OriginUpstream(RegistryClient(mocked_http(handler)))
 
 
 PAYLOAD = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}'
@@ -360,7 +368,7 @@ async def test_project_lookups_are_cached() -> None:
         return httpx.Response(404, json={"errors": [{"code": "NOT_FOUND", "message": "no"}]})
 
     with trio.fail_after(TIMEOUT):
-        gate = EdgeGate(mocked(handler), base_domain=BASE_DOMAIN)
+        gate = EdgeGate(OriginControl(mocked_http(handler), "dpe_x"), base_domain=BASE_DOMAIN)
         for _ in range(3):
             assert await gate.resolve(EDGE_HOST, RepositoryName("p1x2")) == RepositoryName(
                 "acme/p1x2"
@@ -380,7 +388,7 @@ async def edge_gate(
     tenants: Tenants, clock: Callable[[], float] = time.time
 ) -> AsyncIterator[tuple[EdgeGate, Edge]]:
     async with edge_to(tenants.url, await edge_token(tenants)) as edge:
-        gate = EdgeGate(edge.upstream, base_domain=BASE_DOMAIN, clock=clock)
+        gate = EdgeGate(edge.control, base_domain=BASE_DOMAIN, clock=clock)
         assert not gate.ready
         await gate.load()
         assert gate.ready
@@ -588,7 +596,7 @@ async def test_run_loads_keys_or_keeps_trying(tenants: Tenants, nursery: trio.Nu
     with trio.fail_after(TIMEOUT):
         token = await mint(tenants, tenants.acme, "repository:acme/app:pull")
         async with edge_to(tenants.url, await edge_token(tenants)) as edge:
-            gate = EdgeGate(edge.upstream, base_domain=BASE_DOMAIN)
+            gate = EdgeGate(edge.control, base_domain=BASE_DOMAIN)
             async with trio.open_nursery() as inner:
                 await inner.start(gate.run)
                 assert gate.ready
@@ -597,8 +605,8 @@ async def test_run_loads_keys_or_keeps_trying(tenants: Tenants, nursery: trio.Nu
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        async with OriginUpstream.open(f"http://127.0.0.1:{port}", "dpe_x") as upstream:
-            down = EdgeGate(upstream, base_domain=BASE_DOMAIN)
+        async with OriginControl.open(f"http://127.0.0.1:{port}", "dpe_x") as control:
+            down = EdgeGate(control, base_domain=BASE_DOMAIN)
             async with trio.open_nursery() as inner:
                 await inner.start(down.run)  # started after a first, failed, attempt
                 assert not down.ready
@@ -637,7 +645,7 @@ async def test_rotated_keys_are_fetched_once_and_old_tokens_still_verify(
                 edge = await stack.enter_async_context(
                     edge_to(tenants.url, await edge_token(tenants))
                 )
-                gate = EdgeGate(edge.upstream, base_domain=BASE_DOMAIN)
+                gate = EdgeGate(edge.control, base_domain=BASE_DOMAIN)
                 await gate.load()
                 old = await mint(tenants, tenants.acme, "repository:acme/app:pull")
                 tenants.origin.shutdown.set()

@@ -27,6 +27,7 @@ from tests.integration.oci import (
     new_image,
     push_blob,
     push_manifest,
+    push_prerequisites,
     put_manifest,
     random_blob,
     sha256_digest,
@@ -51,6 +52,11 @@ def new_manifest(kind: str) -> Manifest:
     return index_manifest(
         [new_image(docker=True), new_image(docker=True)], media_type=DOCKER_MANIFEST_LIST
     )
+
+
+def assert_pushed(response: httpx.Response, manifest: Manifest) -> None:
+    assert response.status_code == 201, response.text
+    assert response.headers["Docker-Content-Digest"] == manifest.digest
 
 
 async def assert_manifest(
@@ -78,7 +84,9 @@ KINDS = ["oci-image", "docker-image", "oci-index", "docker-list"]
 async def test_push_by_tag(http: httpx.AsyncClient, kind: str) -> None:
     with trio.fail_after(TIMEOUT):
         manifest = new_manifest(kind)
-        response = await push_manifest(http, "lib/app", manifest, "v1")
+        await push_prerequisites(http, "lib/app", manifest)
+        response = await put_manifest(http, "lib/app", "v1", manifest)
+        assert_pushed(response, manifest)
         assert response.headers["Location"] == f"/v2/lib/app/manifests/{manifest.digest}"
         assert "OCI-Subject" not in response.headers
         assert response.content == b""
@@ -90,7 +98,9 @@ async def test_push_by_tag(http: httpx.AsyncClient, kind: str) -> None:
 async def test_push_by_digest(http: httpx.AsyncClient, kind: str) -> None:
     with trio.fail_after(TIMEOUT):
         manifest = new_manifest(kind)
-        response = await push_manifest(http, "lib/app", manifest)
+        await push_prerequisites(http, "lib/app", manifest)
+        response = await put_manifest(http, "lib/app", manifest.digest, manifest)
+        assert_pushed(response, manifest)
         assert response.headers["Location"] == f"/v2/lib/app/manifests/{manifest.digest}"
         await assert_manifest(http, "lib/app", manifest.digest, manifest)
         tags = await http.get("/v2/lib/app/tags/list")
@@ -174,12 +184,16 @@ async def test_subject_may_be_missing(http: httpx.AsyncClient) -> None:
     with trio.fail_after(TIMEOUT):
         subject = new_image()  # never pushed
         artifact = new_artifact("application/vnd.example.sbom", subject)
-        response = await push_manifest(http, "lib/app", artifact)
+        await push_prerequisites(http, "lib/app", artifact)
+        response = await put_manifest(http, "lib/app", artifact.digest, artifact)
+        assert_pushed(response, artifact)
         assert response.headers["OCI-Subject"] == subject.digest
         await assert_manifest(http, "lib/app", artifact.digest, artifact)
 
         index = index_manifest([artifact], subject=subject, artifact_type="application/x.list")
-        response = await push_manifest(http, "lib/app", index, "sbom-list")
+        await push_prerequisites(http, "lib/app", index)
+        response = await put_manifest(http, "lib/app", "sbom-list", index)
+        assert_pushed(response, index)
         assert response.headers["OCI-Subject"] == subject.digest
 
 

@@ -1,0 +1,185 @@
+"""Origin's control plane, as the edge's gate needs it: the JWKS that tokens verify
+against, the org of a legacy project id, and a client's token exchanged at ``/token``.
+
+This is :class:`edge.auth.OriginAuthority` over HTTP, on its own pooled httpx client (the
+``/v2`` traffic goes through :class:`core.client.registry.RegistryClient`). JWKS and project
+lookups authenticate as the edge (Basic ``x-token:<edge token>``); a token exchange carries
+the client's own credential (or none) and the client's ``Host``, never the edge's.
+
+It is an httpx boundary: every failure leaves it as a :mod:`core.errors` value
+(``Unavailable``, or for an exchange ``Unauthorized`` / ``TooManyRequests``). The gate's
+protocol takes no deadline, so each lookup has a backstop here (:data:`LOOKUP_DEADLINE_SECONDS`)
+that keeps a hung origin from hanging a request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import trio
+
+from core.client.failures import MAX_ERROR_BYTES, retry_after, transport_boundary
+from core.client.http import open_http_client, read_body, send_with_retry, x_token_auth
+from core.errors import NameInvalid, TooManyRequests, Unauthorized, Unavailable
+from core.reference import parse_repository_name
+from core.tenancy import is_org_slug
+
+log = logging.getLogger("depot.edge.origin_control")
+
+#: Backstop for one lookup or exchange (small answers).
+LOOKUP_DEADLINE_SECONDS = 10.0
+MAX_JSON_BYTES = 1024 * 1024
+#: A project that does not exist may be created later; one that does never changes org.
+PROJECT_MISS_SECONDS = 30.0
+PROJECT_CACHE_SIZE = 10_000
+_ORIGIN = "origin"
+
+
+class OriginControl:
+    def __init__(self, http: httpx.AsyncClient, edge_token: str) -> None:
+        """``http`` carries origin's base URL; ``edge_token`` is the edge's credential."""
+        self._http = http
+        self._edge_auth = x_token_auth(edge_token)
+        # project id → (org slug or None, monotonic expiry)
+        self._projects: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, origin_url: str, edge_token: str, *, max_connections: int = 4
+    ) -> AsyncIterator[OriginControl]:
+        """A control-plane client with its own connection pool, closed on exit."""
+        http = open_http_client(origin_url, auth_header=None, max_connections=max_connections)
+        async with http:
+            yield cls(http, edge_token)
+
+    async def jwks(self) -> dict[str, Any]:
+        """Origin's published token-verification keys (a JWKS document)."""
+        document = await self._json("/.well-known/jwks.json")
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            raise Unavailable("origin's JWKS is not a key set")
+        return document
+
+    async def project_org(self, project_id: str) -> str | None:
+        """The org slug of legacy project ``project_id``; None when origin knows no such
+        project. A found org is cached for good (a project never changes org), a miss
+        for :data:`PROJECT_MISS_SECONDS`."""
+        if not _is_project_id(project_id):
+            return None
+        now = trio.current_time()
+        cached = self._projects.get(project_id)
+        if cached is not None and cached[1] > now:
+            self._projects.move_to_end(project_id)
+            return cached[0]
+        document = await self._json(
+            f"/api/v1/projects/{quote(project_id, safe='')}", missing_ok=True
+        )
+        org: str | None = None
+        expiry = now + PROJECT_MISS_SECONDS
+        if document is not None:
+            slug = document.get("org_slug") if isinstance(document, dict) else None
+            if not isinstance(slug, str) or not is_org_slug(slug):
+                raise Unavailable("origin's project answer has no valid org_slug")
+            org, expiry = slug, math.inf
+        self._projects[project_id] = (org, expiry)
+        self._projects.move_to_end(project_id)
+        while len(self._projects) > PROJECT_CACHE_SIZE:
+            self._projects.popitem(last=False)
+        return org
+
+    async def token(
+        self, *, host: str, secret: str | None, service: str, scopes: Sequence[str]
+    ) -> str:
+        """Exchange a client's registry token (None: anonymous) at origin's ``/token`` as if
+        the client had asked on ``host`` (so names resolve as the client meant them); the JWT.
+
+        Never sends the edge's own credential. Unauthorized (with a Basic challenge) when
+        origin refuses the secret; TooManyRequests when it rate-limits; else Unavailable.
+        """
+        params: dict[str, str | list[str]] = {"service": service, "scope": list(scopes)}
+        authorization = None if secret is None else x_token_auth(secret)
+        response, body = await self._exchange(
+            "/token", authorization, params=params, headers={"Host": host}
+        )
+        if response.status_code == 401:
+            raise Unauthorized(
+                "invalid credentials", headers={"WWW-Authenticate": 'Basic realm="depot-registry"'}
+            )
+        if response.status_code == 429:
+            raise TooManyRequests(
+                "too many failed token requests", headers=retry_after(response.headers)
+            )
+        if response.status_code != 200:
+            raise Unavailable("origin's token service failed", detail=_status(response))
+        try:
+            token = json.loads(body)["token"]
+        except (ValueError, KeyError, TypeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise Unavailable("origin's token answer has no token")
+        return token
+
+    async def _exchange(
+        self,
+        path: str,
+        authorization: str | None,
+        *,
+        params: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[httpx.Response, bytes]:
+        """GET ``path`` with exactly ``authorization`` (none when None, whatever the httpx
+        client's defaults), one retry after a transport error; read the body, close."""
+        try:
+            with trio.fail_after(LOOKUP_DEADLINE_SECONDS), transport_boundary(_ORIGIN, path):
+                request = self._http.build_request("GET", path, params=params, headers=headers)
+                if authorization is None:
+                    request.headers.pop("Authorization", None)
+                else:
+                    request.headers["Authorization"] = authorization
+                response = await send_with_retry(self._http, request, stream=True)
+                try:
+                    limit = MAX_JSON_BYTES if response.status_code == 200 else MAX_ERROR_BYTES
+                    return response, await read_body(response, limit)
+                finally:
+                    await response.aclose()
+        except trio.TooSlowError as exc:
+            raise Unavailable("origin did not answer in time", detail={"during": path}) from exc
+
+    async def _json(self, path: str, *, missing_ok: bool = False) -> Any:
+        response, body = await self._exchange(path, self._edge_auth)
+        if missing_ok and response.status_code == 404:
+            return None
+        if response.status_code in (401, 403):
+            log.error(
+                "origin refused the edge credential: GET %s -> %d", path, response.status_code
+            )
+            raise Unavailable("edge credential rejected by origin")
+        if response.status_code != 200:
+            raise Unavailable(
+                "origin's control plane failed",
+                detail=_status(response),
+                headers=retry_after(response.headers),
+            )
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise Unavailable("origin sent malformed JSON", detail={"path": path}) from exc
+
+
+def _status(response: httpx.Response) -> dict[str, int]:
+    return {"status": response.status_code}
+
+
+def _is_project_id(text: str) -> bool:
+    try:
+        return "/" not in parse_repository_name(text).value
+    except NameInvalid:
+        return False
