@@ -187,4 +187,3 @@ async def lookup(
         if found is not None:
             return found
     return from_auths(config, host)
-

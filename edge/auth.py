@@ -58,7 +58,7 @@ CACHE_SIZE = 10_000
 
 
 class OriginAuthority(Protocol):
-    """What the gate needs from origin (:class:`edge.upstream.OriginUpstream` has it)."""
+    """What the gate needs from origin (:class:`edge.origin_control.OriginControl` has it)."""
 
     async def jwks(self) -> dict[str, Any]: ...
 
