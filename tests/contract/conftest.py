@@ -1,7 +1,9 @@
-"""Fixtures for the contract suites: every SQL store runs on SQLite and on PostgreSQL.
+"""Fixtures for the contract suites: every SQL store runs on SQLite and on PostgreSQL; the
+S3 storage driver runs against a real S3 server (moto, started once per session).
 
 PostgreSQL (127.0.0.1:5432, database ``test``) is a real peer: absent, its tests skip on a
-laptop and fail in CI (``CI=true``). Each test gets a schema of its own, dropped after.
+laptop and fail in CI (``CI=true``). Each test gets a schema of its own, dropped after. moto
+comes with the test extras; each S3 test gets a bucket of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
+from core.storage.location import S3Location
+from tests.s3server import S3Server, create_bucket, moto_server, require_moto
 
 _PG_CANDIDATES = (
     "postgresql+psycopg://postgres@127.0.0.1:5432/test",
@@ -57,3 +62,20 @@ def store_url(
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
     finally:
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One moto server (a real S3 REST endpoint on 127.0.0.1) for the whole session."""
+    require_moto()
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture
+def s3_location(s3_server: S3Server) -> Iterator[S3Location]:
+    """A fresh bucket on the shared moto server; everything is forgotten after the test."""
+    bucket = f"test-{uuid.uuid4().hex[:20]}"
+    create_bucket(s3_server, bucket)
+    yield S3Location(bucket=bucket, endpoint=s3_server.endpoint)
+    s3_server.reset()  # moto keeps objects in memory: free them
