@@ -18,11 +18,14 @@ import httpx
 import pytest
 import trio
 
+from config.settings import OriginSettings
 from core.storage.driver import PathNotFound, StorageError
+from core.storage.filesystem import FilesystemDriver
 from core.storage.location import S3Credentials, S3Location
 from core.storage.s3 import MIN_PART_SIZE, S3Driver
 from core.storage.s3_client import S3Client
 from core.storage.s3_composite import PIECES_DIR, Piece
+from origin.storage import open_storage
 from tests.processes import free_port
 from tests.s3server import TEST_CREDENTIALS, S3Server
 
@@ -371,3 +374,25 @@ async def test_missing_bucket_and_unreachable_server_are_storage_errors(
                 await client.put("k", b"v")
         finally:
             await client.aclose()
+
+
+async def test_open_storage_follows_the_storage_url(
+    s3_location: S3Location, tmp_path: Path
+) -> None:
+    settings = OriginSettings(
+        data_dir=tmp_path,
+        storage_url=f"s3://{s3_location.bucket}?endpoint={s3_location.endpoint}",
+        aws_access_key_id=CREDENTIALS.access_key_id,
+        aws_secret_access_key=CREDENTIALS.secret_access_key,
+    )
+    with trio.fail_after(30):
+        async with open_storage(settings) as storage:
+            assert isinstance(storage, S3Driver)
+            await storage.put("a", b"in the bucket")
+        async with open_storage(OriginSettings(data_dir=tmp_path)) as storage:
+            assert isinstance(storage, FilesystemDriver)
+            assert storage.root == tmp_path / "storage"
+        elsewhere = OriginSettings(data_dir=tmp_path, storage_url=f"file://{tmp_path}/blobs")
+        async with open_storage(elsewhere) as storage:
+            assert isinstance(storage, FilesystemDriver)
+            assert storage.root == tmp_path / "blobs"
