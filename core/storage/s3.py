@@ -83,8 +83,10 @@ logger = logging.getLogger(__name__)
 MiB = 1024 * 1024
 #: S3's minimum size of a multipart upload's parts (but the last).
 MIN_PART_SIZE = 5 * MiB
-#: Bytes a writer or appender buffers before sending a part (its memory use).
-DEFAULT_PART_SIZE = 16 * MiB
+#: Bytes a writer or appender buffers before sending a part: its memory use (an appender
+#: holds up to this plus MIN_PART_SIZE), and 10,000 of them (S3's part limit) are the largest
+#: object a writer or an appended upload can make (78 GiB).
+DEFAULT_PART_SIZE = 8 * MiB
 #: CopyObject's limit; larger objects are copied in UploadPartCopy ranges.
 MAX_COPY_SIZE = 5 * 1024 * MiB
 COPY_PART_SIZE = 1024 * MiB

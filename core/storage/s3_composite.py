@@ -17,7 +17,7 @@ Manifest (the appender's whole state; keys are relative to the driver's root)::
 
     {"format": 1,
      "pieces": [{"key": "_tmp/pieces/uploads/<id>/data/<session>-000001",
-                 "size": 16777216, "etag": "\\"<md5>\\""}, ...]}
+                 "size": 8388608, "etag": "\\"<md5>\\""}, ...]}
 
 Rules that keep it cheap:
 
@@ -29,7 +29,8 @@ Rules that keep it cheap:
   publishes it atomically. No byte of a big piece crosses the origin again.
 - Writes are buffered; a ``part_size`` piece is sent only while another minimum part stays
   buffered, so memory per appender is bounded (``part_size + min_part_size``) and a chunk of
-  5 MiB or more always ends in a big piece.
+  5 MiB or more always ends in a big piece. A multipart upload has at most 10,000 parts, so
+  a composite concatenates up to ~10,000 x ``part_size`` bytes (78 GiB with 8 MiB parts).
 - ``flush()`` writes what is buffered as a piece and then the manifest, conditionally
   (``If-Match`` on the manifest's ETag, ``If-None-Match: *`` when creating): of two origins
   appending to one session at once, one loses with a StorageError instead of overwriting the
@@ -54,8 +55,8 @@ another, and survive a restart: the metadata database only has to record the dur
 
 What a metadata-database version needs (the database helper's part of issue 14), to keep the
 state in the upload's row instead (one source of truth, two S3 requests fewer per chunk): the
-state is exactly the manifest above (``Manifest.to_json``; ~120 bytes a piece, ~8 KiB per GiB
-with 16 MiB pieces).
+state is exactly the manifest above (``Manifest.to_json``; ~120 bytes a piece, ~15 KiB per GiB
+with 8 MiB pieces).
 
 1. ``StorageDriver.open_appender(path, truncate_to, state=None)`` takes the row's manifest
    (None: a new session, or a driver without state such as the filesystem's) and the appender
