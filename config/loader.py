@@ -3,6 +3,11 @@
 ``DEPOT_ORIGIN_MAX_MANIFEST_BYTES=8MiB`` overrides ``max_manifest_bytes``; ``__`` nests
 (reserved for sectioned settings). Unknown keys are errors. This is the only module that
 reads ``os.environ``; it is handed the mapping so tests can pass their own.
+
+A field with ``metadata={"environ": "NAME"}`` is filled from the environment variable NAME
+alone (a standard variable of another tool, such as ``AWS_SECRET_ACCESS_KEY``): setting it
+in the file, by a prefixed variable or a flag is an error, so a secret meant for the
+environment cannot end up in a settings file.
 """
 
 from __future__ import annotations
@@ -63,6 +68,9 @@ def load(
         raise TypeError(cls)
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
+    foreign = {
+        f.name: f.metadata["environ"] for f in dataclasses.fields(cls) if "environ" in f.metadata
+    }
     values: dict[str, Any] = {}
     if file is not None:
         try:
@@ -77,6 +85,15 @@ def load(
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(unknown)}")
+    misplaced = sorted(set(values) & set(foreign))
+    if misplaced:
+        raise ConfigError(
+            "settings read only from their standard environment variables: "
+            + ", ".join(f"{name} (${foreign[name]})" for name in misplaced)
+        )
+    for name, variable in foreign.items():
+        if variable in (environ or {}):
+            values[name] = (environ or {})[variable]
     converted = {}
     for key, value in values.items():
         kind = hints[key]

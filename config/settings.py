@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -56,6 +56,28 @@ class OriginSettings:
     storage_price_per_gb_month: float = 0.20
     #: How often byte-hours of stored data are accrued.
     metering_interval_seconds: float = 3600
+
+    #: Where blob bytes live (core/storage/location.py): empty or ``file://DIR`` for the
+    #: filesystem driver (empty: ``data_dir/storage``); ``s3://BUCKET[/PREFIX]?region=R`` for
+    #: AWS S3, ``s3://BUCKET?endpoint=http://HOST:PORT&region=R`` for an S3-compatible server
+    #: (path-style addressing). ``--storage-url``, ``DEPOT_ORIGIN_STORAGE_URL``.
+    storage_url: str = ""
+    #: Files holding the S3 access key id and secret access key (give both). Without them the
+    #: standard AWS variables below apply, and without those botocore's default chain
+    #: (config files, instance or container credentials).
+    storage_access_key_id_file: Path | None = None
+    storage_secret_access_key_file: Path | None = None
+    #: The standard AWS environment variables, read only from those names (never from the
+    #: settings file or a DEPOT_ variable) and never printed.
+    aws_access_key_id: str = field(
+        default="", repr=False, metadata={"environ": "AWS_ACCESS_KEY_ID"}
+    )
+    aws_secret_access_key: str = field(
+        default="", repr=False, metadata={"environ": "AWS_SECRET_ACCESS_KEY"}
+    )
+    aws_session_token: str = field(
+        default="", repr=False, metadata={"environ": "AWS_SESSION_TOKEN"}
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -40,6 +40,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve_cmd.add_argument("--config", type=Path, help="TOML settings file")
     serve_cmd.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve_cmd.add_argument(
+        "--storage-url", help="where blobs live: file://DIR or s3://BUCKET?endpoint=...&region=..."
+    )
+    serve_cmd.add_argument(
         "--no-auth",
         action="store_true",
         help="anonymous push and pull, for local experiments; loopback addresses only",
@@ -49,6 +52,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     worker.add_argument("--fd", type=int, required=True)
     worker.add_argument("--data-dir", type=Path)
     worker.add_argument("--config", type=Path)
+    worker.add_argument("--storage-url")
     worker.add_argument("--no-auth", action="store_true")
     cli_tenancy.add_commands(commands)
     for name in cli_tenancy.COMPONENTS:
@@ -64,6 +68,7 @@ def _settings(args: argparse.Namespace) -> OriginSettings:
         "listen": getattr(args, "listen", None),
         "data_dir": args.data_dir,
         "workers": getattr(args, "workers", None),
+        "storage_url": getattr(args, "storage_url", None),
         "auth": False if getattr(args, "no_auth", False) else None,
     }
     return load(
@@ -101,6 +106,8 @@ def _serve_many(settings: OriginSettings, sock: socket.socket, args: argparse.Na
     command += ["--data-dir", str(settings.data_dir)]
     if args.config:
         command += ["--config", str(args.config)]
+    if getattr(args, "storage_url", None):
+        command += ["--storage-url", args.storage_url]
     if not settings.auth:
         command += ["--no-auth"]
     children = [

@@ -19,7 +19,7 @@ import httpx
 import trio
 
 from config.settings import OriginSettings
-from core.storage.filesystem import FilesystemDriver
+from core.storage.driver import StorageDriver
 from core.web.serving import serve_app
 from origin.app import create_origin_app
 from origin.auth.gate import Gate
@@ -34,6 +34,7 @@ from origin.metadata.database import Database
 from origin.metadata.store import MetadataStore
 from origin.registry.registry import Registry
 from origin.retention.gc import ExtraRoots, collect
+from origin.storage import open_storage
 
 log = logging.getLogger("depot.origin")
 
@@ -64,10 +65,10 @@ def open_database(settings: OriginSettings) -> Database:
 
 
 def registry_on(
-    database: Database, settings: OriginSettings, clock: Callable[[], float] = time.time
+    database: Database,
+    storage: StorageDriver,
+    clock: Callable[[], float] = time.time,
 ) -> Registry:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    storage = FilesystemDriver(settings.data_dir / "storage")
     return Registry(storage, MetadataStore(database), clock)
 
 
@@ -75,10 +76,12 @@ def registry_on(
 async def open_registry(
     settings: OriginSettings, clock: Callable[[], float] = time.time
 ) -> AsyncIterator[Registry]:
-    """The registry alone, on a database of its own (closed on exit)."""
+    """The registry alone, on a database and storage of its own (closed on exit)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = open_database(settings)
     try:
-        yield registry_on(database, settings, clock)
+        async with open_storage(settings) as storage:
+            yield registry_on(database, storage, clock)
     finally:
         database.close()
 
@@ -87,10 +90,14 @@ async def open_registry(
 async def open_services(
     settings: OriginSettings, clock: Callable[[], float] = time.time
 ) -> AsyncIterator[Services]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = open_database(settings)
     try:
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
-            registry = registry_on(database, settings, clock)
+        async with (
+            open_storage(settings) as storage,
+            httpx.AsyncClient(trust_env=False, timeout=10) as http,
+        ):
+            registry = registry_on(database, storage, clock)
             tenancy = TenancyStore(database)
             build_store = BuildStore(database)
             keys = KeyRing.load(settings.data_dir / "keys")
@@ -116,8 +123,13 @@ async def open_services(
 
 
 async def housekeeping(registry: Registry, settings: OriginSettings) -> None:
-    """Start-of-service cleanup; run only while no other process serves this data dir."""
-    temporary = await registry.storage.clean_temporary(0)
+    """Start-of-service cleanup. On a data directory of its own, everything temporary is
+    abandoned (no other process serves it); on shared storage (an S3 bucket, several origins)
+    only what the upload timeout already gave up is, so other origins' uploads survive."""
+    shared = settings.storage_url.startswith("s3://")
+    temporary = await registry.storage.clean_temporary(
+        settings.upload_timeout_seconds if shared else 0
+    )
     purged = await registry.uploads.purge(settings.upload_timeout_seconds, orphans=True)
     if temporary or purged:
         log.info("cleaned %d temporary files and %d abandoned uploads", temporary, purged)

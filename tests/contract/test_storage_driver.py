@@ -1,7 +1,9 @@
-"""One contract suite for every StorageDriver: the filesystem driver and the memory fake.
+"""One contract suite for every StorageDriver: the filesystem driver, the memory fake and the
+S3 driver (against a real S3 server: moto, see tests/s3server.py).
 
-A behaviour tested here holds for both; the few filesystem-only tests at the end cover what
-only a real disk has (staging files left by a killed process).
+A behaviour tested here holds for all three; the few filesystem-only tests at the end cover
+what only a real disk has (staging files left by a killed process). The S3-only tests are in
+test_s3_driver.py.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,10 @@ import trio
 
 from core.storage.driver import CHUNK_SIZE, STAGING_NAME, PathNotFound, StorageDriver, StorageError
 from core.storage.filesystem import FilesystemDriver
+from core.storage.location import S3Credentials, S3Location
 from core.storage.memory import MemoryDriver
+from core.storage.s3 import MIN_PART_SIZE, S3Driver
+from tests.s3server import TEST_CREDENTIALS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,23 +31,39 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BIG = random.Random(7).randbytes(3 * CHUNK_SIZE + 5)
 
 
-@pytest.fixture(params=["filesystem", "memory"])
-def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
+async def open_s3_driver(location: S3Location) -> S3Driver:
+    """The S3 driver with parts of S3's minimum size, so BIG (3 chunks) spans several."""
+    credentials = S3Credentials(*TEST_CREDENTIALS)
+    return await S3Driver.open(location, credentials, part_size=MIN_PART_SIZE)
+
+
+@pytest.fixture(params=["filesystem", "memory", "s3"])
+async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StorageDriver]:
     if request.param == "filesystem":
-        return FilesystemDriver(tmp_path / "store")  # not created yet: the driver must cope
-    return MemoryDriver()
+        yield FilesystemDriver(tmp_path / "store")  # not created yet: the driver must cope
+    elif request.param == "memory":
+        yield MemoryDriver()
+    else:
+        s3 = await open_s3_driver(request.getfixturevalue("s3_location"))
+        try:
+            yield s3
+        finally:
+            await s3.aclose()
 
 
-def staging_files(driver: StorageDriver) -> list[str]:
-    """Staging files on disk (the memory driver has none that could outlive a writer)."""
+async def staging_files(driver: StorageDriver) -> list[str]:
+    """Staging files on disk, or multipart uploads in progress in the bucket (the memory
+    driver has none that could outlive a writer)."""
     if isinstance(driver, FilesystemDriver):
         staging = driver.root / STAGING_NAME
         return sorted(os.listdir(staging)) if staging.exists() else []
+    if isinstance(driver, S3Driver):
+        return [upload.key for upload in await driver.client.pending_uploads("")]
     return []
 
 
 async def assert_no_leftovers(driver: StorageDriver) -> None:
-    assert staging_files(driver) == []
+    assert await staging_files(driver) == []
     assert await driver.clean_temporary(0) == 0
 
 
@@ -504,4 +526,4 @@ async def test_filesystem_writer_killed_before_commit(tmp_path: Path) -> None:
         with pytest.raises(PathNotFound):
             await driver.stat("blobs/killed")
         assert await driver.clean_temporary(0) == 1
-        assert staging_files(driver) == []
+        assert await staging_files(driver) == []
