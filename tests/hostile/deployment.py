@@ -115,13 +115,21 @@ def _family(pid: int) -> list[int]:
     return found
 
 
-def open_descriptors(pid: int) -> int:
+def open_descriptors(pid: int, prefix: str = "") -> int:
+    """Descriptors of ``pid`` and its children whose target starts with ``prefix``
+    (``"socket:"``: connections and listeners)."""
     total = 0
     for member in _family(pid):
+        directory = f"/proc/{member}/fd"
         try:
-            total += len(os.listdir(f"/proc/{member}/fd"))
+            names = os.listdir(directory)
         except FileNotFoundError:
             continue
+        for name in names:
+            try:
+                total += os.readlink(f"{directory}/{name}").startswith(prefix)
+            except FileNotFoundError:
+                continue  # closed meanwhile
     return total
 
 
@@ -141,19 +149,27 @@ def rss_bytes(pid: int) -> int:
 @dataclass(frozen=True)
 class Usage:
     descriptors: int
+    sockets: int
     rss: int
 
 
 def usage(server: OriginProcess) -> Usage:
     pid = server.process.pid
-    return Usage(open_descriptors(pid), rss_bytes(pid))
+    return Usage(open_descriptors(pid), open_descriptors(pid, "socket:"), rss_bytes(pid))
 
 
-async def settled_descriptors(server: OriginProcess, at_most: int) -> int:
-    """Wait (the caller bounds how long) until the server holds at most ``at_most``
-    descriptors — closing connections is asynchronous — and return the count."""
+async def sockets_settle(server: OriginProcess, at_most: int) -> int:
+    """Wait (the caller bounds how long) until the server holds at most ``at_most`` sockets
+    — closing connections is asynchronous — and return the count."""
     # Polling /proc: another process's descriptors offer nothing to wait on.
-    while (count := open_descriptors(server.process.pid)) > at_most:  # noqa: ASYNC110
+    while (count := open_descriptors(server.process.pid, "socket:")) > at_most:  # noqa: ASYNC110
+        await trio.sleep(0.05)
+    return count
+
+
+async def sockets_reach(server: OriginProcess, at_least: int) -> int:
+    """Wait (the caller bounds how long) until the server holds ``at_least`` sockets."""
+    while (count := open_descriptors(server.process.pid, "socket:")) < at_least:  # noqa: ASYNC110
         await trio.sleep(0.05)
     return count
 

@@ -23,7 +23,7 @@ from tests.hostile.deployment import (
     body_of,
     deployment,
     exchange,
-    settled_descriptors,
+    sockets_settle,
     status_of,
     upload,
     usage,
@@ -114,7 +114,8 @@ async def _stalled_bodies_get_408(deployed: Deployment, server: OriginProcess) -
         for reply in replies:
             assert status_of(reply) == 408, (what, reply[:300])
             assert _error_code(reply) == "REQUEST_TIMEOUT", what
-    await settled_descriptors(server, base.descriptors + 8)
+    await sockets_settle(server, base.sockets + 2)
+    assert usage(server).descriptors < base.descriptors + 32
     async with deployed.client(server) as client:
         assert (await client.get("/v2/")).status_code == 200
 
