@@ -34,6 +34,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from importlib.metadata import version
 from typing import Any
 
 import anyio
@@ -49,6 +50,14 @@ from anycorn.worker_context import WorkerContext
 from core.web.socket_send import SendStalled, send_bytes, send_file
 
 log = logging.getLogger("depot.server")
+
+#: The anycorn series whose internals this module was written against.
+FENCED_ANYCORN = "0.20."
+if not version("anycorn").startswith(FENCED_ANYCORN):
+    raise ImportError(
+        f"core/web/transport.py subclasses anycorn {FENCED_ANYCORN}x internals, found "
+        f"anycorn {version('anycorn')}: run tests/unit/test_server_fences.py, then widen"
+    )
 
 DEFAULT_IDLE_TIMEOUT_SECONDS = 60.0
 
