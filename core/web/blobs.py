@@ -9,7 +9,7 @@ from functools import partial
 
 from core import mediatypes
 from core.ranges import parse_range
-from core.web.file_body import FileChunks
+from core.web.file_body import FileChunks as FileChunks  # re-exported: openers yield it
 from core.web.readahead import ReadAheadBody
 from core.web.response import RegistryResponse as Response
 
@@ -20,8 +20,6 @@ class BlobInfo:
     size: int
     media_type: str = mediatypes.OCTET_STREAM
 
-
-__all__ = ["BlobInfo", "BodyOpener", "FileChunks", "blob_headers", "blob_response"]
 
 #: Opens the blob's bytes from ``offset`` for ``length`` bytes, as chunks. An opener that has
 #: the bytes in a file yields ``FileChunks(fd, offset, length)`` and keeps ``fd`` open until
