@@ -31,6 +31,11 @@ class OriginSettings:
     chunk_min_length_bytes: int = 0
     #: In-flight requests get this long to finish on SIGTERM/Ctrl-C.
     graceful_timeout_seconds: float = 30
+    #: A request body that sends no byte for this long gets 408 and its connection closes.
+    body_idle_timeout_seconds: float = 60
+    #: A response the client accepts no byte of for this long is cut (a stalled reader
+    #: must not hold the connection and its buffers).
+    send_idle_timeout_seconds: float = 60
 
     #: Off only for local experiments (``--no-auth``); then only loopback addresses bind.
     auth: bool = True
@@ -109,3 +114,7 @@ class EdgeSettings:
     unavailable_retry_after_seconds: int = 10
     jwks_refresh_seconds: float = 300
     graceful_timeout_seconds: float = 30
+    #: As for the origin: 408 after this long without a request-body byte.
+    body_idle_timeout_seconds: float = 60
+    #: As for the origin: a response the client accepts no byte of for this long is cut.
+    send_idle_timeout_seconds: float = 60

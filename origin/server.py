@@ -218,6 +218,8 @@ async def serve(
                 app,
                 sock,
                 graceful_timeout_seconds=settings.graceful_timeout_seconds,
+                body_idle_timeout_seconds=settings.body_idle_timeout_seconds,
+                send_idle_timeout_seconds=settings.send_idle_timeout_seconds,
                 shutdown_trigger=shutdown_trigger,
                 task_status=task_status,
             )

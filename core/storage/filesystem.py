@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar, TypeVarTuple
 
@@ -206,6 +207,18 @@ class _FileAppender(_BufferedFile):
             await _in_thread(self._limiter, fsio.write_and_close, self._file, pending)
 
 
+@dataclass(frozen=True, slots=True)
+class OpenFile:
+    """An object's read-only descriptor, for bytes the kernel sends itself (sendfile).
+
+    ``size`` is the size at open; ``limiter`` is the driver's, for reads made in threads.
+    """
+
+    fd: int
+    size: int
+    limiter: trio.CapacityLimiter
+
+
 # --- the driver -----------------------------------------------------------------------------
 
 
@@ -248,6 +261,19 @@ class FilesystemDriver(StorageDriver):
             f, size = await self._run(fsio.open_reader, full, offset)
         try:
             yield _FileReader(f, size, offset, path, self._limiter)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._run(f.close)
+
+    @asynccontextmanager
+    async def open_file(self, path: str) -> AsyncIterator[OpenFile]:
+        """The object's open descriptor, closed when the context exits. Only this driver
+        has one: callers check for it and fall back to :meth:`open_reader`."""
+        full = self._full(path)
+        with _translated(path, _LOOKUP_MISSING):
+            f, size = await self._run(fsio.open_reader, full, 0)
+        try:
+            yield OpenFile(f.fileno(), size, self._limiter)
         finally:
             with trio.CancelScope(shield=True):
                 await self._run(f.close)

@@ -9,6 +9,7 @@ from functools import partial
 
 from core import mediatypes
 from core.ranges import parse_range
+from core.web.file_body import FileChunks as FileChunks  # re-exported: openers yield it
 from core.web.readahead import ReadAheadBody
 from core.web.response import RegistryResponse as Response
 
@@ -20,7 +21,10 @@ class BlobInfo:
     media_type: str = mediatypes.OCTET_STREAM
 
 
-#: Opens the blob's bytes from ``offset`` for ``length`` bytes, as chunks.
+#: Opens the blob's bytes from ``offset`` for ``length`` bytes, as chunks. An opener that has
+#: the bytes in a file yields ``FileChunks(fd, offset, length)`` and keeps ``fd`` open until
+#: its context exits: the connection layer then sends them zero-copy (sendfile) where the
+#: server offers it, and streams them otherwise (core/web/file_body.py).
 BodyOpener = Callable[[int, int], AbstractAsyncContextManager[AsyncIterator[bytes]]]
 
 

@@ -1,11 +1,15 @@
-"""Serving an ASGI app with hypercorn on a socket we bind: shared by origin and edge.
+"""Serving an ASGI app on a socket we bind: shared by origin and edge.
 
-Binding ourselves (not through hypercorn's config) lets port 0 report the real port before
-serving and lets worker processes inherit one listening socket.
+Binding ourselves (not through the server's config) lets port 0 report the real port before
+serving and lets worker processes inherit one listening socket. The HTTP server is anycorn
+(a hypercorn fork on AnyIO, run on trio); why, and what we add to it, is in
+core/web/transport.py.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import ipaddress
 import logging
 import signal
@@ -14,9 +18,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from hypercorn.config import Config, Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
+from anycorn.config import Config
+from anycorn.utils import wrap_app
+
+from core.web.connection import set_body_idle_timeout
+from core.web.transport import DEFAULT_IDLE_TIMEOUT_SECONDS, serve_connections
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -55,16 +61,38 @@ def bound_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def hypercorn_config(graceful_timeout_seconds: float) -> Config:
+#: glibc's mallopt parameter number for M_MMAP_THRESHOLD.
+_M_MMAP_THRESHOLD = -3
+#: Allocations from this size up get their own mapping, returned to the system when freed.
+MMAP_THRESHOLD_BYTES = 256 * 1024
+
+
+def keep_large_buffers_mapped() -> bool:
+    """Make glibc serve body-sized buffers (1 MiB reads) from their own mappings.
+
+    By default glibc raises its mmap threshold the first time such a buffer is freed, and
+    later ones come from the heap arenas, which keep freed memory: 200 streamed 2 MiB blob
+    GETs left an edge 27 MiB above its base for good, 6 MiB with a fixed threshold
+    (tests/hostile measure it). Returns False where the C library is not glibc.
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    mallopt = getattr(libc, "mallopt", None)
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
+def server_config(graceful_timeout_seconds: float) -> Config:
     config = Config()
+    config.worker_class = "trio"
     config.graceful_timeout = graceful_timeout_seconds
-    # Short: hypercorn 0.18 keeps a socket the client closed until this timer ends (a
-    # CLOSE-WAIT fd per connection), since its idle timer is not stopped on hang-up.
+    # Short: a socket whose client went quiet between requests is closed after this.
     config.keep_alive_timeout = 5
     config.h11_max_incomplete_size = 64 * 1024
     config.accesslog = None
-    # A Logger (not "-") makes hypercorn log through our handlers instead of its own.
-    config.errorlog = logging.getLogger("hypercorn.error")
+    # A Logger (not "-") makes the server log through our handlers instead of its own.
+    config.errorlog = logging.getLogger("depot.server")
     return config
 
 
@@ -74,13 +102,25 @@ async def serve_app(
     *,
     graceful_timeout_seconds: float,
     shutdown_trigger: Callable[[], Awaitable[None]] | None,
+    body_idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS,
+    send_idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until ``shutdown_trigger`` returns, then drain in-flight requests."""
-    await worker_serve(
+    """Serve until ``shutdown_trigger`` returns, then drain in-flight requests for up to
+    ``graceful_timeout_seconds``.
+
+    A request body that sends no byte for ``body_idle_timeout_seconds`` gets a 408 (see
+    core/web/connection.py); a response the client accepts no byte of for
+    ``send_idle_timeout_seconds`` is cut and its connection closed (core/web/transport.py).
+    """
+    keep_large_buffers_mapped()
+    set_body_idle_timeout(app, body_idle_timeout_seconds)
+    await serve_connections(
         wrap_app(app, 0, "asgi"),
-        hypercorn_config(graceful_timeout_seconds),
-        sockets=Sockets([], [sock], []),
+        server_config(graceful_timeout_seconds),
+        sock,
+        bound_url(sock),
+        send_idle_timeout_seconds=send_idle_timeout_seconds,
         shutdown_trigger=shutdown_trigger,
         task_status=task_status,
     )

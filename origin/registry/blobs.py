@@ -9,7 +9,9 @@ from core.digest import Digest
 from core.errors import BlobUnknown, Unavailable
 from core.reference import RepositoryName
 from core.storage.driver import PathNotFound, StorageDriver, StorageError
+from core.storage.filesystem import FilesystemDriver
 from core.web.blobs import BlobInfo
+from core.web.file_body import FileChunks
 from origin.metadata.store import MetadataStore
 from origin.registry.paths import blob_path
 
@@ -33,10 +35,20 @@ class Blobs:
     async def open(
         self, digest: Digest, offset: int, length: int
     ) -> AsyncIterator[AsyncIterator[bytes]]:
-        """``length`` bytes from ``offset``, as chunks. Call only after :meth:`stat`."""
+        """``length`` bytes from ``offset``, as chunks. Call only after :meth:`stat`.
+
+        From the filesystem driver the chunks are :class:`FileChunks`: the open blob file,
+        which the connection layer sends zero-copy (sendfile) where the server can.
+        """
         try:
-            async with self._storage.open_reader(blob_path(digest), offset) as reader:
-                yield reader.chunks(length)
+            if isinstance(self._storage, FilesystemDriver):
+                async with self._storage.open_file(blob_path(digest)) as opened:
+                    if offset + length > opened.size:
+                        raise StorageError(f"blob file has {opened.size} bytes")
+                    yield FileChunks(opened.fd, offset, length, opened.limiter)
+            else:
+                async with self._storage.open_reader(blob_path(digest), offset) as reader:
+                    yield reader.chunks(length)
         except PathNotFound as exc:
             # Metadata says it exists but the bytes are gone: only a crash mid-GC does that.
             raise BlobUnknown(detail={"digest": str(digest)}) from exc

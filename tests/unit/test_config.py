@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from config.loader import ConfigError, load
-from config.settings import OriginSettings
+from config.settings import EdgeSettings, OriginSettings
 from config.units import parse_duration, parse_size
 
 
@@ -44,3 +44,21 @@ def test_unknown_and_invalid_keys_are_errors(tmp_path: Path) -> None:
     bad.write_text("listen = ")
     with pytest.raises(ConfigError):
         load(OriginSettings, file=bad, prefix="DEPOT_ORIGIN_")
+
+
+@pytest.mark.parametrize(
+    ("cls", "prefix"), [(OriginSettings, "DEPOT_ORIGIN_"), (EdgeSettings, "DEPOT_EDGE_")]
+)
+def test_serving_timeouts_default_and_load(
+    tmp_path: Path, cls: type[OriginSettings] | type[EdgeSettings], prefix: str
+) -> None:
+    defaults = load(cls, prefix=prefix)
+    assert defaults.body_idle_timeout_seconds == 60
+    assert defaults.send_idle_timeout_seconds == 60
+    file = tmp_path / "serving.toml"
+    file.write_text('body_idle_timeout_seconds = "2m"\n')
+    settings = load(
+        cls, file=file, environ={f"{prefix}SEND_IDLE_TIMEOUT_SECONDS": "1.5"}, prefix=prefix
+    )
+    assert settings.body_idle_timeout_seconds == 120
+    assert settings.send_idle_timeout_seconds == 1.5
