@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,12 +19,13 @@ import httpx
 import pytest
 import trio
 
-from tests.integration.edges import RunningEdge, start_edge
+from tests.docker_engine import docker_engine
+from tests.integration.edges import RunningEdge, edge_client, metric, metrics, start_edge
 from tests.integration.oci import (
     Manifest,
     new_artifact,
 )
-from tests.integration.tenants import Tenants, start_tenants
+from tests.integration.tenants import Tenants, basic, start_tenants
 from tests.interop.conftest import Skopeo
 from tests.interop.relay_rig import (
     COMMAND_SECONDS,
@@ -323,3 +325,113 @@ async def test_wrong_target_credentials_show_the_targets_message(
         assert result.returncode == 1, result.stderr.decode()
         message = f"pushing to {host}/team/app: denied: authentication required"
         assert message in result.stderr.decode(), result.stderr.decode()
+
+
+async def test_a_job_ends_when_the_cli_goes_away_or_is_interrupted(
+    nursery: trio.Nursery, tmp_path: Path, tenants: Tenants
+) -> None:
+    """The target never answers (its requests are held), so the job runs until something
+    ends it: the CLI killed (its connection drops; the edge cancels the job after the grace
+    period), then the CLI interrupted with SIGINT (it cancels the job itself, exits 130)."""
+    image = gzip_image((16 * KiB,))
+    build_id = await save_build(tenants, image)
+    edge = await relay_edge(nursery, tenants, tmp_path, relay_grace_seconds=1)
+    async with basic_target(tmp_path / "target") as host:
+        proxy = HoldingProxy(host)
+        await proxy.start(nursery)
+        proxy.hold_after(0)
+        depot = depot_for(edge, tenants, tmp_path, {proxy.host: PUSHER})
+        args = push_args(build_id, tenants.project, [f"{proxy.host}/team/app:v1"], "--json")
+        with trio.fail_after(COMMAND_SECONDS):
+            async with edge_client(edge.url, basic(tenants.acme)) as client:
+                process, job_id = await start_push(depot, args, tmp_path / "killed.log")
+                process.kill()
+                await process.wait()
+                await until_no_jobs(client)
+                final = await last_event(client, job_id)
+                assert final == {**final, "event": "cancelled", "reason": "the client went away"}
+
+                process, job_id = await start_push(depot, args, tmp_path / "interrupted.log")
+                process.send_signal(signal.SIGINT)
+                assert await process.wait() == 130
+                stderr = (tmp_path / "interrupted.log").read_bytes()
+                assert b"interrupted: the relay job was cancelled" in stderr, stderr
+                final = await last_event(client, job_id)
+                assert final == {**final, "event": "cancelled", "reason": "cancelled by the client"}
+                assert metric(await metrics(client), "depot_edge_relay_jobs") == 0
+        proxy.release()
+
+
+async def start_push(depot: DepotPush, args: list[str], log: Path) -> tuple[trio.Process, str]:
+    """``depot push --json`` running, once the edge has planned its job: (process, job id)."""
+    with log.open("wb") as stderr:
+        process = await trio.lowlevel.open_process(
+            depot.command(*args),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            env=depot.env(),
+        )
+    assert process.stdout is not None
+    buffer, job_id = b"", None
+    try:
+        while True:
+            line, newline, rest = buffer.partition(b"\n")
+            if not newline:
+                chunk = await process.stdout.receive_some()
+                assert chunk, f"depot ended before its job was planned: see {log}"
+                buffer += chunk
+                continue
+            buffer = rest
+            event = json.loads(line)
+            if event["event"] == "accepted":
+                job_id = event["job"]
+            if event["event"] == "plan":
+                assert job_id is not None
+                return process, job_id
+    except BaseException:
+        process.kill()
+        raise
+
+
+async def until_no_jobs(client: httpx.AsyncClient) -> None:
+    """Return once the edge runs no relay job (polling its metrics)."""
+    while True:
+        if metric(await metrics(client), "depot_edge_relay_jobs") == 0:
+            return
+        await trio.sleep(0.1)
+
+
+async def last_event(client: httpx.AsyncClient, job_id: str) -> dict[str, object]:
+    """The final event of a job that has ended (following it from the start)."""
+    response = await client.get(f"/api/v1/relay/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    found = [json.loads(line) for line in response.text.splitlines() if line.strip()]
+    final: dict[str, object] = found[-1]
+    return final
+
+
+async def test_depot_push_uses_what_docker_login_wrote(
+    nursery: trio.Nursery, tmp_path: Path, tenants: Tenants
+) -> None:
+    """A real ``docker login`` (a private dockerd) writes the config ``depot push`` reads;
+    the engine then pulls what the relay pushed."""
+    image = gzip_image((16 * KiB,))
+    build_id = await save_build(tenants, image)
+    edge = await relay_edge(nursery, tenants, tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    async with basic_target(tmp_path / "target") as host, docker_engine() as engine:
+        login = await engine.docker(
+            "login", "--username", PUSHER[0], "--password-stdin", host,
+            stdin=PUSHER[1].encode(),
+        )  # fmt: skip
+        assert b"Login Succeeded" in login.stdout, login
+        depot = DepotPush(edge, tenants.acme, home, engine.config_dir)
+        target = f"{host}/team/app:v1"
+        result = await depot.run(*push_args(build_id, tenants.project, [target]))
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout.decode() == f"{target}@{image.digest}\n"
+        await engine.docker("pull", target)
+        inspected = json.loads((await engine.docker("image", "inspect", target)).stdout)
+        assert inspected[0]["Id"] == image.blobs[0].digest  # the image's config
