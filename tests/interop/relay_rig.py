@@ -160,6 +160,7 @@ class DepotPush:
     token: str
     home: Path
     docker_config: Path
+    registry: str | None = None  # where depot reaches the edge (default: the edge's URL)
 
     def env(self) -> dict[str, str]:
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("DEPOT_", "DOCKER_"))}
@@ -167,7 +168,7 @@ class DepotPush:
             HOME=str(self.home),
             XDG_CONFIG_HOME=str(self.home / ".config"),
             DOCKER_CONFIG=str(self.docker_config),
-            DEPOT_REGISTRY=self.edge.url,
+            DEPOT_REGISTRY=self.registry or self.edge.url,
             DEPOT_TOKEN=self.token,
         )
         return environ

@@ -13,7 +13,9 @@ import json
 import signal
 import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -42,7 +44,7 @@ from tests.interop.relay_rig import (
     token_target,
 )
 from tests.processes import free_port
-from tests.tcp_proxy import HoldingProxy
+from tests.tcp_proxy import CuttingProxy, HoldingProxy
 from tests.token_service import TokenService
 
 pytestmark = pytest.mark.interop
@@ -344,14 +346,16 @@ async def test_a_job_ends_when_the_cli_goes_away_or_is_interrupted(
         args = push_args(build_id, tenants.project, [f"{proxy.host}/team/app:v1"], "--json")
         with trio.fail_after(COMMAND_SECONDS):
             async with edge_client(edge.url, basic(tenants.acme)) as client:
-                process, job_id = await start_push(depot, args, tmp_path / "killed.log")
+                running = await start_push(depot, args, tmp_path / "killed.log")
+                process, job_id = running.process, running.job_id
                 process.kill()
                 await process.wait()
                 await until_no_jobs(client)
                 final = await last_event(client, job_id)
                 assert final == {**final, "event": "cancelled", "reason": "the client went away"}
 
-                process, job_id = await start_push(depot, args, tmp_path / "interrupted.log")
+                running = await start_push(depot, args, tmp_path / "interrupted.log")
+                process, job_id = running.process, running.job_id
                 process.send_signal(signal.SIGINT)
                 assert await process.wait() == 130
                 stderr = (tmp_path / "interrupted.log").read_bytes()
@@ -362,8 +366,15 @@ async def test_a_job_ends_when_the_cli_goes_away_or_is_interrupted(
         proxy.release()
 
 
-async def start_push(depot: DepotPush, args: list[str], log: Path) -> tuple[trio.Process, str]:
-    """``depot push --json`` running, once the edge has planned its job: (process, job id)."""
+@dataclass
+class Running:
+    process: trio.Process
+    job_id: str
+    events: list[dict[str, Any]]  # read so far; the rest are still on its stdout
+
+
+async def start_push(depot: DepotPush, args: list[str], log: Path) -> Running:
+    """``depot push --json`` running, once the edge has planned its job."""
     with log.open("wb") as stderr:
         process = await trio.lowlevel.open_process(
             depot.command(*args),
@@ -374,6 +385,7 @@ async def start_push(depot: DepotPush, args: list[str], log: Path) -> tuple[trio
         )
     assert process.stdout is not None
     buffer, job_id = b"", None
+    seen: list[dict[str, Any]] = []
     try:
         while True:
             line, newline, rest = buffer.partition(b"\n")
@@ -384,11 +396,12 @@ async def start_push(depot: DepotPush, args: list[str], log: Path) -> tuple[trio
                 continue
             buffer = rest
             event = json.loads(line)
+            seen.append(event)
             if event["event"] == "accepted":
                 job_id = event["job"]
             if event["event"] == "plan":
-                assert job_id is not None
-                return process, job_id
+                assert job_id is not None and not buffer
+                return Running(process, job_id, seen)
     except BaseException:
         process.kill()
         raise
@@ -435,3 +448,36 @@ async def test_depot_push_uses_what_docker_login_wrote(
         await engine.docker("pull", target)
         inspected = json.loads((await engine.docker("image", "inspect", target)).stdout)
         assert inspected[0]["Id"] == image.blobs[0].digest  # the image's config
+
+
+async def test_the_cli_follows_its_job_again_after_a_dropped_connection(
+    nursery: trio.Nursery, tmp_path: Path, tenants: Tenants
+) -> None:
+    """The connection between ``depot`` and the edge is cut while the job waits on the target:
+    ``depot`` follows the job again from the last event it saw, and the job finishes."""
+    image = gzip_image((16 * KiB,))
+    build_id = await save_build(tenants, image)
+    edge = await relay_edge(nursery, tenants, tmp_path)
+    async with basic_target(tmp_path / "target") as host:
+        target = HoldingProxy(host)
+        await target.start(nursery)
+        target.hold_after(0)
+        line = CuttingProxy(edge.url.removeprefix("http://"))
+        await line.start(nursery)
+        depot = depot_for(edge, tenants, tmp_path, {target.host: PUSHER})
+        depot.registry = line.url
+        args = push_args(build_id, tenants.project, [f"{target.host}/team/app:v1"], "--json")
+        with trio.fail_after(COMMAND_SECONDS):
+            running = await start_push(depot, args, tmp_path / "push.log")
+            process = running.process
+            line.cut()
+            target.release()
+            assert process.stdout is not None
+            rest = b""
+            while chunk := await process.stdout.receive_some():
+                rest += chunk
+            assert await process.wait() == 0, (tmp_path / "push.log").read_text()
+    found = [*running.events, *events(rest)]
+    assert [event["seq"] for event in found] == list(range(len(found)))  # none twice or lost
+    assert found[-1]["event"] == "done" and found[-1]["digest"] == image.digest
+    assert line.cuts == 1
