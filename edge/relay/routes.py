@@ -10,6 +10,25 @@
   connection, within the grace period), from the event after ``seq``.
 - ``DELETE /api/v1/relay/jobs/<id>``: cancel it (``202``).
 
+Events (each line one object with ``seq`` and ``event``; targets are named
+``registry/repository``, digests ``sha256:...``; a follower with nothing new for 10 s gets
+``{"event": "heartbeat"}``, which has no ``seq``):
+
+- ``accepted``: ``job``, ``source`` (as named), ``digest`` (the build's root), ``targets``
+  (every ``registry/repository:tag``);
+- ``plan``: ``digest``, ``media_type``, ``manifests``, ``referrers``, ``blobs``, ``bytes``;
+- ``blob``: ``target``, ``digest``, ``size``, ``status`` = ``skipped`` (the target has it),
+  ``mounted`` (with ``source``, the repository it came from), ``started``, ``done``;
+- ``bytes``: ``target``, ``digest``, ``sent``, ``size`` (at most every 0.5 s per blob);
+- ``manifest``: ``target``, ``digest``, ``media_type`` (a child, the root by digest);
+- ``tag``: ``target`` (``registry/repository:tag``), ``digest``;
+- ``referrer``: ``target``, ``digest``, ``media_type``, ``subject``, ``artifact_type``,
+  ``via`` = ``referrers-api`` or ``tag-schema``;
+- last, one of: ``done`` (``digest``, ``blobs_copied``, ``blobs_skipped``, ``blobs_mounted``,
+  ``bytes_copied``, ``seconds``), ``error`` (``code``, ``status`` and ``message`` as the
+  failing registry answered them, ``target`` when it was a target), ``cancelled``
+  (``reason``).
+
 Only the credential that created a job may follow or cancel it (a fingerprint of its
 ``Authorization`` header is kept, never the header). The target credentials in the body
 are handed to the job and nowhere else: not logged, not echoed in events or errors.
