@@ -29,6 +29,8 @@ from rich.progress import (
 )
 
 Event = dict[str, Any]
+#: Blobs smaller than this get no progress bar (a line once copied).
+BAR_MIN_BYTES = 1024 * 1024
 
 
 class View(Protocol):
@@ -173,9 +175,12 @@ class BarsView:
         kind, status = event.get("event"), event.get("status")
         key = (str(event.get("target")), str(event.get("digest")))
         if kind == "blob" and status == "started":
-            size = event.get("size") if isinstance(event.get("size"), int) else None
+            size = event.get("size")
+            if isinstance(size, int) and size < BAR_MIN_BYTES:
+                return  # a config or a tiny layer: one line when it is done
             description = f"{event.get('target')} {short(event.get('digest'))}"
-            self._tasks[key] = self._progress.add_task(description, total=size)
+            total = size if isinstance(size, int) else None
+            self._tasks[key] = self._progress.add_task(description, total=total)
             return
         if kind == "bytes" and key in self._tasks:
             self._progress.update(self._tasks[key], completed=event.get("sent", 0))
@@ -185,5 +190,5 @@ class BarsView:
             self._progress.update(task, completed=event.get("size", 0))
             return
         line = describe(event)
-        if line is not None and (kind != "blob" or status in ("skipped", "mounted")):
+        if line is not None and (kind != "blob" or status in ("skipped", "mounted", "done")):
             self._progress.console.print(line, markup=False, highlight=False)

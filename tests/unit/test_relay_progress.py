@@ -56,4 +56,5 @@ def test_json_quiet_and_bars() -> None:
             bars.event(event)
     shown = err.getvalue()
     assert "3 blobs (3.0 MiB)" in shown and "r/b: mounted" in shown and "r/a:v1: tagged" in shown
+    assert "r/a: copied  sha256:abababababab 2.0 KiB" in shown  # too small for a bar: a line
     assert describe({"event": "error", "message": "x"}) is None
