@@ -118,3 +118,17 @@ class EdgeSettings:
     body_idle_timeout_seconds: float = 60
     #: As for the origin: a response the client accepts no byte of for this long is cut.
     send_idle_timeout_seconds: float = 60
+    #: Push relay targets spoken to over plain HTTP besides 127.0.0.0/8 and localhost:
+    #: ``host[:port]`` entries, comma-separated (Docker's ``insecure-registries``).
+    insecure_registries: str = ""
+    #: Relay jobs running at once on this edge, and per caller (one registry token).
+    relay_max_jobs: int = 8
+    relay_max_jobs_per_principal: int = 2
+    #: Blobs one relay job copies at once to a target registry.
+    relay_blob_concurrency: int = 4
+    #: Blobs larger than this go to a target in PATCH chunks of this size (resumable).
+    relay_chunk_bytes: int = 16 * 1024**2
+    #: A job whose client went away (and did not come back) is cancelled after this long.
+    relay_grace_seconds: float = 5
+    #: A whole relay job is abandoned after this long.
+    relay_deadline_seconds: float = 6 * 3600

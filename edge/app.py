@@ -38,6 +38,8 @@ from edge.fill import BlobStream, Fills
 from edge.metrics import CONTENT_TYPE_LATEST, EdgeMetrics
 from edge.passthrough import forward_headers, pass_through
 from edge.pullthrough import STALE_WARNING, PullThrough
+from edge.relay.routes import install_relay
+from edge.relay.service import RelayService
 
 access_log = logging.getLogger("depot.edge.access")
 
@@ -52,12 +54,15 @@ class EdgeServices:
     origin: httpx.AsyncClient  # for passthrough; carries no credential of its own
     metrics: EdgeMetrics
     ready: Callable[[], bool]
+    relay: RelayService | None = None  # the push relay's jobs (its API is this edge's own)
 
 
 def create_edge_app(services: EdgeServices) -> QuartTrio:
     app = create_app("depot-edge")
     _install_ops(app, services)
     _install_registry(app, services)
+    if services.relay is not None:
+        install_relay(app, services.gate, services.relay)
     _install_access_log(app, services)
     return app
 

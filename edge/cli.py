@@ -34,6 +34,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve_cmd.add_argument("--cache-size", help="e.g. 50GiB")
     serve_cmd.add_argument("--upstream-token-file", type=Path, help="file with a dpe_ token")
     serve_cmd.add_argument("--base-domain", help="e.g. registry.example for org subdomains")
+    serve_cmd.add_argument(
+        "--insecure-registry",
+        action="append",
+        dest="insecure_registries",
+        metavar="HOST[:PORT]",
+        help="a push relay target spoken to over plain HTTP (loopback ones always are)",
+    )
+    serve_cmd.add_argument("--relay-max-jobs", type=int, help="relay jobs running at once")
     serve_cmd.add_argument("--config", type=Path, help="TOML settings file")
     serve_cmd.set_defaults(handler=_run_serve)
 
@@ -57,6 +65,8 @@ def _settings(args: argparse.Namespace) -> EdgeSettings:
         "cache_size_bytes": args.cache_size,
         "upstream_token_file": args.upstream_token_file,
         "base_domain": args.base_domain,
+        "insecure_registries": ",".join(args.insecure_registries or []) or None,
+        "relay_max_jobs": args.relay_max_jobs,
     }
     return load(
         EdgeSettings, file=args.config, environ=os.environ, prefix=ENV_PREFIX, overrides=overrides

@@ -21,6 +21,8 @@ from edge.fill import Fills
 from edge.metrics import EdgeMetrics
 from edge.origin_control import OriginControl
 from edge.pullthrough import PullThrough
+from edge.relay.service import RelayService
+from edge.relay.source import BuildReader
 from edge.upstream import OriginUpstream
 
 log = logging.getLogger("depot.edge")
@@ -125,15 +127,24 @@ async def serve(
                 "Entries evicted for space",
                 lambda: gauges.read("evictions"),
             )
+            pullthrough = PullThrough(settings, cache, fills, upstream, metrics, clock)
+            reader = BuildReader(
+                pullthrough, upstream, deadline_seconds=settings.upstream_deadline_seconds
+            )
+            relay = RelayService(root, reader, settings)
+            metrics.gauge(
+                "depot_edge_relay_jobs", "Push relay jobs running", lambda: float(relay.running())
+            )
             services = EdgeServices(
                 settings=settings,
                 gate=gate,
                 cache=cache,
                 fills=fills,
-                pullthrough=PullThrough(settings, cache, fills, upstream, metrics, clock),
+                pullthrough=pullthrough,
                 origin=passthrough,
                 metrics=metrics,
                 ready=lambda: gate.ready,
+                relay=relay,
             )
             await serve_app(
                 create_edge_app(services),

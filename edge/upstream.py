@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 from core.client.credentials import x_token_credentials
+from core.client.listings import Referrer
 from core.client.registry import RegistryClient
 from core.digest import Digest
 from core.errors import Denied, TooManyRequests, Unauthorized, Unavailable
@@ -73,6 +74,14 @@ class OriginUpstream:
     ) -> Digest | None:
         with _as_upstream_errors(f"HEAD manifest {repository}@{reference}"):
             return await self._client.head_manifest(repository, reference)
+
+    async def referrers(
+        self, repository: RepositoryName, subject: Digest
+    ) -> tuple[Referrer, ...] | None:
+        """Origin's referrers of ``subject`` (for the push relay; pulls pass them through)."""
+        with _as_upstream_errors(f"GET referrers {repository}@{subject}"):
+            found = await self._client.referrers(repository, subject)
+        return None if found is None else found.manifests
 
 
 @contextmanager

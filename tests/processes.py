@@ -186,19 +186,27 @@ http:
 
 @asynccontextmanager
 async def distribution_process(
-    tmp: Path, program: str, auth: str = ""
+    tmp: Path,
+    program: str,
+    auth: str = "",
+    *,
+    host: str | None = None,
+    environ: dict[str, str] | None = None,
 ) -> AsyncIterator[tuple[str, Path]]:
     """CNCF Distribution on a free port with filesystem storage under ``tmp``; yields
     (HOST:PORT, log path). ``auth``: an ``auth:`` section of its config (htpasswd, token);
-    with one, ``GET /v2/`` answering 401 means it is up."""
+    with one, ``GET /v2/`` answering 401 means it is up. A restart: the same ``tmp`` and
+    ``host`` again (the storage is kept), with ``environ={"REGISTRY_HTTP_SECRET": ...}`` so
+    that upload sessions signed before it stay valid."""
     root = tmp / "distribution-data"
-    root.mkdir()
-    host = f"127.0.0.1:{free_port()}"
+    root.mkdir(exist_ok=True)
+    host = host or f"127.0.0.1:{free_port()}"
     config = tmp / "distribution.yml"
     config.write_text(DISTRIBUTION_CONFIG.format(root=root, addr=host) + auth)
     log = tmp / "distribution.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    with log.open("wb") as output:
+    env.update(environ or {})
+    with log.open("ab") as output:
         process = await trio.lowlevel.open_process(
             [program, "serve", str(config)],
             stdout=output,

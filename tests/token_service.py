@@ -58,6 +58,9 @@ class TokenService:
     service: str = "contract-registry"
     issuer: str = "contract-token-service"
     lifetime_seconds: int = 300
+    #: The ``expires_in`` answered, when it should differ from the real lifetime (a token
+    #: the registry stops taking before its holder expects).
+    reported_lifetime_seconds: int | None = None
     url: str = ""
     requests: list[TokenRequest] = field(default_factory=list)
 
@@ -169,7 +172,11 @@ class TokenService:
         return {
             "token": token,
             "access_token": token,
-            "expires_in": self.lifetime_seconds,
+            "expires_in": (
+                self.lifetime_seconds
+                if self.reported_lifetime_seconds is None
+                else self.reported_lifetime_seconds
+            ),
             "issued_at": issued,
         }
 
