@@ -104,9 +104,7 @@ def _install_management_api(app: Quart, services: EdgeServices) -> None:
         return await _forward(services)
 
     app.add_url_rule("/api/v1", "api_forward_root", management_api, methods=_API_METHODS)
-    app.add_url_rule(
-        "/api/v1/<path:rest>", "api_forward", management_api, methods=_API_METHODS
-    )
+    app.add_url_rule("/api/v1/<path:rest>", "api_forward", management_api, methods=_API_METHODS)
 
 
 def _under(path: str, prefix: str) -> bool:
