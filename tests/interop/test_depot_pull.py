@@ -1,9 +1,9 @@
 """``depot pull`` as a user runs it: the CLI pointed at a real edge in front of a real origin
 (``depot save`` went through the same edge), loading into a real Docker engine started by the
-test, into podman when no engine answers, or to disk (OCI layout, docker-archive that
-``docker load`` takes); the build picker driven through a pseudo-terminal; the error listing
-builds when there is no terminal; ``depot login`` from a pipe; orgs, projects and pull tokens
-through the edge.
+test (and ``depot save docker://IMAGE`` from it), into podman when no engine answers, or to
+disk (OCI layout, docker-archive that ``docker load`` takes); the build picker driven through
+a pseudo-terminal; the error listing builds when there is no terminal; ``depot login`` from a
+pipe; orgs, projects and pull tokens through the edge.
 """
 
 from __future__ import annotations
@@ -117,6 +117,20 @@ async def test_pull_into_docker_through_the_edge(rig: DepotRig, tmp_path: Path) 
         await engine.docker("load", "--input", str(archive))
         found = await inspect(engine, "archived:v1")
         assert found is not None and found["Id"] == image.config_digest, found
+
+        # `docker build` then `depot save docker://IMAGE`: the engine's image becomes a build.
+        for prefix, tag in (("docker://", "from-docker"), ("docker-daemon:", "from-daemon")):
+            saved = await rig.run(
+                "save", f"{prefix}archived:v1", "--project", project, "--save-tag", tag
+            )
+            build_id = saved.stdout.decode().strip()
+            result = await rig.run(
+                "pull", build_id, "--project", project, "--output", f"oci:{tmp_path / tag}",
+                "--json",
+            )  # fmt: skip
+            assert json.loads(result.stdout)["config_digest"] == image.config_digest
+        missing = await rig.run("save", "docker://nosuch:v1", "--project", project, check=False)
+        assert missing.returncode == 1 and b"nosuch" in missing.stderr, missing.stderr
 
 
 # -- podman -----------------------------------------------------------------------------------
