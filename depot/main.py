@@ -4,19 +4,19 @@ pull tokens, org usage, login).
 ::
 
     depot login REGISTRY [--token-stdin]
-    depot save PATH|docker://IMAGE --project ID [--save-tag NAME ...] [--metadata-file F]
+    depot save PATH|docker://IMAGE [--project ID] [--save-tag NAME ...] [--metadata-file F]
     depot pull [BUILD_ID|TAG] [--project ID] [-t NAME:TAG ...] [--platform OS/ARCH]
                [--output oci:DIR|docker-archive:FILE] [--quiet] [--json]
-    depot builds list --project ID [--json]
-    depot builds delete --project ID BUILD_ID
+    depot builds list [--project ID] [--json]
+    depot builds delete [--project ID] BUILD_ID
     depot org list [--json]
     depot projects list [--org ORG] [--json]
     depot pull-token [--project ID | --org ORG] [--expires 1h]
     depot usage --org ORG [--json]
     depot --version
 
-``--project`` may also come from ``$DEPOT_PROJECT_ID`` or a ``depot.json`` (``{"id": ...}``)
-in the current directory (:mod:`depot.project`) for ``pull`` and ``pull-token``.
+Without ``--project``, the project comes from ``$DEPOT_PROJECT_ID`` or a ``depot.json``
+(``{"id": ...}``) in the current directory (:mod:`depot.project`).
 
 Every command but ``login`` takes ``--registry URL`` and ``--token TOKEN``; without them
 ``DEPOT_REGISTRY`` / ``DEPOT_TOKEN``, then the file ``depot login`` wrote, are used (see
@@ -40,12 +40,13 @@ import httpx
 import trio
 
 from core.client.registry import RegistryClient
-from core.errors import DepotError
+from core.errors import DepotError, InputError
 from depot import api, builds, credentials, docker_source, orgs, pull, push
 from depot.api import ApiError
 from depot.credentials import CredentialsError
 from depot.humanize import human_size, human_time, is_number
 from depot.image_source import Blob, ImageSourceError, SourceImage, load_image
+from depot.project import resolve_project
 
 
 def package_version() -> str:
@@ -53,6 +54,20 @@ def package_version() -> str:
         return version("depot-registry")
     except PackageNotFoundError:
         return "unknown"
+
+
+PROJECT_HELP = "default: $DEPOT_PROJECT_ID, then depot.json here"
+
+
+def project_of(args: argparse.Namespace) -> str:
+    """``--project``, ``$DEPOT_PROJECT_ID`` or ``depot.json``; an error naming all three."""
+    found = resolve_project(args.project)
+    if found is None:
+        raise InputError(
+            "no project: pass --project ID, set DEPOT_PROJECT_ID, or add a depot.json "
+            '({"id": "..."}) to the current directory'
+        )
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="OCI layout, OCI archive, docker save tar, or an image of the local Docker engine "
         "(docker://IMAGE or docker-daemon:IMAGE)",
     )
-    save.add_argument("--project", required=True, metavar="ID")
+    save.add_argument("--project", metavar="ID", help=PROJECT_HELP)
     save.add_argument("--save-tag", action="append", default=[], metavar="NAME", dest="save_tags")
     save.add_argument("--metadata-file", type=Path, metavar="FILE")
     save.add_argument("--ref", metavar="NAME", help="the image to save when PATH holds several")
@@ -87,12 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     builds = commands.add_parser("builds", help="list or delete builds")
     builds_commands = builds.add_subparsers(dest="builds_command", required=True, metavar="ACTION")
     listing = builds_commands.add_parser("list", help="builds of a project, newest first")
-    listing.add_argument("--project", required=True, metavar="ID")
+    listing.add_argument("--project", metavar="ID", help=PROJECT_HELP)
     listing.add_argument("--json", action="store_true", help="print the API's JSON")
     _connection_flags(listing)
     listing.set_defaults(run=cmd_builds_list)
     delete = builds_commands.add_parser("delete", help="delete a build")
-    delete.add_argument("--project", required=True, metavar="ID")
+    delete.add_argument("--project", metavar="ID", help=PROJECT_HELP)
     delete.add_argument("build_id", metavar="BUILD_ID")
     _connection_flags(delete)
     delete.set_defaults(run=cmd_builds_delete)
@@ -188,7 +203,7 @@ def _save(
 
     async def body(client: httpx.AsyncClient, registry: RegistryClient) -> int:
         saved = await push.save_build(
-            client, registry, image, args.project, args.save_tags, on_blob
+            client, registry, image, project_of(args), args.save_tags, on_blob
         )
         stats = saved.stats
         if args.verbose:
@@ -207,7 +222,7 @@ def _save(
 
 def cmd_builds_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async def body(client: httpx.AsyncClient) -> int:
-        found = await api.list_builds(client, args.project)
+        found = await api.list_builds(client, project_of(args))
         if args.json:
             print(json.dumps({"builds": found}, indent=2), file=out)
             return 0
@@ -234,7 +249,7 @@ def cmd_builds_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_builds_delete(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async def body(client: httpx.AsyncClient) -> int:
-        await api.delete_build(client, args.project, args.build_id)
+        await api.delete_build(client, project_of(args), args.build_id)
         print(f"deleted build {args.build_id}", file=out)
         return 0
 
