@@ -200,30 +200,6 @@ async def test_pull_writes_a_verified_oci_layout(rig: DepotRig, tmp_path: Path) 
 # -- choosing a build -------------------------------------------------------------------------
 
 
-async def test_without_a_terminal_the_error_lists_the_builds(rig: DepotRig, tmp_path: Path) -> None:
-    src = source(tmp_path)
-    first = await rig.save(src.image(LAYER_SIZES, host_platform()), "alpha")
-    second = await rig.save(src.image(LAYER_SIZES, host_platform()), "beta")
-
-    result = await rig.run("pull", "--project", rig.project, check=False)
-    assert result.returncode == 1
-    text = result.stderr.decode()
-    assert "no terminal" in text and "depot pull BUILD_ID" in text, text
-    assert text.index(second) < text.index(first), text  # newest first
-    assert "alpha" in text and "beta" in text
-
-    # The project from depot.json in the current directory, or DEPOT_PROJECT_ID.
-    here = tmp_path / "checkout"
-    here.mkdir()
-    (here / "depot.json").write_text(json.dumps({"id": rig.project}))
-    from_file = await rig.run("pull", check=False, cwd=here)
-    assert second in from_file.stderr.decode(), from_file.stderr
-    from_env = await rig.run("pull", check=False, env=rig.env(DEPOT_PROJECT_ID=rig.project))
-    assert second in from_env.stderr.decode(), from_env.stderr
-    nothing = await rig.run("pull", "main", check=False)
-    assert b"no project" in nothing.stderr, nothing.stderr
-
-
 def drive_picker(rig: DepotRig, out: Path, keys: list[bytes], expect: list[str]) -> tuple[int, str]:
     """Run ``depot pull --output`` on a pseudo-terminal; send ``keys`` (waiting for each of
     ``expect`` after the key at the same index); the exit status and everything shown."""
@@ -253,12 +229,30 @@ def drive_picker(rig: DepotRig, out: Path, keys: list[bytes], expect: list[str])
     return child.exitstatus if child.exitstatus is not None else -1, "".join(seen)
 
 
-async def test_the_picker_on_a_terminal(rig: DepotRig, tmp_path: Path) -> None:
+async def test_choosing_a_build_on_a_terminal_or_without_one(rig: DepotRig, tmp_path: Path) -> None:
     src = source(tmp_path)
     images = [src.image(LAYER_SIZES, host_platform()) for _ in range(3)]
     tags = ("alpha", "beta", "gamma")
     ids = [await rig.save(image, tag) for image, tag in zip(images, tags, strict=True)]
     # Shown newest first: gamma, beta, alpha.
+
+    # No terminal: an error listing the builds, newest first, and how to name one.
+    result = await rig.run("pull", "--project", rig.project, check=False)
+    assert result.returncode == 1
+    text = result.stderr.decode()
+    assert "no terminal" in text and "depot pull BUILD_ID" in text, text
+    assert text.index(ids[2]) < text.index(ids[1]) < text.index(ids[0]), text
+    assert all(tag in text for tag in tags)
+    # The project from depot.json in the current directory, or DEPOT_PROJECT_ID.
+    here = tmp_path / "checkout"
+    here.mkdir()
+    (here / "depot.json").write_text(json.dumps({"id": rig.project}))
+    from_file = await rig.run("pull", check=False, cwd=here)
+    assert ids[2] in from_file.stderr.decode(), from_file.stderr
+    from_env = await rig.run("pull", check=False, env=rig.env(DEPOT_PROJECT_ID=rig.project))
+    assert ids[2] in from_env.stderr.decode(), from_env.stderr
+    nothing = await rig.run("pull", "main", check=False)
+    assert b"no project" in nothing.stderr, nothing.stderr
 
     # Arrow down once, Enter: the second newest.
     out = tmp_path / "down"
@@ -291,24 +285,22 @@ async def test_the_picker_on_a_terminal(rig: DepotRig, tmp_path: Path) -> None:
 # -- the rest of the CLI through the edge -----------------------------------------------------
 
 
-async def test_login_from_a_pipe_then_commands_use_it(rig: DepotRig, tmp_path: Path) -> None:
-    env = {k: v for k, v in rig.env().items() if k not in ("DEPOT_REGISTRY", "DEPOT_TOKEN")}
-    # No --token-stdin and no terminal: the token is read from the pipe (no termios error).
-    login = await rig.run("login", rig.registry, stdin=f"{rig.token}\n".encode(), env=env)
-    assert b"Login succeeded" in login.stdout, login
-    listed = await rig.run("builds", "list", "--project", rig.project, env=env)
-    assert b"BUILD ID" in listed.stdout
-    version = await rig.run("--version", env=env)
-    assert re.fullmatch(rb"depot \d+\.\d+\.\d+\S*\n", version.stdout), version.stdout
-
-
-async def test_orgs_projects_and_pull_tokens_through_the_edge(
+async def test_login_orgs_projects_and_pull_tokens_through_the_edge(
     rig: DepotRig, tmp_path: Path, skopeo: Skopeo
 ) -> None:
     src = source(tmp_path)
     image = src.image(LAYER_SIZES, host_platform())
     build = await rig.save(image, "main")
     org = rig.edge.origin.org
+
+    env = {k: v for k, v in rig.env().items() if k not in ("DEPOT_REGISTRY", "DEPOT_TOKEN")}
+    # No --token-stdin and no terminal: the token is read from the pipe (no termios error).
+    login = await rig.run("login", rig.registry, stdin=f"{rig.token}\n".encode(), env=env)
+    assert b"Login succeeded" in login.stdout, login
+    listed = await rig.run("builds", "list", "--project", rig.project, env=env)
+    assert build.encode() in listed.stdout and b"BUILD ID" in listed.stdout
+    version = await rig.run("--version", env=env)
+    assert re.fullmatch(rb"depot \d+\.\d+\.\d+\S*\n", version.stdout), version.stdout
 
     orgs = json.loads((await rig.run("org", "list", "--json")).stdout)["orgs"]
     assert [o["name"] for o in orgs] == [org]
