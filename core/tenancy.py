@@ -9,6 +9,11 @@ Every repository's internal name is ``<org-slug>/<path>``. Clients reach it thre
 
 Only hosts exactly one label below the configured base domain are org hosts; the base domain
 itself, deeper subdomains, other hosts and IP addresses are addressed path style.
+
+Where an org is named (subdomain or path style), its id works as well as its slug: ids of
+orgs created now are DNS labels (:data:`ORG_ID`), and a label of that shape is looked up as an
+id first (:func:`core.auth.gate.resolve_name`), then taken as a slug. Older ids (``org_...``)
+are no DNS labels: those orgs are named by slug. No new slug may look like an id.
 """
 
 from __future__ import annotations
@@ -23,8 +28,17 @@ from core.reference import RepositoryName, parse_repository_name
 ORG_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
+#: The id of an org created now: ``org`` and 16 of ``[a-z0-9]``, a DNS label like a slug.
+ORG_ID = re.compile(r"org[a-z0-9]{16}")
+
+
 def is_org_slug(text: str) -> bool:
     return ORG_SLUG.fullmatch(text) is not None
+
+
+def is_org_id(text: str) -> bool:
+    """Whether ``text`` has the shape of an org id usable as a DNS label."""
+    return ORG_ID.fullmatch(text) is not None
 
 
 @dataclass(frozen=True, slots=True)

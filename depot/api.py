@@ -135,11 +135,15 @@ async def create_build(
     return document
 
 
-async def list_builds(client: httpx.AsyncClient, project: str) -> list[dict[str, Any]]:
+async def list_builds(
+    client: httpx.AsyncClient, project: str, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """The project's builds, newest first (expired ones included)."""
+    query = f"?n={limit}" if limit is not None else ""
     document = await call(
         client,
         "GET",
-        f"/api/v1/projects/{segment(project)}/builds",
+        f"/api/v1/projects/{segment(project)}/builds{query}",
         f"listing the builds of project {project}",
     )
     builds = document.get("builds") if isinstance(document, dict) else None
@@ -164,4 +168,83 @@ async def org_usage(client: httpx.AsyncClient, org: str) -> dict[str, Any]:
     )
     if not isinstance(document, dict):
         raise ApiError("reading usage: the answer is not a JSON object")
+    return document
+
+
+async def get_build(
+    client: httpx.AsyncClient, project: str, build_id: str
+) -> dict[str, Any] | None:
+    """The build, or None when the project has none by that id."""
+    try:
+        document = await call(
+            client,
+            "GET",
+            f"/api/v1/projects/{segment(project)}/builds/{segment(build_id)}",
+            f"reading build {build_id} of project {project}",
+        )
+    except ApiError as exc:
+        if exc.status == 404:  # no such build (a missing project shows when listing)
+            return None
+        raise
+    if not isinstance(document, dict) or not isinstance(document.get("id"), str):
+        raise ApiError("reading a build: the answer is not a build")
+    return document
+
+
+async def list_orgs(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    document = await call(client, "GET", "/api/v1/orgs", "listing organizations")
+    orgs = document.get("orgs") if isinstance(document, dict) else None
+    if not isinstance(orgs, list):
+        raise ApiError("listing organizations: the answer has no orgs list")
+    return [o for o in orgs if isinstance(o, dict)]
+
+
+async def list_projects(client: httpx.AsyncClient, org: str) -> list[dict[str, Any]]:
+    document = await call(
+        client,
+        "GET",
+        f"/api/v1/orgs/{segment(org)}/projects",
+        f"listing the projects of org {org}",
+    )
+    projects = document.get("projects") if isinstance(document, dict) else None
+    if not isinstance(projects, list):
+        raise ApiError("listing projects: the answer has no projects list")
+    return [p for p in projects if isinstance(p, dict)]
+
+
+async def get_project(client: httpx.AsyncClient, project: str) -> dict[str, Any]:
+    """The project with its org (``org_id``, ``org_slug``)."""
+    document = await call(
+        client, "GET", f"/api/v1/projects/{segment(project)}", f"reading project {project}"
+    )
+    if not isinstance(document, dict) or not isinstance(document.get("org_id"), str):
+        raise ApiError("reading a project: the answer names no org")
+    return document
+
+
+async def create_token(
+    client: httpx.AsyncClient,
+    org: str,
+    kind: str,
+    *,
+    project: str | None,
+    expires_in_seconds: float | None,
+    description: str,
+) -> dict[str, Any]:
+    """A new token of ``org``; the answer carries its secret (``token``) once."""
+    body: dict[str, Any] = {"kind": kind, "description": description}
+    if project is not None:
+        body["project_id"] = project
+    if expires_in_seconds is not None:
+        body["expires_in_seconds"] = expires_in_seconds
+    document = await call(
+        client,
+        "POST",
+        f"/api/v1/orgs/{segment(org)}/tokens",
+        f"creating a {kind} token in org {org}",
+        expect=(200, 201),
+        json_body=body,
+    )
+    if not isinstance(document, dict) or not isinstance(document.get("token"), str):
+        raise ApiError("creating a token: the answer has no token")
     return document

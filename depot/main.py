@@ -1,13 +1,23 @@
-"""``depot``: the user CLI (save builds, list and delete them, org usage, login).
+"""``depot``: the user CLI (save builds, pull them, list and delete them, orgs, projects,
+pull tokens, org usage, login).
 
 ::
 
     depot login REGISTRY [--token-stdin]
-    depot save PATH --project ID [--save-tag NAME ...] [--metadata-file build.json]
-    depot builds list --project ID [--json]
-    depot builds delete --project ID BUILD_ID
+    depot save PATH|docker://IMAGE [--project ID] [--save-tag NAME ...] [--metadata-file F]
+    depot pull [BUILD_ID|TAG] [--project ID] [-t NAME:TAG ...] [--platform OS/ARCH]
+               [--output oci:DIR|docker-archive:FILE] [--quiet] [--json]
+    depot builds list [--project ID] [--json]
+    depot builds delete [--project ID] BUILD_ID
+    depot org list [--json]
+    depot projects list [--org ORG] [--json]
+    depot pull-token [--project ID | --org ORG] [--expires 1h]
     depot usage --org ORG [--json]
     depot push [BUILD_ID | TAG] [--project ID] -t REGISTRY/REPO:TAG [-t ...]
+    depot --version
+
+Without ``--project``, the project comes from ``$DEPOT_PROJECT_ID`` or a ``depot.json``
+(``{"id": ...}``) in the current directory (:mod:`depot.project`).
 
 Every command but ``login`` takes ``--registry URL`` and ``--token TOKEN``; without them
 ``DEPOT_REGISTRY`` / ``DEPOT_TOKEN``, then the file ``depot login`` wrote, are used (see
@@ -18,40 +28,71 @@ exit status 0 on success, 1 on an error, 2 on a usage error.
 from __future__ import annotations
 
 import argparse
-import datetime
 import getpass
 import json
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, TextIO, TypeGuard
+from typing import Any, TextIO
 
 import httpx
 import trio
 
 from core.client.registry import RegistryClient
-from depot import api, credentials, push, push_command
+from core.errors import DepotError, InputError
+from depot import api, builds, credentials, docker_source, orgs, pull, push, push_command
 from depot.api import ApiError
 from depot.credentials import CredentialsError
-from depot.image_source import Blob, ImageSourceError, load_image
+from depot.humanize import human_size, human_time, is_number
+from depot.image_source import Blob, ImageSourceError, SourceImage, load_image
+from depot.project import find_project
+
+
+def package_version() -> str:
+    try:
+        return version("depot-registry")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+PROJECT_HELP = "default: $DEPOT_PROJECT_ID, then depot.json here"
+
+
+def project_of(args: argparse.Namespace) -> str:
+    """``--project``, ``$DEPOT_PROJECT_ID`` or ``depot.json``; an error naming all three."""
+    found = find_project(args.project)
+    if found is None:
+        raise InputError(
+            "no project: pass --project ID, set DEPOT_PROJECT_ID, or add a depot.json "
+            '({"id": "..."}) to the current directory'
+        )
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="depot", description="Depot registry user CLI.")
+    parser.add_argument("--version", action="version", version=f"depot {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     login = commands.add_parser("login", help="save a token for a registry")
     login.add_argument("registry", metavar="REGISTRY", help="e.g. registry.example")
     login.add_argument(
-        "--token-stdin", action="store_true", help="read the token from stdin (no prompt)"
+        "--token-stdin",
+        action="store_true",
+        help="read the token from stdin (no prompt; the default when stdin is not a terminal)",
     )
     login.set_defaults(run=cmd_login)
 
     save = commands.add_parser("save", help="save an image as a build of a project")
     save.add_argument(
-        "path", type=Path, metavar="PATH", help="OCI layout, OCI archive or docker save tar"
+        "path",
+        metavar="PATH|docker://IMAGE",
+        help="OCI layout, OCI archive, docker save tar, or an image of the local Docker engine "
+        "(docker://IMAGE or docker-daemon:IMAGE)",
     )
-    save.add_argument("--project", required=True, metavar="ID")
+    save.add_argument("--project", metavar="ID", help=PROJECT_HELP)
     save.add_argument("--save-tag", action="append", default=[], metavar="NAME", dest="save_tags")
     save.add_argument("--metadata-file", type=Path, metavar="FILE")
     save.add_argument("--ref", metavar="NAME", help="the image to save when PATH holds several")
@@ -62,12 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     builds = commands.add_parser("builds", help="list or delete builds")
     builds_commands = builds.add_subparsers(dest="builds_command", required=True, metavar="ACTION")
     listing = builds_commands.add_parser("list", help="builds of a project, newest first")
-    listing.add_argument("--project", required=True, metavar="ID")
+    listing.add_argument("--project", metavar="ID", help=PROJECT_HELP)
     listing.add_argument("--json", action="store_true", help="print the API's JSON")
     _connection_flags(listing)
     listing.set_defaults(run=cmd_builds_list)
     delete = builds_commands.add_parser("delete", help="delete a build")
-    delete.add_argument("--project", required=True, metavar="ID")
+    delete.add_argument("--project", metavar="ID", help=PROJECT_HELP)
     delete.add_argument("build_id", metavar="BUILD_ID")
     _connection_flags(delete)
     delete.set_defaults(run=cmd_builds_delete)
@@ -79,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     usage.set_defaults(run=cmd_usage)
 
     push_command.add_parser(commands, _connection_flags)
+    pull.add_parser(commands)
+    orgs.add_parsers(commands, _connection_flags)
     return parser
 
 
@@ -118,7 +161,7 @@ def _with_clients(
 
 def cmd_login(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     registry = credentials.normalise_registry(args.registry)
-    if args.token_stdin:
+    if args.token_stdin or not sys.stdin.isatty():
         token = sys.stdin.readline().strip()
     else:
         token = getpass.getpass(f"Token for {registry}: ").strip()
@@ -137,11 +180,21 @@ def cmd_login(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_save(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    image = load_image(args.path, args.ref)
+    name = docker_source.engine_image(args.path)
+    if name is None:
+        return _save(args, load_image(Path(args.path), args.ref), args.path, out, err)
+    with tempfile.TemporaryDirectory(prefix="depot-save-") as directory:
+        exported = docker_source.export(name, Path(directory))
+        return _save(args, load_image(exported, args.ref), args.path, out, err)
+
+
+def _save(
+    args: argparse.Namespace, image: SourceImage, source: str, out: TextIO, err: TextIO
+) -> int:
     if args.verbose:
         platforms = ", ".join(image.platforms()) or "single platform"
         print(
-            f"{args.path}: {image.kind}, {image.root.media_type} {image.root.digest} "
+            f"{source}: {image.kind}, {image.root.media_type} {image.root.digest} "
             f"({platforms}), {len(image.blobs())} blobs",
             file=err,
         )
@@ -152,7 +205,7 @@ def cmd_save(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     async def body(client: httpx.AsyncClient, registry: RegistryClient) -> int:
         saved = await push.save_build(
-            client, registry, image, args.project, args.save_tags, on_blob
+            client, registry, image, project_of(args), args.save_tags, on_blob
         )
         stats = saved.stats
         if args.verbose:
@@ -171,28 +224,26 @@ def cmd_save(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_builds_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async def body(client: httpx.AsyncClient) -> int:
-        builds = await api.list_builds(client, args.project)
+        found = await api.list_builds(client, project_of(args))
         if args.json:
-            print(json.dumps({"builds": builds}, indent=2), file=out)
+            print(json.dumps({"builds": found}, indent=2), file=out)
             return 0
-        rows = [["BUILD ID", "TAGS", "PLATFORMS", "SIZE", "CREATED", "EXPIRES"]]
-        for build in builds:
+        rows = [["BUILD ID", "STATE", "TAGS", "PLATFORMS", "SIZE", "CREATED", "EXPIRES"]]
+        for build in found:
+            expired = builds.is_expired(build)
             rows.append(
                 [
                     str(build.get("id", "")),
+                    "EXPIRED" if expired else str(build.get("state") or "-"),
                     ",".join(str(t) for t in _save_tags(build)) or "-",
                     ",".join(str(p) for p in build.get("platforms") or []) or "-",
                     human_size(build.get("size")),
                     human_time(build.get("created_at")),
-                    human_time(build.get("expires_at")),
+                    _expiry(build),
                 ]
             )
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            print(
-                "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(),
-                file=out,
-            )
+        for line in builds.table(rows):
+            print(line, file=out)
         return 0
 
     return _with_client(args, body)
@@ -200,7 +251,7 @@ def cmd_builds_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_builds_delete(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     async def body(client: httpx.AsyncClient) -> int:
-        await api.delete_build(client, args.project, args.build_id)
+        await api.delete_build(client, project_of(args), args.build_id)
         print(f"deleted build {args.build_id}", file=out)
         return 0
 
@@ -218,9 +269,9 @@ def cmd_usage(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         cost = usage.get("month_to_date_cost_usd")
         print(f"org:                      {usage.get('org', args.org)}", file=out)
         print(f"stored:                   {human_size(stored)} ({stored} bytes)", file=out)
-        gb_hours = f"{byte_hours / 1e9:.3f} GB-hours" if _is_number(byte_hours) else "-"
+        gb_hours = f"{byte_hours / 1e9:.3f} GB-hours" if is_number(byte_hours) else "-"
         print(f"accrued this month:       {gb_hours}", file=out)
-        cost_text = f"${cost:.2f}" if _is_number(cost) else "-"
+        cost_text = f"${cost:.2f}" if is_number(cost) else "-"
         print(f"month-to-date cost (USD): {cost_text}", file=out)
         return 0
 
@@ -235,29 +286,10 @@ def _save_tags(build: dict[str, Any]) -> list[Any]:
     return [t for t in build.get("tags") or [] if t != build.get("id")]
 
 
-def _is_number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def human_size(value: Any) -> str:
-    if not _is_number(value):
-        return "-"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def human_time(value: Any) -> str:
-    """An ISO 8601 string as is (to the second); a Unix time as UTC ISO 8601."""
-    if _is_number(value):
-        moment = datetime.datetime.fromtimestamp(float(value), tz=datetime.UTC)
-        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    if isinstance(value, str) and value:
-        return value
-    return "-"
+def _expiry(build: dict[str, Any]) -> str:
+    """When the build expires, marked when the registry says it has (its clock decides)."""
+    moment = human_time(build.get("expires_at"))
+    return f"{moment} (expired)" if builds.is_expired(build) else moment
 
 
 def main(
@@ -270,6 +302,8 @@ def main(
         result: int = args.run(args, out, err)
         return result
     except (CredentialsError, ImageSourceError, ApiError) as exc:
+        print(f"depot: error: {exc}", file=err)
+    except DepotError as exc:
         print(f"depot: error: {exc}", file=err)
     except httpx.HTTPError as exc:
         print(f"depot: error: cannot reach the registry: {type(exc).__name__}: {exc}", file=err)

@@ -24,10 +24,11 @@ class ProjectError(InputError):
     """No project could be found, or the build reference is malformed."""
 
 
-def resolve_project(
+def find_project(
     flag: str | None, environ: Mapping[str, str] | None = None, directory: Path | None = None
-) -> str:
-    """The project id from the flag, the environment, then ``depot.json``."""
+) -> str | None:
+    """The project id from the flag, the environment, then ``depot.json``; None when none of
+    them names one. A ``depot.json`` that names none is an error, not a silent miss."""
     env = os.environ if environ is None else environ
     if flag:
         return flag
@@ -37,14 +38,22 @@ def resolve_project(
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
-        document = None
+        return None
     except (OSError, ValueError) as exc:
         raise ProjectError(f"cannot read the project id from {path}: {exc}") from exc
-    if document is not None:
-        found = document.get("id") if isinstance(document, dict) else None
-        if isinstance(found, str) and found:
-            return found
-        raise ProjectError(f'{path} has no project id (expected {{"id": "..."}})')
+    found = document.get("id") if isinstance(document, dict) else None
+    if isinstance(found, str) and found:
+        return found
+    raise ProjectError(f'{path} has no project id (expected {{"id": "..."}})')
+
+
+def resolve_project(
+    flag: str | None, environ: Mapping[str, str] | None = None, directory: Path | None = None
+) -> str:
+    """:func:`find_project`, or an error naming the three places a project comes from."""
+    found = find_project(flag, environ, directory)
+    if found is not None:
+        return found
     raise ProjectError(
         f"no project: pass --project ID, set {PROJECT_ENV} or run in a directory with a "
         f"{PROJECT_FILE}"

@@ -17,7 +17,7 @@ from quart_trio import QuartTrio
 from config.settings import EdgeSettings
 from core.auth.request import RequestView
 from core.endpoints import BaseEndpoint, BlobEndpoint, ManifestEndpoint
-from core.errors import Unsupported
+from core.errors import NotFound, Unsupported
 from core.reference import Tag
 from core.web.app import create_app
 from core.web.blobs import BlobInfo, blob_response
@@ -63,6 +63,7 @@ def create_edge_app(services: EdgeServices) -> QuartTrio:
     _install_registry(app, services)
     if services.relay is not None:
         install_relay(app, services.gate, services.relay)
+    _install_management_api(app, services)
     _install_access_log(app, services)
     return app
 
@@ -86,6 +87,33 @@ def _install_ops(app: Quart, services: EdgeServices) -> None:
     async def token() -> Response:
         g.route = "token"
         return await _forward(services)
+
+
+#: ``/api/v1`` paths the edge answers itself (its own routes; never forwarded to origin).
+EDGE_API_PREFIXES = ("/api/v1/relay",)
+_API_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def _install_management_api(app: Quart, services: EdgeServices) -> None:
+    """``/api/v1/...`` goes to origin as it came (the client's ``Authorization`` and
+    ``X-Forwarded-For`` along, bodies streamed), so the one URL a user has serves every
+    ``depot`` command. A catch-all rule: Werkzeug ranks rules with more static parts first,
+    so a route the edge registers itself under ``/api/v1`` wins over it; a path under
+    :data:`EDGE_API_PREFIXES` that no such route matched is a 404 here, never origin's."""
+
+    async def management_api(rest: str = "") -> Response:
+        g.route = "api"
+        if any(_under(request.path, prefix) for prefix in EDGE_API_PREFIXES):
+            raise NotFound("no such endpoint", detail={"path": request.path[:200]})
+        g.cache = "pass"
+        return await _forward(services)
+
+    app.add_url_rule("/api/v1", "api_forward_root", management_api, methods=_API_METHODS)
+    app.add_url_rule("/api/v1/<path:rest>", "api_forward", management_api, methods=_API_METHODS)
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
 
 
 def _install_registry(app: Quart, services: EdgeServices) -> None:

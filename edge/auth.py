@@ -64,6 +64,8 @@ class OriginAuthority(Protocol):
 
     async def project_org(self, project_id: str) -> str | None: ...
 
+    async def org_slug(self, org_id: str) -> str | None: ...
+
     async def token(
         self, *, host: str, secret: str | None, service: str, scopes: Sequence[str]
     ) -> str: ...
@@ -194,7 +196,11 @@ class EdgeGate:
         if not self._auth:
             return name
         return await rules.resolve_name(
-            host, name, base_domain=self._base_domain, project_org=self._origin.project_org
+            host,
+            name,
+            base_domain=self._base_domain,
+            project_org=self._origin.project_org,
+            org_slug=self._origin.org_slug,
         )
 
     # -- authorising -----------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Origin's control plane, as the edge's gate needs it: the JWKS that tokens verify
-against, the org of a legacy project id, and a client's token exchanged at ``/token``.
+against, the org of a legacy project id or of an org id, and a client's token exchanged at
+``/token``.
 
 This is :class:`edge.auth.OriginAuthority` over HTTP, on its own pooled httpx client (the
 ``/v2`` traffic goes through :class:`core.client.registry.RegistryClient`). JWKS and project
@@ -30,7 +31,7 @@ from core.client.failures import MAX_ERROR_BYTES, retry_after, transport_boundar
 from core.client.http import open_http_client, read_body, send_with_retry, x_token_auth
 from core.errors import NameInvalid, TooManyRequests, Unauthorized, Unavailable
 from core.reference import parse_repository_name
-from core.tenancy import is_org_slug
+from core.tenancy import is_org_id, is_org_slug
 
 log = logging.getLogger("depot.edge.origin_control")
 
@@ -48,8 +49,9 @@ class OriginControl:
         """``http`` carries origin's base URL; ``edge_token`` is the edge's credential."""
         self._http = http
         self._edge_auth = x_token_auth(edge_token)
-        # project id → (org slug or None, monotonic expiry)
+        # project id / org id → (org slug or None, monotonic expiry)
         self._projects: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
+        self._orgs: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
 
     @classmethod
     @asynccontextmanager
@@ -74,25 +76,42 @@ class OriginControl:
         for :data:`PROJECT_MISS_SECONDS`."""
         if not _is_project_id(project_id):
             return None
+        path = f"/api/v1/projects/{quote(project_id, safe='')}"
+        return await self._slug(self._projects, project_id, path, "org_slug")
+
+    async def org_slug(self, org_id: str) -> str | None:
+        """The slug of the org with id ``org_id`` (an org's id as its subdomain); None when
+        origin knows no such org. Cached like projects: a slug never changes."""
+        if not is_org_id(org_id):
+            return None
+        path = f"/api/v1/orgs/{quote(org_id, safe='')}"
+        return await self._slug(self._orgs, org_id, path, "name")
+
+    async def _slug(
+        self,
+        cache: OrderedDict[str, tuple[str | None, float]],
+        key: str,
+        path: str,
+        field: str,
+    ) -> str | None:
+        """An org slug origin answers at ``path`` (in ``field``), through ``cache``."""
         now = trio.current_time()
-        cached = self._projects.get(project_id)
+        cached = cache.get(key)
         if cached is not None and cached[1] > now:
-            self._projects.move_to_end(project_id)
+            cache.move_to_end(key)
             return cached[0]
-        document = await self._json(
-            f"/api/v1/projects/{quote(project_id, safe='')}", missing_ok=True
-        )
+        document = await self._json(path, missing_ok=True)
         org: str | None = None
         expiry = now + PROJECT_MISS_SECONDS
         if document is not None:
-            slug = document.get("org_slug") if isinstance(document, dict) else None
+            slug = document.get(field) if isinstance(document, dict) else None
             if not isinstance(slug, str) or not is_org_slug(slug):
-                raise Unavailable("origin's project answer has no valid org_slug")
+                raise Unavailable(f"origin's answer has no valid {field}", detail={"path": path})
             org, expiry = slug, math.inf
-        self._projects[project_id] = (org, expiry)
-        self._projects.move_to_end(project_id)
-        while len(self._projects) > PROJECT_CACHE_SIZE:
-            self._projects.popitem(last=False)
+        cache[key] = (org, expiry)
+        cache.move_to_end(key)
+        while len(cache) > PROJECT_CACHE_SIZE:
+            cache.popitem(last=False)
         return org
 
     async def token(

@@ -15,7 +15,8 @@ do, repository by repository, with internal names).
   (``*``: all three). A mount needs pull on its source: that is a second repository decision.
 - :class:`Catalog` (``registry:catalog:*``): ``*``. The listing itself shows only the
   caller's orgs; deciding what it lists is the listing's job.
-- :class:`Org` (an org's management surface): read (see it at all), manage.
+- :class:`Org` (an org's management surface): resolve (which slug an id names), read (see
+  it at all), manage.
 - :class:`Project` (the part of an org's management surface that belongs to one project;
   ``id=None``: the part that belongs to no project — org-wide tokens and trust relationships,
   usage): resolve (which org holds it), read, push (save and delete builds), manage.
@@ -27,7 +28,8 @@ do, repository by repository, with internal names).
   reaches, it may do its own actions (pull tokens: pull only). Anyone, anonymous included, may
   pull a public repository; nobody else gets more than that outside their orgs.
 - An edge (``dpe_``) pulls every repository and never does anything else; it resolves every
-  project (legacy project URLs) and sees no org's management surface.
+  project (legacy project URLs) and every org id (an org's id as its subdomain) and sees no
+  org's management surface.
 - A bearer grant may do exactly what its ``access`` claim lists for the repository; visibility
   is not consulted (the issuer granted public pulls already; a client missing a scope asks the
   token service again after ``insufficient_scope``).
@@ -194,11 +196,12 @@ def _catalog(who: Who, wanted: frozenset[str]) -> Decision:
 
 def _org(principal: Principal, wanted: frozenset[str], org: Org) -> Decision:
     if principal.kind == EDGE:
-        return Decision(frozenset(), Reason.EDGE)
+        # Which org an id names (an org's id as its subdomain), and nothing more.
+        return _outcome(wanted & {RESOLVE}, wanted, Reason.EDGE, Reason.EDGE)
     if org.slug not in principal.orgs:
         anonymous = principal.kind == ANONYMOUS_KIND
         return Decision(frozenset(), Reason.ANONYMOUS if anonymous else Reason.OTHER_ORG)
-    may = {READ, MANAGE} if principal.kind in MANAGERS else {READ}
+    may = {RESOLVE, READ, MANAGE} if principal.kind in MANAGERS else {RESOLVE, READ}
     granted = wanted & may
     if granted == wanted:
         return Decision(granted, Reason.MANAGER if MANAGE in granted else Reason.MEMBER)

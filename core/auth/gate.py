@@ -30,10 +30,12 @@ from core.auth.tokens import Grant
 from core.endpoints import Kind
 from core.errors import Denied, NameInvalid, RegistryError, Unauthorized
 from core.reference import RepositoryName, parse_repository_name
-from core.tenancy import address, internal_name
+from core.tenancy import address, internal_name, is_org_id
 
 #: The org a legacy project id belongs to (None: no such project).
 ProjectOrg = Callable[[str], Awaitable[str | None]]
+#: The slug of the org with this id (None: no such org).
+OrgSlug = Callable[[str], Awaitable[str | None]]
 Resolve = Callable[[str, RepositoryName], Awaitable[RepositoryName | None]]
 IsPublic = Callable[[str], Awaitable[bool]]
 
@@ -78,15 +80,26 @@ def required_for(view: RequestView) -> list[Access]:
 
 
 async def resolve_name(
-    host: str, name: RepositoryName, *, base_domain: str | None, project_org: ProjectOrg
+    host: str,
+    name: RepositoryName,
+    *,
+    base_domain: str | None,
+    project_org: ProjectOrg,
+    org_slug: OrgSlug | None = None,
 ) -> RepositoryName | None:
-    """The internal name ``name`` means on ``host``; None when it addresses nothing."""
+    """The internal name ``name`` means on ``host``; None when it addresses nothing.
+
+    An org named by something shaped like an org id (subdomain or path style) is looked up
+    with ``org_slug`` first; when no org has that id, the label is taken as a slug."""
     try:
         addressed = address(host, name, base_domain)
     except NameInvalid:
         return None
     if addressed.org is not None:
-        return internal_name(addressed.org, addressed.path)
+        named = addressed.org
+        if org_slug is not None and is_org_id(named):
+            named = await org_slug(named) or named
+        return internal_name(named, addressed.path)
     assert addressed.project_id is not None
     org = await project_org(addressed.project_id)
     if org is None:

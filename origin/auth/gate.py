@@ -46,11 +46,16 @@ class Gate:
             name,
             base_domain=self._settings.base_domain or None,
             project_org=self._project_org,
+            org_slug=self._org_slug,
         )
 
     async def _project_org(self, project_id: str) -> str | None:
         project = await self._tenancy.project(project_id)
         return None if project is None else project.org_slug
+
+    async def _org_slug(self, org_id: str) -> str | None:
+        org = await self._tenancy.org_by_id(org_id)
+        return None if org is None else org.slug
 
     async def authorize(self, view: RequestView) -> Authorization:
         required = rules.required_for(view)

@@ -31,9 +31,12 @@ def allows(principal: Principal, action: str, resource: Org | Project) -> bool:
     return action in decide(principal, {action}, resource).granted
 
 
-def reached_org(principal: Principal, org: OrgRecord | None, ref: str) -> OrgRecord:
-    """``org`` (looked up by ``ref``, a slug or an id) when the caller reads it; else 404."""
-    if org is None or not allows(principal, READ, Org(org.slug)):
+def reached_org(
+    principal: Principal, org: OrgRecord | None, ref: str, action: str = READ
+) -> OrgRecord:
+    """``org`` (looked up by ``ref``, a slug or an id) when the caller may ``action`` it (read;
+    resolve: which org an id names); else 404."""
+    if org is None or not allows(principal, action, Org(org.slug)):
         raise NotFound("organization not found", detail={"org": ref[:100]})
     return org
 

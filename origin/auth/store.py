@@ -32,7 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from core.auth.principal import ALL_ACTIONS, PULL, Principal
 from core.errors import AlreadyExists, InputError, UnknownObject
-from core.tenancy import is_org_slug, org_of
+from core.tenancy import is_org_id, is_org_slug, org_of
 from origin.auth import token_format as tf
 from origin.auth.records import OrgRecord, ProjectRecord, TokenRecord, TrustRecord, UserRecord
 from origin.auth.schema import (
@@ -147,7 +147,10 @@ class TenancyStore(SqlStore):
         """A new org; :class:`AlreadyExists` if the slug is taken (slugs never change)."""
         if not is_org_slug(slug):
             raise InputError(f"invalid organization name {slug[:100]!r}: use a-z, 0-9 and '-'")
-        record = OrgRecord(id=_new_id("org_"), slug=slug, created_at=now)
+        if is_org_id(slug):
+            raise InputError(f"invalid organization name {slug!r}: it has the shape of an org id")
+        # A DNS label (core.tenancy.ORG_ID): the id works as the org's subdomain too.
+        record = OrgRecord(id=_new_id("org"), slug=slug, created_at=now)
         params = {"id": record.id, "slug": slug, "created_at": now}
         taken = f"organization {slug!r} already exists"
         await self._write(self._insert_new, self._insert_org, params, taken)

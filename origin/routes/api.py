@@ -21,7 +21,7 @@ from core.auth.access import MANAGE, READ, RESOLVE, Org, Project
 from core.auth.credentials import parse_authorization
 from core.auth.principal import ALL_ACTIONS, Principal
 from core.errors import BadRequest, NotFound, Unauthorized
-from core.tenancy import internal_name, is_org_slug
+from core.tenancy import internal_name, is_org_id, is_org_slug
 from core.web.response import RegistryResponse as Response
 from origin.auth import management
 from origin.auth.issuer_url import MAX_ISSUER_LENGTH, check_issuer
@@ -105,15 +105,17 @@ class ManagementApi:
             principal = await self._tenancy.authenticate(credentials.secret, self._clock())
         return management.require_principal(principal)
 
-    async def _org(self, ref: str) -> tuple[Principal, OrgRecord]:
+    async def _org(self, ref: str, action: str = READ) -> tuple[Principal, OrgRecord]:
         """The caller and the org ``ref`` (slug or id) names; 404 unless the caller reaches
-        it, so another org's existence is not revealed."""
+        it, so another org's existence is not revealed. Ids of orgs created now have a slug's
+        shape too (``core.tenancy.ORG_ID``): such a ref is looked up as an id first."""
         principal = await self._principal()
-        if is_org_slug(ref):
-            org = await self._tenancy.org_by_slug(ref)
-        else:
+        org = None
+        if is_org_id(ref) or not is_org_slug(ref):
             org = await self._tenancy.org_by_id(ref)
-        return principal, management.reached_org(principal, org, ref)
+        if org is None and is_org_slug(ref):
+            org = await self._tenancy.org_by_slug(ref)
+        return principal, management.reached_org(principal, org, ref, action)
 
     async def _managed_org(self, ref: str) -> tuple[Principal, OrgRecord]:
         principal, org = await self._org(ref)
@@ -137,7 +139,8 @@ class ManagementApi:
         return _json({"orgs": [_org_document(o) for o in visible]})
 
     async def get_org(self, org: str) -> Response:
-        _, record = await self._org(org)
+        # Resolving is enough: edges ask here which org an id (a subdomain) names.
+        _, record = await self._org(org, RESOLVE)
         return _json(_org_document(record))
 
     async def list_projects(self, org: str) -> Response:

@@ -17,6 +17,7 @@ import trio
 
 from core.auth.principal import ALL_ACTIONS, PULL, Principal
 from core.errors import AlreadyExists, DatabaseError, InputError, UnknownObject
+from core.tenancy import is_org_id, is_org_slug
 from origin.auth import token_format as tf
 from origin.auth.records import OrgRecord, ProjectRecord, TokenRecord
 from origin.auth.schema import tenancy_metadata
@@ -67,7 +68,9 @@ async def org_with_project(store: TenancyStore, slug: str = "acme") -> ProjectRe
 async def test_orgs_are_created_and_found(store: TenancyStore) -> None:
     with trio.fail_after(20):
         acme = await store.create_org("acme", NOW)
-        assert re.fullmatch(r"org_[a-z0-9]{16}", acme.id)
+        # A DNS label (the org's id works as its subdomain), not shaped like any slug allowed.
+        assert re.fullmatch(r"org[a-z0-9]{16}", acme.id)
+        assert is_org_slug(acme.id) and is_org_id(acme.id)
         assert acme == OrgRecord(acme.id, "acme", NOW)
         other = await store.create_org("a-1", NOW + 1)
         assert await store.org_by_slug("acme") == acme
@@ -77,6 +80,8 @@ async def test_orgs_are_created_and_found(store: TenancyStore) -> None:
         assert await store.list_orgs() == [other, acme]  # by slug
         assert await store.list_orgs(["acme", other.id, "nope"]) == [other, acme]
         assert await store.list_orgs([]) == []
+        with pytest.raises(InputError, match="shape of an org id"):
+            await store.create_org("org0123456789abcdef", NOW)
 
 
 async def test_duplicate_org_slug_conflicts(store: TenancyStore) -> None:

@@ -59,14 +59,18 @@ async def test_lru_eviction_under_a_small_cache(
             await get(b3)  # 9 MiB > 8 MiB: the least recently used blob, b2, goes
             # The gauges refresh every few seconds in the background: poll until they do
             # (bounded by the test's fail_after, not by a guess of the refresh period).
-            while await evictions() < 1:
+            for _ in range(10_000):
+                if await evictions() >= 1:
+                    break
                 await trio.sleep(0.05)
             await get(b1)
             assert upstream_gets(proxy, b1.digest) == 1  # kept
             await get(b2)
             assert upstream_gets(proxy, b2.digest) == 2  # evicted, filled again, correct
-            while metric(await metrics(http), "depot_edge_cache_size_bytes") > 8 * MIB:
-                await trio.sleep(0.05)  # the gauge is refreshed in the background
+            for _ in range(10_000):  # the gauge is refreshed in the background
+                if metric(await metrics(http), "depot_edge_cache_size_bytes") <= 8 * MIB:
+                    break
+                await trio.sleep(0.05)
             assert 6 * MIB <= metric(await metrics(http), "depot_edge_cache_size_bytes") <= 8 * MIB
 
 

@@ -67,7 +67,7 @@ async def test_org_project_and_token_lifecycle(tmp_path: Path) -> None:
     created = ok_json("org", "create", "acme", data_dir=data)
     assert set(created) == {"org_id", "name", "token"}
     assert created["name"] == "acme"
-    assert re.fullmatch(r"org_[a-z0-9]{16}", created["org_id"])
+    assert re.fullmatch(r"org[a-z0-9]{16}", created["org_id"])  # a DNS label: a subdomain
     assert parse_token(created["token"]) is not None
     assert created["token"].startswith("dpo_")
     org_principal = await authenticate(data, created["token"])

@@ -181,6 +181,12 @@ MANAGEMENT: list[Row] = [
     ("pull token manages A", PULL_A, M, A_ORG, NONE, Reason.READ_ONLY),
     ("trust manages A", TRUST, M, A_ORG, NONE, Reason.READ_ONLY),
     ("edge reads A", EDGE, R, A_ORG, NONE, Reason.EDGE),
+    # resolving an org (which slug its id names: the id as a subdomain)
+    ("edge resolves any org", EDGE, RESOLVES, B_ORG, RESOLVES, Reason.EDGE),
+    ("edge reads and resolves A", EDGE, R | RESOLVES, A_ORG, RESOLVES, Reason.EDGE),
+    ("pull token resolves A", PULL_A, RESOLVES, A_ORG, RESOLVES, Reason.MEMBER),
+    ("org A resolves B", ORG_A, RESOLVES, B_ORG, NONE, Reason.OTHER_ORG),
+    ("anonymous resolves A", ANONYMOUS, RESOLVES, A_ORG, NONE, Reason.ANONYMOUS),
     ("anonymous reads A", ANONYMOUS, R, A_ORG, NONE, Reason.ANONYMOUS),
     ("bearer reads A", BEARER_A, R, A_ORG, NONE, Reason.BEARER),
     ("org push is no action", ORG_A, PUSHES, A_ORG, NONE, Reason.UNKNOWN_ACTION),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -15,10 +16,10 @@ from tests.deploy_local import DEPLOY
 README = DEPLOY / "README.md"
 
 
-def shell_commands() -> list[list[str]]:
+def shell_commands(readme: Path = README) -> list[list[str]]:
     """Each simple command of the README's ```sh blocks, as words (pipes, &&, ; and &
     separate commands; backslash-newlines join lines)."""
-    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    blocks = re.findall(r"```sh\n(.*?)```", readme.read_text(), flags=re.DOTALL)
     commands = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
