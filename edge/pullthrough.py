@@ -11,6 +11,11 @@ is what keeps org B from reading org A's blob by digest, hit or miss.
 
 Names and digests arrive typed from the route and go down typed to the cache, the fills and
 the upstream: nothing here parses them again.
+
+A mirrored registry is served the same way, by a PullThrough of its own (``edge/mirror/``):
+its upstream, a cache view whose tags and links are its own, the shared fills; ``name`` says
+which upstream failed, and ``upstream_retry_after`` passes the upstream's ``Retry-After`` on
+(a registry that rate-limits says when it will answer again).
 """
 
 from __future__ import annotations
@@ -53,8 +58,13 @@ class PullThrough:
         upstream: Upstream,
         metrics: EdgeMetrics,
         clock: Callable[[], float],
+        *,
+        name: str = "origin",
+        upstream_retry_after: bool = False,
     ) -> None:
         self._settings = settings
+        self._name = name
+        self._upstream_retry_after = upstream_retry_after
         self._cache = cache
         self._fills = fills
         self._upstream = upstream
@@ -110,18 +120,18 @@ class PullThrough:
                     self._metrics.stale_serves.inc()
                     log.warning("serving %s:%s stale: %s", repository, tag, exc)
                     return ServedManifest(entry.digest, cached[0], cached[1], stale=True)
-            raise self._unavailable() from exc
+            raise self._unavailable(exc) from exc
 
     async def _fetch_manifest(self, repository: RepositoryName, digest: Digest) -> UpstreamManifest:
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
                 fetched = await self._upstream.get_manifest(repository, digest)
         except (Unavailable, trio.TooSlowError) as exc:
-            raise self._unavailable() from exc
+            raise self._unavailable(exc) from exc
         if fetched.digest != digest or (
             digest.algorithm == "sha256" and sha256_of(fetched.payload) != digest
         ):
-            raise Unavailable("origin sent a manifest that does not match its digest")
+            raise Unavailable(f"{self._name} sent a manifest that does not match its digest")
         try:
             parsed = parse_manifest(fetched.payload, fetched.media_type)
         except (ManifestInvalid, DigestInvalid):
@@ -150,7 +160,7 @@ class PullThrough:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
                 upstream_size = await self._upstream.blob_size(repository, digest)
         except (Unavailable, trio.TooSlowError) as exc:
-            raise self._unavailable() from exc
+            raise self._unavailable(exc) from exc
         if upstream_size is None:
             raise BlobUnknown(detail={"digest": str(digest)})
         await self._cache.add_links(repository, [digest])
@@ -164,13 +174,13 @@ class PullThrough:
         # the fill: a waiter gives up with a prompt 503 while the fill goes on for others.
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
-                stream = await self._fills.open(repository, digest)
+                stream = await self._fills.open(repository, digest, upstream=self._upstream)
         except trio.TooSlowError as exc:
-            raise self._unavailable() from exc
+            raise self._unavailable(exc) from exc
         except Unavailable as exc:
             if "Retry-After" in exc.headers:
                 raise
-            raise self._unavailable() from exc  # e.g. origin unreachable: no Retry-After
+            raise self._unavailable(exc) from exc  # e.g. origin unreachable: no Retry-After
         counter = self._metrics.cache_hits if stream.from_cache else self._metrics.cache_misses
         counter.labels("blob").inc()
         return stream
@@ -188,13 +198,15 @@ class PullThrough:
                     found = await self._upstream.blob_size(repository, digest) is not None
         except (Unavailable, trio.TooSlowError) as exc:
             # Without origin we cannot tell whether this repository may read the digest.
-            raise self._unavailable() from exc
+            raise self._unavailable(exc) from exc
         except (BlobUnknown, ManifestUnknown):
             found = False
         if found:
             await self._cache.add_links(repository, [digest])
         return found
 
-    def _unavailable(self) -> Unavailable:
+    def _unavailable(self, cause: Exception | None = None) -> Unavailable:
         retry = str(self._settings.unavailable_retry_after_seconds)
-        return Unavailable("origin unavailable", headers={"Retry-After": retry})
+        if self._upstream_retry_after and isinstance(cause, Unavailable):
+            retry = cause.headers.get("Retry-After", retry)
+        return Unavailable(f"{self._name} unavailable", headers={"Retry-After": retry})
