@@ -7,6 +7,7 @@
     depot builds list --project ID [--json]
     depot builds delete --project ID BUILD_ID
     depot usage --org ORG [--json]
+    depot upstreams add|list|remove --org ORG ...   (see depot/upstreams.py)
 
 Every command but ``login`` takes ``--registry URL`` and ``--token TOKEN``; without them
 ``DEPOT_REGISTRY`` / ``DEPOT_TOKEN``, then the file ``depot login`` wrote, are used (see
@@ -29,7 +30,7 @@ import httpx
 import trio
 
 from core.client.registry import RegistryClient
-from depot import api, credentials, push
+from depot import api, credentials, push, upstreams
 from depot.api import ApiError
 from depot.credentials import CredentialsError
 from depot.image_source import Blob, ImageSourceError, load_image
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--json", action="store_true", help="print the API's JSON")
     _connection_flags(usage)
     usage.set_defaults(run=cmd_usage)
+    upstreams.register(commands)
     return parser
 
 
