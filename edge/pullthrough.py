@@ -1,7 +1,9 @@
 """Answering pulls from the cache, or from origin once and then from the cache.
 
 Blobs and manifests by digest are immutable: cached forever (until evicted for space).
-A tag is answered locally inside its freshness window, then revalidated with a HEAD; when
+A tag is answered locally inside its freshness window, then revalidated with a HEAD (one at
+a time per tag, and one manifest GET at a time per digest, shared by the clients asking
+meanwhile: :mod:`edge.single_flight`); when
 origin fails (down, too slow, 5xx, 429) a cached tag is served stale with ``Warning: 299``
 and an uncached object gets 503 with ``Retry-After``.
 
@@ -34,6 +36,7 @@ from core.reference import RepositoryName, Tag
 from edge.cache.store import EdgeCache
 from edge.fill import BlobStream, Fills
 from edge.metrics import EdgeMetrics
+from edge.single_flight import SingleFlight
 from edge.upstream_types import Upstream, UpstreamManifest
 
 log = logging.getLogger("depot.edge")
@@ -70,6 +73,10 @@ class PullThrough:
         self._upstream = upstream
         self._metrics = metrics
         self._clock = clock
+        self._tag_flights: SingleFlight[tuple[RepositoryName, Tag], ServedManifest] = SingleFlight()
+        self._manifest_flights: SingleFlight[tuple[RepositoryName, Digest], UpstreamManifest] = (
+            SingleFlight()
+        )
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -99,20 +106,9 @@ class PullThrough:
                 return ServedManifest(entry.digest, cached[0], cached[1])
         self._metrics.cache_misses.labels("tag").inc()
         try:
-            with trio.fail_after(self._settings.upstream_deadline_seconds):
-                current = await self._upstream.head_manifest(repository, tag)
-            if current is None:
-                await self._cache.drop_tag(repository, tag)
-                raise ManifestUnknown(detail={"reference": tag.value})
-            cached = await self._cache.get_manifest(current)
-            if cached is not None:
-                served = ServedManifest(current, cached[0], cached[1])
-            else:
-                fetched = await self._fetch_manifest(repository, current)
-                served = ServedManifest(fetched.digest, fetched.media_type, fetched.payload)
-            await self._cache.add_links(repository, [current])
-            await self._cache.put_tag(repository, tag, current, served.media_type, now)
-            return served
+            return await self._tag_flights.run(
+                (repository, tag), lambda: self._revalidate(repository, tag, now)
+            )
         except (Unavailable, trio.TooSlowError) as exc:
             if entry is not None:
                 cached = await self._cache.get_manifest(entry.digest)
@@ -122,7 +118,32 @@ class PullThrough:
                     return ServedManifest(entry.digest, cached[0], cached[1], stale=True)
             raise self._unavailable(exc) from exc
 
+    async def _revalidate(self, repository: RepositoryName, tag: Tag, now: float) -> ServedManifest:
+        """Ask the upstream what ``tag`` is now (a HEAD; the manifest only when new to us);
+        one request per tag at a time, shared by every client asking meanwhile."""
+        with trio.fail_after(self._settings.upstream_deadline_seconds):
+            current = await self._upstream.head_manifest(repository, tag)
+        if current is None:
+            await self._cache.drop_tag(repository, tag)
+            raise ManifestUnknown(detail={"reference": tag.value})
+        cached = await self._cache.get_manifest(current)
+        if cached is not None:
+            served = ServedManifest(current, cached[0], cached[1])
+        else:
+            fetched = await self._fetch_manifest(repository, current)
+            served = ServedManifest(fetched.digest, fetched.media_type, fetched.payload)
+        await self._cache.add_links(repository, [current])
+        await self._cache.put_tag(repository, tag, current, served.media_type, now)
+        return served
+
     async def _fetch_manifest(self, repository: RepositoryName, digest: Digest) -> UpstreamManifest:
+        return await self._manifest_flights.run(
+            (repository, digest), lambda: self._fetch_manifest_now(repository, digest)
+        )
+
+    async def _fetch_manifest_now(
+        self, repository: RepositoryName, digest: Digest
+    ) -> UpstreamManifest:
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
                 fetched = await self._upstream.get_manifest(repository, digest)

@@ -1,5 +1,6 @@
 """The operator's mirrors: TOML tables and flags to checked site specifications
-(config/loader.py, edge/mirror/config.py), and the upstream naming rules (core/upstream_names.py)."""
+(config/loader.py, edge/mirror/config.py), and the upstream naming rules
+(core/upstream_names.py)."""
 
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def test_flags_add_mirrors_and_set_their_access(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="NAME=VALUE"):
         with_flags(settings, ["docker.io"], [])
-    with pytest.raises(ConfigError, match="no mirror named 'ghcr.io'"):
+    with pytest.raises(ConfigError, match=r"no mirror named 'ghcr\.io'"):
         with_flags(settings, [], ["ghcr.io=anonymous"])
 
 
