@@ -1,4 +1,5 @@
-"""The edge process: the root nursery (fills, key refresh, cache gauges) and hypercorn."""
+"""The edge process: the root nursery (fills, key refresh, cache gauges), the mirrors
+(edge/mirror/) and hypercorn."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -14,11 +16,17 @@ from config.settings import EdgeSettings
 from core.client.http import open_http_client
 from core.errors import ConfigError
 from core.web.serving import serve_app
+from core.web.v2 import Chooser, V2Routes
 from edge.app import EdgeServices, create_edge_app
 from edge.auth import EdgeGate
 from edge.cache.store import CacheStats, EdgeCache
 from edge.fill import Fills
 from edge.metrics import EdgeMetrics
+from edge.mirror.config import default_mirror, site_specs
+from edge.mirror.metrics import MirrorMetrics
+from edge.mirror.org_directory import OrgDirectory
+from edge.mirror.routing import Router
+from edge.mirror.site import MirrorSite, open_site
 from edge.origin_control import OriginControl
 from edge.pullthrough import PullThrough
 from edge.upstream import OriginUpstream
@@ -68,8 +76,10 @@ async def serve(
 ) -> None:
     """Serve the edge on a bound, listening socket until shutdown."""
     token = read_upstream_token(settings)
+    specs = site_specs(settings)
     cache = EdgeCache.open(settings.cache_dir, settings.cache_size_bytes)
     metrics = EdgeMetrics()
+    closing: list[Callable[[], Awaitable[None]]] = []  # the mirrors' clients, after the fills
     try:
         async with (
             OriginUpstream.open(settings.upstream, token) as upstream,
@@ -112,7 +122,7 @@ async def serve(
             )
             metrics.gauge(
                 "depot_edge_bytes_from_upstream",
-                "Blob bytes fetched from origin by fills",
+                "Blob bytes fetched by fills (from origin and mirrored upstreams)",
                 lambda: float(fills.statistics().bytes_from_upstream),
             )
             metrics.gauge(
@@ -125,6 +135,34 @@ async def serve(
                 "Entries evicted for space",
                 lambda: gauges.read("evictions"),
             )
+            make_site = partial(
+                open_site,
+                settings=settings,
+                cache=cache,
+                fills=fills,
+                metrics=metrics,
+                mirror_metrics=MirrorMetrics(metrics.registry),
+                clock=clock,
+            )
+            mirrors: dict[str, MirrorSite] = {}
+            orgs = OrgDirectory(
+                control, make_site, refresh_seconds=settings.org_upstreams_refresh_seconds
+            )
+            closing.append(orgs.aclose)
+            for spec in specs:
+                mirrors[spec.name] = make_site(spec)
+                closing.append(mirrors[spec.name].aclose)
+
+            def router(origin: V2Routes) -> Chooser:
+                return Router(
+                    origin,
+                    gate,
+                    mirrors,
+                    orgs,
+                    default=default_mirror(settings, specs),
+                    base_domain=settings.base_domain,
+                ).choose
+
             services = EdgeServices(
                 settings=settings,
                 gate=gate,
@@ -134,6 +172,7 @@ async def serve(
                 origin=passthrough,
                 metrics=metrics,
                 ready=lambda: gate.ready,
+                route_v2=router,
             )
             await serve_app(
                 create_edge_app(services),
@@ -144,4 +183,7 @@ async def serve(
             )
             root.cancel_scope.cancel()  # drained: stop key refresh, gauges and fills
     finally:
+        with trio.CancelScope(shield=True):
+            for close in closing:
+                await close()
         cache.close()
