@@ -115,7 +115,10 @@ class MirrorSite:
             stale_warning=f'299 - "Response is stale: {spec.label} unavailable"',
             on_stale=stale.inc,
         )
-        unsupported = f"{spec.name} is mirrored here for pulls only: push to {spec.name} itself"
+        unsupported = (
+            f"{spec.name} is mirrored here for pulls only (manifests, blobs, tag lists): "
+            f"push to {spec.name} itself"
+        )
         self._routes = handlers.routes(_Unrouted(), fallback=None, unsupported=unsupported)
         self._routes.on(TagsEndpoint, ("GET",), self.tags)
 

@@ -153,7 +153,8 @@ async def test_every_address_reaches_the_mirror(
                 response = await http.request(method, path, content=b"{}")
                 error = assert_error(response, 405, "UNSUPPORTED")
                 assert error["message"] == (
-                    "docker.io is mirrored here for pulls only: push to docker.io itself"
+                    "docker.io is mirrored here for pulls only (manifests, blobs, tag lists): "
+                    "push to docker.io itself"
                 )
             text = await metrics(http)
             fills = len(image.blobs)  # each blob once, whichever address asked
