@@ -66,6 +66,9 @@ class OriginSettings:
     #: upstream registries (``/api/v1/orgs/{org}/upstreams``). Empty: ``upstream-credentials.key``
     #: in ``data_dir``, created on first start. Origins sharing a database must share it.
     upstream_credentials_key_file: Path | None = None
+    #: Let orgs register upstreams at ``localhost`` or a private, loopback or link-local IP
+    #: address (off: the edges would fetch from inside this network for them).
+    upstreams_allow_private_addresses: bool = False
     #: Files holding the S3 access key id and secret access key (give both). Without them the
     #: standard AWS variables below apply, and without those botocore's default chain
     #: (config files, instance or container credentials).

@@ -13,6 +13,7 @@ Docker Hub's convention: a one-component name is an official image under ``libra
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
@@ -56,3 +57,18 @@ def upstream_repository(path: str, *, docker_hub: bool) -> RepositoryName:
     if docker_hub and "/" not in path:
         path = f"library/{path}"
     return parse_repository_name(path)
+
+
+def is_private_host(url: str) -> bool:
+    """Whether ``url`` names a host on this machine or a private network literally
+    (``localhost``, a loopback, private, link-local, unspecified or reserved address): an
+    org pointing the edges there would make them fetch from inside the operator's network.
+    A public name that resolves to such an address is not caught here."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not address.is_global

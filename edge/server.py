@@ -22,7 +22,7 @@ from edge.auth import EdgeGate
 from edge.cache.store import CacheStats, EdgeCache
 from edge.fill import Fills
 from edge.metrics import EdgeMetrics
-from edge.mirror.config import default_mirror, site_specs
+from edge.mirror.config import default_mirror, log_access, site_specs
 from edge.mirror.metrics import MirrorMetrics
 from edge.mirror.org_directory import OrgDirectory
 from edge.mirror.routing import Router
@@ -77,6 +77,7 @@ async def serve(
     """Serve the edge on a bound, listening socket until shutdown."""
     token = read_upstream_token(settings)
     specs = site_specs(settings)
+    log_access(specs)
     cache = EdgeCache.open(settings.cache_dir, settings.cache_size_bytes)
     metrics = EdgeMetrics()
     closing: list[Callable[[], Awaitable[None]]] = []  # the mirrors' clients, after the fills

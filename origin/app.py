@@ -53,5 +53,11 @@ def create_origin_app(
     if builds is not None and metering is not None:
         install_build_routes(app, tenancy, builds, metering, clock)
     if upstreams is not None:
-        install_upstream_routes(app, tenancy, upstreams, clock)
+        install_upstream_routes(
+            app,
+            tenancy,
+            upstreams,
+            clock,
+            allow_private_addresses=settings.upstreams_allow_private_addresses,
+        )
     return app

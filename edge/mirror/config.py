@@ -68,6 +68,13 @@ def site_specs(settings: EdgeSettings) -> list[SiteSpec]:
             raise ConfigError(f"mirror {spec.name!r} is configured twice")
         seen.add(spec.name)
         specs.append(spec)
+    default_mirror(settings, specs)  # checked now
+    return specs
+
+
+def log_access(specs: Sequence[SiteSpec]) -> None:
+    """Say at start who may pull through each mirror (anonymous: loudly)."""
+    for spec in specs:
         if spec.resource.anonymous:
             log.warning(
                 "mirror %s (%s): ANONYMOUS access, anyone reaching this edge pulls through it",
@@ -76,8 +83,6 @@ def site_specs(settings: EdgeSettings) -> list[SiteSpec]:
             )
         else:
             log.info("mirror %s (%s): authenticated access", spec.name, spec.url)
-    default_mirror(settings, specs)  # checked now
-    return specs
 
 
 def default_mirror(settings: EdgeSettings, specs: Sequence[SiteSpec]) -> str | None:

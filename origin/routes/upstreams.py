@@ -6,7 +6,8 @@ credentials (the management API's style and credentials: see ``origin/routes/api
 * ``POST /api/v1/orgs/{org}/upstreams`` ``{"name", "url", "username"?, "password"?}`` → 201
   (org and user tokens): ``name`` is the registry's host as clients will write it
   (``ghcr.io``), then pulled through an edge as ``EDGE/<org>/<name>/<repository>``; 409 when
-  the org has one of that name.
+  the org has one of that name; 400 for a URL at ``localhost`` or a private address unless
+  the origin allows that (``upstreams_allow_private_addresses``).
 * ``DELETE /api/v1/orgs/{org}/upstreams/{name}`` → 204 (org and user tokens).
 * ``GET /api/v1/edge/orgs/{org}/upstreams``: the same with the passwords decrypted, for edge
   credentials only (:class:`core.auth.access.UpstreamCredentials`); 404 when there is no such
@@ -28,7 +29,12 @@ from quart import Quart
 from core.auth.access import READ, UpstreamCredentials, decide
 from core.errors import BadRequest, Denied, NotFound
 from core.tenancy import is_org_slug
-from core.upstream_names import MAX_UPSTREAM_NAME_LENGTH, check_upstream_url, is_upstream_name
+from core.upstream_names import (
+    MAX_UPSTREAM_NAME_LENGTH,
+    check_upstream_url,
+    is_private_host,
+    is_upstream_name,
+)
 from core.web.response import RegistryResponse as Response
 from origin.auth.store import TenancyStore
 from origin.routes.api import ManagementApi
@@ -41,9 +47,14 @@ MAX_CREDENTIAL_LENGTH = 4096
 
 
 def install_upstream_routes(
-    app: Quart, tenancy: TenancyStore, upstreams: UpstreamStore, clock: Callable[[], float]
+    app: Quart,
+    tenancy: TenancyStore,
+    upstreams: UpstreamStore,
+    clock: Callable[[], float],
+    *,
+    allow_private_addresses: bool = False,
 ) -> None:
-    api = _UpstreamsApi(tenancy, upstreams, clock)
+    api = _UpstreamsApi(tenancy, upstreams, clock, allow_private_addresses)
     rules: list[tuple[str, str, Callable[..., Any]]] = [
         ("/orgs/<org>/upstreams", "GET", api.list_upstreams),
         ("/orgs/<org>/upstreams", "POST", api.add_upstream),
@@ -62,10 +73,15 @@ def _json(document: Any, status: int = 200) -> Response:
 
 class _UpstreamsApi(ManagementApi):
     def __init__(
-        self, tenancy: TenancyStore, upstreams: UpstreamStore, clock: Callable[[], float]
+        self,
+        tenancy: TenancyStore,
+        upstreams: UpstreamStore,
+        clock: Callable[[], float],
+        allow_private_addresses: bool,
     ) -> None:
         super().__init__(tenancy, clock, allow_insecure_loopback=False)
         self._upstreams = upstreams
+        self._allow_private = allow_private_addresses
 
     async def list_upstreams(self, org: str) -> Response:
         _, record = await self._org(org)
@@ -90,6 +106,12 @@ class _UpstreamsApi(ManagementApi):
             url = check_upstream_url(url)
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
+        if is_private_host(url) and not self._allow_private:
+            raise BadRequest(
+                "an upstream on localhost or a private address needs the origin's "
+                "upstreams_allow_private_addresses setting",
+                detail={"url": url[:200]},
+            )
         if bool(username) != bool(password):
             raise BadRequest("give username and password together, or neither")
         added = await self._upstreams.add(

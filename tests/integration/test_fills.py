@@ -52,6 +52,7 @@ class FakeUpstream:
         self.open_error: RegistryError | None = None
         self.holders: dict[str, set[str]] | None = None
         self.open_gate: trio.Event | None = None  # open_blob waits for it before answering
+        self.opened = trio.Event()  # set on the first open_blob
         self.closed = 0
 
     def gate(self, index: int) -> trio.Event:
@@ -63,6 +64,7 @@ class FakeUpstream:
     async def open_blob(self, name: RepositoryName, typed: Digest) -> AsyncIterator[UpstreamBlob]:
         repository, digest = str(name), str(typed)
         self.opens.append((repository, digest))
+        self.opened.set()
         await trio.lowlevel.checkpoint()
         if self.open_gate is not None:
             await self.open_gate.wait()
@@ -479,7 +481,7 @@ async def test_one_flight_per_digest_whichever_upstream_asks(
 
         async with trio.open_nursery() as clients:
             clients.start_soon(attempt, "lacking", lacking)
-            await trio.testing.wait_all_tasks_blocked()
+            await lacking.opened.wait()  # its flight asks its upstream (after a cache lookup)
             clients.start_soon(attempt, "holding", holding)
             await trio.testing.wait_all_tasks_blocked()
             assert (len(lacking.opens), holding.opens) == (1, [])  # joined, not started

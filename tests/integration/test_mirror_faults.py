@@ -233,6 +233,11 @@ async def test_concurrent_cold_pulls_fetch_each_digest_once(
             assert [hub.gets(blob.digest) for blob in image.blobs] == [1] * len(image.blobs)
             assert hub.proxy.count("HEAD", "manifest") == heads + 1
             assert hub.proxy.count("GET", "manifest") == 1
+            # One token for the repository, fetched once, used by every request after.
+            scoped = [
+                r for r in hub.tokens.requests if "repository:library/alpine:pull" in r.scopes
+            ]
+            assert len(scoped) == 1, hub.tokens.requests
             text = await metrics(http)
             fills = metric(text, "depot_edge_mirror_fills_total", 'upstream="docker.io"')
             assert fills == len(image.blobs)

@@ -27,7 +27,10 @@ TIMEOUT = 60
 
 @pytest.fixture
 async def tenants(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Tenants]:
-    running = await start_tenants(nursery, tmp_path / "origin")
+    # The upstreams here are on 127.0.0.1: allowed for this origin only.
+    running = await start_tenants(
+        nursery, tmp_path / "origin", upstreams_allow_private_addresses=True
+    )
     yield running
     running.origin.shutdown.set()
     running.store.close()

@@ -132,6 +132,10 @@ async def test_only_edges_get_the_credentials(tenants: Tenants) -> None:
         ({"name": "ghcr.io", "url": "https://ghcr.io", "username": "bot"}, "together"),
         ({"name": "ghcr.io", "url": "https://ghcr.io", "password": PASSWORD}, "together"),
         ({"name": "ghcr.io"}, "url"),
+        ({"name": "ghcr.io", "url": "http://127.0.0.1:5000"}, "private address"),
+        ({"name": "ghcr.io", "url": "http://localhost:5000"}, "private address"),
+        ({"name": "ghcr.io", "url": "http://169.254.169.254"}, "private address"),
+        ({"name": "ghcr.io", "url": "https://[::1]:443"}, "private address"),
         ({"name": "ghcr.io", "url": "https://ghcr.io", "extra": 1}, "unknown fields"),
     ],
 )

@@ -14,6 +14,7 @@ from core.errors import ConfigError, NameInvalid
 from core.upstream_names import (
     check_upstream_url,
     is_docker_hub,
+    is_private_host,
     is_upstream_name,
     upstream_repository,
 )
@@ -152,3 +153,20 @@ def test_upstream_names_and_docker_hubs_library() -> None:
     assert upstream_repository("alpine", docker_hub=False).value == "alpine"
     with pytest.raises(NameInvalid):
         upstream_repository("Alpine", docker_hub=True)
+
+
+def test_private_hosts() -> None:
+    for url in (
+        "http://localhost:5000",
+        "http://registry.localhost",
+        "http://127.0.0.1",
+        "http://10.1.2.3",
+        "http://192.168.0.10:5000",
+        "http://169.254.169.254",
+        "http://0.0.0.0",
+        "http://[::1]:5000",
+        "http://[fd00::1]",
+    ):
+        assert is_private_host(url), url
+    for url in ("https://ghcr.io", "https://registry-1.docker.io", "http://8.8.8.8"):
+        assert not is_private_host(url), url
