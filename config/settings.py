@@ -125,6 +125,16 @@ class EdgeSettings:
     base_domain: str = ""
     token_service: str = "depot-registry"
     token_issuer: str = "depot-registry"
+    #: Upstream registries this edge mirrors beside its origin (see edge/mirror/).
+    mirrors: tuple[MirrorSettings, ...] = ()
+    #: Where requests without ``?ns=`` for names that are not an org's go (Docker Engine's
+    #: ``registry-mirrors`` sends Docker Hub names so): a mirror's name; empty means
+    #: ``docker.io`` when it is mirrored, ``none`` means nowhere.
+    default_mirror: str = ""
+    #: How long the edge keeps an org's registered upstreams before asking origin again
+    #: (and whether a name's first part is an org at all, when that answer was no).
+    org_upstreams_refresh_seconds: float = 60
+
     #: A cached tag is answered locally this long, then revalidated with origin.
     tag_freshness_seconds: float = 30
     #: Manifest, tag and HEAD requests to origin give up after this long (then stale/503).
@@ -135,13 +145,3 @@ class EdgeSettings:
     unavailable_retry_after_seconds: int = 10
     jwks_refresh_seconds: float = 300
     graceful_timeout_seconds: float = 30
-
-    #: Upstream registries this edge mirrors beside its origin (see edge/mirror/).
-    mirrors: tuple[MirrorSettings, ...] = ()
-    #: Where requests without ``?ns=`` for names that are not an org's go (Docker Engine's
-    #: ``registry-mirrors`` sends Docker Hub names so): a mirror's name; empty means
-    #: ``docker.io`` when it is mirrored, ``none`` means nowhere.
-    default_mirror: str = ""
-    #: How long the edge keeps an org's registered upstreams before asking origin again
-    #: (and whether a name's first part is an org at all, when that answer was no).
-    org_upstreams_refresh_seconds: float = 60
