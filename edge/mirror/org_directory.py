@@ -5,8 +5,8 @@ Both come from one origin call per org (:meth:`edge.origin_control.OriginControl
 made with the edge's own credential), kept for ``org_upstreams_refresh_seconds`` and then
 asked again, one request per org at a time. When origin cannot be asked, the last answer is
 used however old it is (stale-if-error): an org never stops being one (slugs are never
-reused), and an upstream config a few minutes late is better than no pulls. With no answer
-at all the request gets ``Unavailable``.
+reused), and an upstream config a few minutes late is better than no pulls; origin is asked
+again a few seconds later. With no answer at all the request gets ``Unavailable``.
 
 An org's upstream is served by a site of its own per (org, name, URL, username, password):
 one registry client per credential. Its cache namespace carries the org, the name and the
@@ -37,6 +37,8 @@ from edge.origin_control import RegisteredUpstream
 log = logging.getLogger("depot.edge.mirror")
 
 DIRECTORY_SIZE = 10_000
+#: After origin failed to answer for an org, its last answer is used this long.
+RETRY_SECONDS = 5.0
 
 
 class UpstreamSource(Protocol):
@@ -107,6 +109,8 @@ class OrgDirectory:
             if old is None:
                 raise
             log.warning("cannot refresh org %s from origin, using what is known: %s", slug, exc)
+            # Asked again in a few seconds, not by every request meanwhile.
+            old.fetched_at = trio.current_time() - self._refresh + min(RETRY_SECONDS, self._refresh)
             return old
         entry = self._entry(slug, registered, old)
         self._entries[slug] = entry

@@ -17,7 +17,8 @@ Every way clients reach a mirror, in the order they are told apart:
    origin's.
 
 Docker Hub's ``library/`` rule applies at that mirror (``docker.io/alpine`` is
-``library/alpine``). ``/v2/`` with a mirror's ``ns`` is that mirror's; without, origin's.
+``library/alpine``). ``/v2/`` with a mirror's ``ns`` is that mirror's; without, origin's; the
+catalog is always origin's.
 
 Everything else is origin's, exactly as before: with no mirror configured and no org
 upstream named, routing asks origin nothing.
@@ -28,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from core.auth.request import RequestView
+from core.endpoints import Kind
 from core.tenancy import is_org_slug, org_from_host
 from core.upstream_names import is_upstream_name
 from core.web.v2 import V2Routes
@@ -58,8 +60,9 @@ class Router:
         ns = (view.query.get("ns") or "").strip().lower()
         by_ns = self._mirrors.get(ns) if ns else None
         name = view.endpoint.name
-        if name is None:
-            return self._routes(by_ns, None) if by_ns is not None else self._origin
+        if name is None:  # /v2/ is the mirror's with its ns; the catalog is origin's
+            base = view.endpoint.kind is Kind.BASE
+            return self._routes(by_ns, None) if by_ns is not None and base else self._origin
         first, _, rest = name.value.partition("/")
         explicit = self._mirrors.get(first)
         if explicit is not None and rest:
