@@ -4,6 +4,10 @@
 (reserved for sectioned settings). Unknown keys are errors. This is the only module that
 reads ``os.environ``; it is handed the mapping so tests can pass their own.
 
+A field typed ``tuple[SomeSettings, ...]`` is a list of tables in the file (``[[mirrors]]``),
+each converted like a settings class of its own (unknown keys are errors there too); an
+override passes the tuple itself.
+
 A field with ``metadata={"environ": "NAME"}`` is filled from the environment variable NAME
 alone (a standard variable of another tool, such as ``AWS_SECRET_ACCESS_KEY``): setting it
 in the file, by a prefixed variable or a flag is an error, so a secret meant for the
@@ -30,6 +34,8 @@ __all__ = ["ConfigError", "load"]
 
 
 def _convert(name: str, kind: Any, value: Any) -> Any:
+    if typing.get_origin(kind) is tuple:
+        return _tables(name, typing.get_args(kind)[0], value)
     try:
         if kind is Path:
             return Path(value)
@@ -53,6 +59,39 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: {exc}") from exc
     raise ConfigError(f"{name}: unsupported setting type {kind!r}")
+
+
+def _tables(name: str, cls: Any, value: Any) -> tuple[Any, ...]:
+    """A list of TOML tables as a tuple of ``cls`` (instances of it pass as they are)."""
+    if not isinstance(cls, type) or not dataclasses.is_dataclass(cls):
+        raise ConfigError(f"{name}: unsupported setting type {cls!r}")
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{name}: expected a list of tables")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    items = []
+    for index, item in enumerate(value):
+        if isinstance(item, cls):
+            items.append(item)
+            continue
+        if not isinstance(item, dict):
+            raise ConfigError(f"{name}[{index}]: expected a table")
+        unknown = sorted(set(item) - fields)
+        if unknown:
+            raise ConfigError(f"{name}[{index}]: unknown settings: {', '.join(unknown)}")
+        converted = {
+            key: _convert(f"{name}[{index}].{key}", _optional(hints[key]), field_value)
+            for key, field_value in item.items()
+        }
+        items.append(cls(**converted))
+    return tuple(items)
+
+
+def _optional(kind: Any) -> Any:
+    """``X | None`` → ``X``."""
+    if isinstance(kind, types.UnionType):
+        return next(a for a in typing.get_args(kind) if a is not type(None))
+    return kind
 
 
 def load(
@@ -96,8 +135,5 @@ def load(
             values[name] = (environ or {})[variable]
     converted = {}
     for key, value in values.items():
-        kind = hints[key]
-        if isinstance(kind, types.UnionType):
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        converted[key] = _convert(key, kind, value)
+        converted[key] = _convert(key, _optional(hints[key]), value)
     return cls(**converted)

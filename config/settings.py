@@ -67,6 +67,13 @@ class OriginSettings:
     #: AWS S3, ``s3://BUCKET?endpoint=http://HOST:PORT&region=R`` for an S3-compatible server
     #: (path-style addressing). ``--storage-url``, ``DEPOT_ORIGIN_STORAGE_URL``.
     storage_url: str = ""
+    #: The 32-byte key (base64) that encrypts the credentials orgs register for their
+    #: upstream registries (``/api/v1/orgs/{org}/upstreams``). Empty: ``upstream-credentials.key``
+    #: in ``data_dir``, created on first start. Origins sharing a database must share it.
+    upstream_credentials_key_file: Path | None = None
+    #: Let orgs register upstreams at ``localhost`` or a private, loopback or link-local IP
+    #: address (off: the edges would fetch from inside this network for them).
+    upstreams_allow_private_addresses: bool = False
     #: Files holding the S3 access key id and secret access key (give both). Without them the
     #: standard AWS variables below apply, and without those botocore's default chain
     #: (config files, instance or container credentials).
@@ -92,6 +99,25 @@ class OriginSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorSettings:
+    """One upstream registry an edge mirrors (``[[mirrors]]`` in the edge's TOML file,
+    ``--mirror NAME=URL`` and ``--mirror-access NAME=MODE`` on its command line)."""
+
+    #: How clients name it: a registry host such as ``docker.io`` or ``ghcr.io`` (it must
+    #: contain a dot, so it can never be an org's name).
+    name: str = ""
+    #: Where it is: ``https://registry-1.docker.io``. Its token service is found through its
+    #: own challenge.
+    url: str = ""
+    #: Credentials at the upstream (both or neither): the password is read from a file.
+    username: str = ""
+    password_file: Path | None = None
+    #: ``authenticated``: any valid token of any org on this system may pull through it;
+    #: ``anonymous``: anyone may (for private networks; logged at start).
+    access: str = "authenticated"
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeSettings:
     listen: str = "127.0.0.1:5001"
     #: The origin's base URL, e.g. ``http://127.0.0.1:5000``.
@@ -104,6 +130,16 @@ class EdgeSettings:
     base_domain: str = ""
     token_service: str = "depot-registry"
     token_issuer: str = "depot-registry"
+    #: Upstream registries this edge mirrors beside its origin (see edge/mirror/).
+    mirrors: tuple[MirrorSettings, ...] = ()
+    #: Where requests without ``?ns=`` for names that are not an org's go (Docker Engine's
+    #: ``registry-mirrors`` sends Docker Hub names so): a mirror's name; empty means
+    #: ``docker.io`` when it is mirrored, ``none`` means nowhere.
+    default_mirror: str = ""
+    #: How long the edge keeps an org's registered upstreams before asking origin again
+    #: (and whether a name's first part is an org at all, when that answer was no).
+    org_upstreams_refresh_seconds: float = 60
+
     #: A cached tag is answered locally this long, then revalidated with origin.
     tag_freshness_seconds: float = 30
     #: Manifest, tag and HEAD requests to origin give up after this long (then stale/503).

@@ -15,6 +15,7 @@ pull tokens, org usage, login).
     depot usage --org ORG [--json]
     depot push [BUILD_ID | TAG] [--project ID] -t REGISTRY/REPO:TAG [-t ...]
     depot --version
+    depot upstreams add|list|remove --org ORG ...   (see depot/upstreams.py)
 
 Without ``--project``, the project comes from ``$DEPOT_PROJECT_ID`` or a ``depot.json``
 (``{"id": ...}``) in the current directory (:mod:`depot.project`).
@@ -42,7 +43,7 @@ import trio
 
 from core.client.registry import RegistryClient
 from core.errors import DepotError, InputError
-from depot import api, builds, credentials, docker_source, orgs, pull, push, push_command
+from depot import api, builds, credentials, docker_source, orgs, pull, push, push_command, upstreams
 from depot.api import ApiError
 from depot.credentials import CredentialsError
 from depot.humanize import human_size, human_time, is_number
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     push_command.add_parser(commands, _connection_flags)
     pull.add_parser(commands)
     orgs.add_parsers(commands, _connection_flags)
+    upstreams.register(commands)
     return parser
 
 

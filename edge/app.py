@@ -25,6 +25,7 @@ from core.web.manifests import manifest_response
 from core.web.response import RegistryResponse as Response
 from core.web.v2 import (
     Call,
+    Chooser,
     Fallback,
     V2Gate,
     V2Routes,
@@ -55,6 +56,9 @@ class EdgeServices:
     metrics: EdgeMetrics
     ready: Callable[[], bool]
     relay: RelayService | None = None  # the push relay's jobs (its API is this edge's own)
+    #: Given origin's ``/v2/`` routes, what chooses the routes per request (the mirrors'
+    #: router, edge/mirror/routing.py); None: origin's routes answer everything.
+    route_v2: Callable[[V2Routes], Chooser] | None = None
 
 
 def create_edge_app(services: EdgeServices) -> QuartTrio:
@@ -119,20 +123,35 @@ def _under(path: str, prefix: str) -> bool:
 def _install_registry(app: Quart, services: EdgeServices) -> None:
     pull = PullHandlers(services.pullthrough, services.metrics)
     routes = pull.routes(services.gate, fallback=lambda view: _pass_through(services, view))
-    install_v2(app, routes)
+    install_v2(app, routes if services.route_v2 is None else services.route_v2(routes))
 
 
 class PullHandlers:
     """The pull side of one upstream, answered here: GET/HEAD of ``/v2/``, manifests and
-    blobs, through ``pullthrough`` (the cache, or the upstream once)."""
+    blobs, through ``pullthrough`` (the cache, or the upstream once).
 
-    def __init__(self, pullthrough: PullThrough, metrics: EdgeMetrics) -> None:
+    ``stale_warning`` is the ``Warning`` of a tag served stale; ``on_stale`` is called then
+    (a mirror counts its stale serves)."""
+
+    def __init__(
+        self,
+        pullthrough: PullThrough,
+        metrics: EdgeMetrics,
+        *,
+        stale_warning: str = STALE_WARNING,
+        on_stale: Callable[[], None] | None = None,
+    ) -> None:
         self._pullthrough = pullthrough
         self._metrics = metrics
+        self._stale_warning = stale_warning
+        self._on_stale = on_stale
 
-    def routes(self, gate: V2Gate, *, fallback: Fallback | None) -> V2Routes:
-        """These handlers behind ``gate``; every other request goes to ``fallback``."""
-        routes = V2Routes(gate, fallback=fallback)
+    def routes(
+        self, gate: V2Gate, *, fallback: Fallback | None, unsupported: str | None = None
+    ) -> V2Routes:
+        """These handlers behind ``gate``; every other request goes to ``fallback`` (or is
+        refused with 405 and the ``unsupported`` message)."""
+        routes = V2Routes(gate, fallback=fallback, unsupported=unsupported)
         routes.on(BaseEndpoint, ("GET", "HEAD"), version_check)
         routes.on(ManifestEndpoint, ("GET", "HEAD"), self.manifest)
         routes.on(BlobEndpoint, ("GET", "HEAD"), self.blob)
@@ -142,12 +161,14 @@ class PullHandlers:
         served = await self._pullthrough.manifest(call.repository, call.endpoint.reference)
         g.digest = str(served.digest)
         g.cache = "stale" if served.stale else "ok"
+        if served.stale and self._on_stale is not None:
+            self._on_stale()
         return manifest_response(
             request.method,
             str(served.digest),
             served.media_type,
             served.payload,
-            warning=STALE_WARNING if served.stale else None,
+            warning=self._stale_warning if served.stale else None,
         )
 
     async def blob(self, call: Call[BlobEndpoint]) -> Response:

@@ -17,6 +17,10 @@ edge's ``/token``, which forwards to origin. What is the edge's own is how it le
 - Legacy project ids are resolved by asking origin which org holds the project.
 - The edge serves reads only. Any other method is passed to origin with the client's own
   ``Authorization``: then the gate only resolves names and origin decides.
+- Mirrored upstreams (:meth:`EdgeGate.authorize_mirror`) are decided here alone, on a
+  :class:`~core.auth.access.Mirror` resource: who the credentials stand for (a verified
+  bearer token, or Basic credentials exchanged at origin: their kind and orgs, not their
+  access claim, since origin knows no mirror's names), never origin's visibility.
 
 Secrets and tokens are never logged.
 """
@@ -34,10 +38,13 @@ import jwt
 import trio
 
 from core.auth import gate as rules
+from core.auth.access import Decision, Mirror, Reason, decide
 from core.auth.credentials import parse_authorization
+from core.auth.principal import ANONYMOUS
 from core.auth.request import Authorization, Caller, RequestView
 from core.auth.scopes import Access
 from core.auth.tokens import MAX_TOKEN_LENGTH, Grant, verify_grant
+from core.endpoints import Kind
 from core.errors import Unauthorized, Unavailable
 from core.reference import RepositoryName
 
@@ -217,6 +224,44 @@ class EdgeGate:
         return await rules.decide_request(
             view, required, names, presented, service=self._service, is_public=None
         )
+
+    async def authorize_mirror(
+        self, view: RequestView, resource: Mirror, repository: RepositoryName | None
+    ) -> Authorization:
+        """Authorise a pull of ``repository`` (its name at the upstream) from a mirror.
+
+        An anonymous operator's mirror asks for nothing. Otherwise the credentials must
+        stand for someone :func:`~core.auth.access.decide` lets pull ``resource``; the
+        refusals are the origin's (a challenge naming the scope as the client wrote it, or
+        403 for valid Basic credentials of another org). ``/v2/`` needs valid credentials.
+        """
+        required = rules.required_for(view)
+        names = {}
+        if repository is not None:
+            names = {a.name: repository for a in required if a.type == "repository"}
+        if not self._auth:
+            return Authorization(Caller(frozenset(), everything=True), names)
+        open_mirror = resource.anonymous and resource.org is None
+        if open_mirror:
+            presented = rules.Presented(rules.NONE, ANONYMOUS)
+        else:
+            # No names: an anonymous caller is not given origin's anonymous grant.
+            presented = await self._present(view, required, {})
+        missing: list[tuple[Access, Reason]] = []
+        for access in required:
+            decision = (
+                Decision(frozenset(), Reason.NO_CREDENTIALS)
+                if presented.who is None
+                else decide(presented.who, access.actions, resource)
+            )
+            if not access.actions <= decision.granted:
+                missing.append((access, decision.reason))
+        if view.endpoint.kind is Kind.BASE and not open_mirror and not presented.authenticated:
+            missing.append((Access("registry", "base", frozenset()), Reason.NO_CREDENTIALS))
+        if missing:
+            log.debug("refused %s", "; ".join(f"{access}: {why}" for access, why in missing))
+            raise rules.refusal(view, presented, required, service=self._service)
+        return Authorization(Caller(presented.orgs), names)
 
     async def _present(
         self, view: RequestView, required: Sequence[Access], names: Mapping[str, RepositoryName]

@@ -1,4 +1,9 @@
-"""``depot-registry edge serve`` and ``depot-registry edge cache stats|purge``."""
+"""``depot-registry edge serve`` and ``depot-registry edge cache stats|purge``.
+
+``edge serve --mirror docker.io=https://registry-1.docker.io --mirror-access docker.io=anonymous``
+mirrors an upstream registry beside the origin (repeatable; see edge/mirror/config.py); the
+TOML file's ``[[mirrors]]`` tables say the same, credentials included.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from config.loader import ConfigError, load
 from config.settings import EdgeSettings
 from core.web.serving import bind_socket, bound_url, serve_until_signal
 from edge.cache.store import EdgeCache
+from edge.mirror.config import site_specs, with_flags
 from edge.server import read_upstream_token, serve
 
 ENV_PREFIX = "DEPOT_EDGE_"
@@ -42,6 +48,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="a push relay target spoken to over plain HTTP (loopback ones always are)",
     )
     serve_cmd.add_argument("--relay-max-jobs", type=int, help="relay jobs running at once")
+    serve_cmd.add_argument(
+        "--mirror",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="mirror an upstream registry, e.g. docker.io=https://registry-1.docker.io",
+    )
+    serve_cmd.add_argument(
+        "--mirror-access",
+        action="append",
+        default=[],
+        metavar="NAME=MODE",
+        help="authenticated (default: tokens of this system's orgs) or anonymous (anyone)",
+    )
     serve_cmd.add_argument("--config", type=Path, help="TOML settings file")
     serve_cmd.set_defaults(handler=_run_serve)
 
@@ -68,9 +88,10 @@ def _settings(args: argparse.Namespace) -> EdgeSettings:
         "insecure_registries": ",".join(args.insecure_registries or []) or None,
         "relay_max_jobs": args.relay_max_jobs,
     }
-    return load(
+    settings = load(
         EdgeSettings, file=args.config, environ=os.environ, prefix=ENV_PREFIX, overrides=overrides
     )
+    return with_flags(settings, args.mirror, args.mirror_access)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -81,6 +102,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         if not settings.upstream:
             raise ConfigError("--upstream is required (the origin's URL)")
         read_upstream_token(settings)
+        site_specs(settings)  # mirrors checked (and their password files read) before binding
         sock = bind_socket(settings.listen)
     except (ConfigError, OSError, ValueError) as exc:
         print(f"depot-registry: {exc}", file=sys.stderr)

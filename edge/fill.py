@@ -63,7 +63,10 @@ class FillStatistics:
 class _Fill:
     """One fill's state, shared by the fill task and its readers (all in the trio thread)."""
 
-    def __init__(self, repository: RepositoryName, digest: Digest, started_at: float) -> None:
+    def __init__(
+        self, upstream: Upstream, repository: RepositoryName, digest: Digest, started_at: float
+    ) -> None:
+        self.upstream = upstream  # where the bytes come from: origin, or a mirrored registry
         self.repository, self.digest, self.started_at = repository, digest, started_at
         self.size: int | None = None  # from Content-Length, once the upstream answered
         self.durable = 0  # bytes written to the spool, readable through any descriptor
@@ -213,19 +216,24 @@ class Fills:
         while self._running:
             await self._ended.wait()
 
-    async def open(self, repository: RepositoryName, digest: Digest) -> BlobStream:
+    async def open(
+        self, repository: RepositoryName, digest: Digest, *, upstream: Upstream | None = None
+    ) -> BlobStream:
         """Open ``digest`` from the cache, or from its fill once the upstream gave the size.
 
-        The caller has authorised ``repository`` for ``digest``; the upstream is asked with
-        it. Raises what the upstream raised before the size was known (``BlobUnknown``,
-        ``Unavailable``, ...); a joined fill started for another repository that does not
-        hold the blob is retried once with ``repository``.
+        The caller has authorised ``repository`` for ``digest``; ``upstream`` (default: the
+        one these fills were made with) is asked with it. A digest names the same bytes
+        wherever they come from, so there is one flight per digest, whichever upstream
+        started it. Raises what the upstream raised before the size was known
+        (``BlobUnknown``, ``Unavailable``, ...); a joined fill started for another repository
+        (or upstream) that does not hold the blob is retried once with ``repository``.
         """
+        source = self._upstream if upstream is None else upstream
         for attempt in (1, 2):
             fill = self._in_flight.get(digest)
             joined = fill is not None
             if fill is None:
-                fill = self._start(repository, digest)
+                fill = self._start(source, repository, digest)
             fill.acquire()
             try:
                 while fill.read_fd is None and fill.failure is None:
@@ -234,19 +242,19 @@ class Fills:
                     assert fill.size is not None and fill.read_fd is not None
                     if joined and not fill.from_cache:
                         self._coalesced += 1
-                    source = None if fill.from_cache else fill
-                    return BlobStream(os.dup(fill.read_fd), fill.size, source, self._read_limiter)
+                    filling = None if fill.from_cache else fill
+                    return BlobStream(os.dup(fill.read_fd), fill.size, filling, self._read_limiter)
             finally:
                 fill.release()
-            other_repository = fill.repository != repository
+            other_repository = (fill.upstream, fill.repository) != (source, repository)
             if attempt == 2 or not (
                 other_repository and isinstance(fill.failure, (BlobUnknown, NameUnknown))
             ):
                 raise fill.error()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _start(self, repository: RepositoryName, digest: Digest) -> _Fill:
-        fill = _Fill(repository, digest, self._clock())
+    def _start(self, upstream: Upstream, repository: RepositoryName, digest: Digest) -> _Fill:
+        fill = _Fill(upstream, repository, digest, self._clock())
         self._nursery.start_soon(self._run, fill)  # raises if the process is stopping
         self._in_flight[digest] = fill
         self._running += 1
@@ -318,7 +326,7 @@ class Fills:
 
     async def _fetch(self, fill: _Fill) -> None:
         hasher = fill.digest.hasher()
-        async with self._upstream.open_blob(fill.repository, fill.digest) as blob:
+        async with fill.upstream.open_blob(fill.repository, fill.digest) as blob:
             fill.spool = await self._thread(SpoolFile.create, self._cache.spool_path(fill.digest))
             fill.size, fill.read_fd = blob.size, fill.spool.read_fd
             fill.publish()

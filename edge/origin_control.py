@@ -1,6 +1,7 @@
 """Origin's control plane, as the edge's gate needs it: the JWKS that tokens verify
 against, the org of a legacy project id or of an org id, and a client's token exchanged at
-``/token``.
+``/token``; and as its mirrors need it: the upstreams an org registered, with their
+credentials decrypted (only an edge credential gets those, and they are never logged).
 
 This is :class:`edge.auth.OriginAuthority` over HTTP, on its own pooled httpx client (the
 ``/v2`` traffic goes through :class:`core.client.registry.RegistryClient`). JWKS and project
@@ -21,6 +22,7 @@ import math
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -42,6 +44,16 @@ MAX_JSON_BYTES = 1024 * 1024
 PROJECT_MISS_SECONDS = 30.0
 PROJECT_CACHE_SIZE = 10_000
 _ORIGIN = "origin"
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredUpstream:
+    """An upstream registry an org registered (origin's ``/api/v1/edge/orgs/{org}/upstreams``)."""
+
+    name: str
+    url: str
+    username: str
+    password: str = field(repr=False)
 
 
 class OriginControl:
@@ -113,6 +125,29 @@ class OriginControl:
         while len(cache) > PROJECT_CACHE_SIZE:
             cache.popitem(last=False)
         return org
+
+    async def org_upstreams(self, org: str) -> list[RegisteredUpstream] | None:
+        """The upstreams ``org`` registered, credentials included; None when origin has no
+        such org. Malformed entries are skipped (logged by name, never by secret)."""
+        if not is_org_slug(org):
+            return None
+        document = await self._json(
+            f"/api/v1/edge/orgs/{quote(org, safe='')}/upstreams", missing_ok=True
+        )
+        if document is None:
+            return None
+        listed = document.get("upstreams") if isinstance(document, dict) else None
+        if not isinstance(listed, list):
+            raise Unavailable("origin's upstreams answer has no upstreams list")
+        found = []
+        for entry in listed:
+            values = [entry.get(k) if isinstance(entry, dict) else None for k in _UPSTREAM_KEYS]
+            strings = [value for value in values if isinstance(value, str)]
+            if len(strings) != len(_UPSTREAM_KEYS):
+                log.warning("origin sent a malformed upstream of org %s: skipped", org)
+                continue
+            found.append(RegisteredUpstream(*strings))
+        return found
 
     async def token(
         self, *, host: str, secret: str | None, service: str, scopes: Sequence[str]
@@ -191,6 +226,9 @@ class OriginControl:
             return json.loads(body)
         except ValueError as exc:
             raise Unavailable("origin sent malformed JSON", detail={"path": path}) from exc
+
+
+_UPSTREAM_KEYS = ("name", "url", "username", "password")
 
 
 def _status(response: httpx.Response) -> dict[str, int]:

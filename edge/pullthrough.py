@@ -1,7 +1,9 @@
 """Answering pulls from the cache, or from origin once and then from the cache.
 
 Blobs and manifests by digest are immutable: cached forever (until evicted for space).
-A tag is answered locally inside its freshness window, then revalidated with a HEAD; when
+A tag is answered locally inside its freshness window, then revalidated with a HEAD (one at
+a time per tag, and one manifest GET at a time per digest, shared by the clients asking
+meanwhile: :mod:`edge.single_flight`); when
 origin fails (down, too slow, 5xx, 429) a cached tag is served stale with ``Warning: 299``
 and an uncached object gets 503 with ``Retry-After``.
 
@@ -11,6 +13,11 @@ is what keeps org B from reading org A's blob by digest, hit or miss.
 
 Names and digests arrive typed from the route and go down typed to the cache, the fills and
 the upstream: nothing here parses them again.
+
+A mirrored registry is served the same way, by a PullThrough of its own (``edge/mirror/``):
+its upstream, a cache view whose tags and links are its own, the shared fills; ``name`` says
+which upstream failed, and ``upstream_retry_after`` passes the upstream's ``Retry-After`` on
+(a registry that rate-limits says when it will answer again).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from core.reference import RepositoryName, Tag
 from edge.cache.store import EdgeCache
 from edge.fill import BlobStream, Fills
 from edge.metrics import EdgeMetrics
+from edge.single_flight import SingleFlight
 from edge.upstream_types import Upstream, UpstreamManifest
 
 log = logging.getLogger("depot.edge")
@@ -53,13 +61,22 @@ class PullThrough:
         upstream: Upstream,
         metrics: EdgeMetrics,
         clock: Callable[[], float],
+        *,
+        name: str = "origin",
+        upstream_retry_after: bool = False,
     ) -> None:
         self._settings = settings
+        self._name = name
+        self._upstream_retry_after = upstream_retry_after
         self._cache = cache
         self._fills = fills
         self._upstream = upstream
         self._metrics = metrics
         self._clock = clock
+        self._tag_flights: SingleFlight[tuple[RepositoryName, Tag], ServedManifest] = SingleFlight()
+        self._manifest_flights: SingleFlight[tuple[RepositoryName, Digest], UpstreamManifest] = (
+            SingleFlight()
+        )
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -89,20 +106,9 @@ class PullThrough:
                 return ServedManifest(entry.digest, cached[0], cached[1])
         self._metrics.cache_misses.labels("tag").inc()
         try:
-            with trio.fail_after(self._settings.upstream_deadline_seconds):
-                current = await self._upstream.head_manifest(repository, tag)
-            if current is None:
-                await self._cache.drop_tag(repository, tag)
-                raise ManifestUnknown(detail={"reference": tag.value})
-            cached = await self._cache.get_manifest(current)
-            if cached is not None:
-                served = ServedManifest(current, cached[0], cached[1])
-            else:
-                fetched = await self._fetch_manifest(repository, current)
-                served = ServedManifest(fetched.digest, fetched.media_type, fetched.payload)
-            await self._cache.add_links(repository, [current])
-            await self._cache.put_tag(repository, tag, current, served.media_type, now)
-            return served
+            return await self._tag_flights.run(
+                (repository, tag), lambda: self._revalidate(repository, tag, now)
+            )
         except (Unavailable, trio.TooSlowError) as exc:
             if entry is not None:
                 cached = await self._cache.get_manifest(entry.digest)
@@ -110,18 +116,43 @@ class PullThrough:
                     self._metrics.stale_serves.inc()
                     log.warning("serving %s:%s stale: %s", repository, tag, exc)
                     return ServedManifest(entry.digest, cached[0], cached[1], stale=True)
-            raise self._unavailable() from exc
+            raise self._unavailable(exc) from exc
+
+    async def _revalidate(self, repository: RepositoryName, tag: Tag, now: float) -> ServedManifest:
+        """Ask the upstream what ``tag`` is now (a HEAD; the manifest only when new to us);
+        one request per tag at a time, shared by every client asking meanwhile."""
+        with trio.fail_after(self._settings.upstream_deadline_seconds):
+            current = await self._upstream.head_manifest(repository, tag)
+        if current is None:
+            await self._cache.drop_tag(repository, tag)
+            raise ManifestUnknown(detail={"reference": tag.value})
+        cached = await self._cache.get_manifest(current)
+        if cached is not None:
+            served = ServedManifest(current, cached[0], cached[1])
+        else:
+            fetched = await self._fetch_manifest(repository, current)
+            served = ServedManifest(fetched.digest, fetched.media_type, fetched.payload)
+        await self._cache.add_links(repository, [current])
+        await self._cache.put_tag(repository, tag, current, served.media_type, now)
+        return served
 
     async def _fetch_manifest(self, repository: RepositoryName, digest: Digest) -> UpstreamManifest:
+        return await self._manifest_flights.run(
+            (repository, digest), lambda: self._fetch_manifest_now(repository, digest)
+        )
+
+    async def _fetch_manifest_now(
+        self, repository: RepositoryName, digest: Digest
+    ) -> UpstreamManifest:
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
                 fetched = await self._upstream.get_manifest(repository, digest)
         except (Unavailable, trio.TooSlowError) as exc:
-            raise self._unavailable() from exc
+            raise self._unavailable(exc) from exc
         if fetched.digest != digest or (
             digest.algorithm == "sha256" and sha256_of(fetched.payload) != digest
         ):
-            raise Unavailable("origin sent a manifest that does not match its digest")
+            raise Unavailable(f"{self._name} sent a manifest that does not match its digest")
         try:
             parsed = parse_manifest(fetched.payload, fetched.media_type)
         except (ManifestInvalid, DigestInvalid):
@@ -150,7 +181,7 @@ class PullThrough:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
                 upstream_size = await self._upstream.blob_size(repository, digest)
         except (Unavailable, trio.TooSlowError) as exc:
-            raise self._unavailable() from exc
+            raise self._unavailable(exc) from exc
         if upstream_size is None:
             raise BlobUnknown(detail={"digest": str(digest)})
         await self._cache.add_links(repository, [digest])
@@ -164,13 +195,13 @@ class PullThrough:
         # the fill: a waiter gives up with a prompt 503 while the fill goes on for others.
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
-                stream = await self._fills.open(repository, digest)
+                stream = await self._fills.open(repository, digest, upstream=self._upstream)
         except trio.TooSlowError as exc:
-            raise self._unavailable() from exc
+            raise self._unavailable(exc) from exc
         except Unavailable as exc:
             if "Retry-After" in exc.headers:
                 raise
-            raise self._unavailable() from exc  # e.g. origin unreachable: no Retry-After
+            raise self._unavailable(exc) from exc  # e.g. origin unreachable: no Retry-After
         counter = self._metrics.cache_hits if stream.from_cache else self._metrics.cache_misses
         counter.labels("blob").inc()
         return stream
@@ -188,13 +219,15 @@ class PullThrough:
                     found = await self._upstream.blob_size(repository, digest) is not None
         except (Unavailable, trio.TooSlowError) as exc:
             # Without origin we cannot tell whether this repository may read the digest.
-            raise self._unavailable() from exc
+            raise self._unavailable(exc) from exc
         except (BlobUnknown, ManifestUnknown):
             found = False
         if found:
             await self._cache.add_links(repository, [digest])
         return found
 
-    def _unavailable(self) -> Unavailable:
+    def _unavailable(self, cause: Exception | None = None) -> Unavailable:
         retry = str(self._settings.unavailable_retry_after_seconds)
-        return Unavailable("origin unavailable", headers={"Retry-After": retry})
+        if self._upstream_retry_after and isinstance(cause, Unavailable):
+            retry = cause.headers.get("Retry-After", retry)
+        return Unavailable(f"{self._name} unavailable", headers={"Retry-After": retry})

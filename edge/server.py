@@ -1,4 +1,5 @@
-"""The edge process: the root nursery (fills, key refresh, cache gauges) and hypercorn."""
+"""The edge process: the root nursery (fills, key refresh, cache gauges), the mirrors
+(edge/mirror/) and hypercorn."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -14,11 +16,17 @@ from config.settings import EdgeSettings
 from core.client.http import open_http_client
 from core.errors import ConfigError
 from core.web.serving import serve_app
+from core.web.v2 import Chooser, V2Routes
 from edge.app import EdgeServices, create_edge_app
 from edge.auth import EdgeGate
 from edge.cache.store import CacheStats, EdgeCache
 from edge.fill import Fills
 from edge.metrics import EdgeMetrics
+from edge.mirror.config import default_mirror, log_access, site_specs
+from edge.mirror.metrics import MirrorMetrics
+from edge.mirror.org_directory import OrgDirectory
+from edge.mirror.routing import Router
+from edge.mirror.site import MirrorSite, open_site
 from edge.origin_control import OriginControl
 from edge.pullthrough import PullThrough
 from edge.relay.service import RelayService
@@ -70,8 +78,11 @@ async def serve(
 ) -> None:
     """Serve the edge on a bound, listening socket until shutdown."""
     token = read_upstream_token(settings)
+    specs = site_specs(settings)
+    log_access(specs)
     cache = EdgeCache.open(settings.cache_dir, settings.cache_size_bytes)
     metrics = EdgeMetrics()
+    closing: list[Callable[[], Awaitable[None]]] = []  # the mirrors' clients, after the fills
     try:
         async with (
             OriginUpstream.open(settings.upstream, token) as upstream,
@@ -114,7 +125,7 @@ async def serve(
             )
             metrics.gauge(
                 "depot_edge_bytes_from_upstream",
-                "Blob bytes fetched from origin by fills",
+                "Blob bytes fetched by fills (from origin and mirrored upstreams)",
                 lambda: float(fills.statistics().bytes_from_upstream),
             )
             metrics.gauge(
@@ -135,6 +146,34 @@ async def serve(
             metrics.gauge(
                 "depot_edge_relay_jobs", "Push relay jobs running", lambda: float(relay.running())
             )
+            make_site = partial(
+                open_site,
+                settings=settings,
+                cache=cache,
+                fills=fills,
+                metrics=metrics,
+                mirror_metrics=MirrorMetrics(metrics.registry),
+                clock=clock,
+            )
+            mirrors: dict[str, MirrorSite] = {}
+            orgs = OrgDirectory(
+                control, make_site, refresh_seconds=settings.org_upstreams_refresh_seconds
+            )
+            closing.append(orgs.aclose)
+            for spec in specs:
+                mirrors[spec.name] = make_site(spec)
+                closing.append(mirrors[spec.name].aclose)
+
+            def router(origin: V2Routes) -> Chooser:
+                return Router(
+                    origin,
+                    gate,
+                    mirrors,
+                    orgs,
+                    default=default_mirror(settings, specs),
+                    base_domain=settings.base_domain,
+                ).choose
+
             services = EdgeServices(
                 settings=settings,
                 gate=gate,
@@ -145,6 +184,7 @@ async def serve(
                 metrics=metrics,
                 ready=lambda: gate.ready,
                 relay=relay,
+                route_v2=router,
             )
             await serve_app(
                 create_edge_app(services),
@@ -157,4 +197,7 @@ async def serve(
             )
             root.cancel_scope.cancel()  # drained: stop key refresh, gauges and fills
     finally:
+        with trio.CancelScope(shield=True):
+            for close in closing:
+                await close()
         cache.close()

@@ -19,7 +19,9 @@ from origin.registry.registry import Registry
 from origin.routes.api import install_api_routes
 from origin.routes.builds import install_build_routes
 from origin.routes.token import install_token_routes
+from origin.routes.upstreams import install_upstream_routes
 from origin.routes.v2 import install_v2_routes
+from origin.upstreams.store import UpstreamStore
 
 
 def create_origin_app(
@@ -33,6 +35,7 @@ def create_origin_app(
     *,
     builds: BuildService | None = None,
     metering: Metering | None = None,
+    upstreams: UpstreamStore | None = None,
 ) -> QuartTrio:
     app = create_app("depot-origin")
     install_v2_routes(
@@ -49,4 +52,12 @@ def create_origin_app(
     )
     if builds is not None and metering is not None:
         install_build_routes(app, tenancy, builds, metering, clock)
+    if upstreams is not None:
+        install_upstream_routes(
+            app,
+            tenancy,
+            upstreams,
+            clock,
+            allow_private_addresses=settings.upstreams_allow_private_addresses,
+        )
     return app

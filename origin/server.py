@@ -35,6 +35,8 @@ from origin.metadata.store import MetadataStore
 from origin.registry.registry import Registry
 from origin.retention.gc import ExtraRoots, collect
 from origin.storage import open_storage
+from origin.upstreams.cipher import DEFAULT_KEY_FILE, CredentialCipher
+from origin.upstreams.store import UpstreamStore
 
 log = logging.getLogger("depot.origin")
 
@@ -51,6 +53,7 @@ class Services:
     issuer: TokenIssuer
     builds: BuildService
     metering: Metering
+    upstreams: UpstreamStore
 
 
 def open_database(settings: OriginSettings) -> Database:
@@ -62,6 +65,14 @@ def open_database(settings: OriginSettings) -> Database:
         settings.resolved_database_url,
         busy_timeout_seconds=settings.database_busy_timeout_seconds,
     )
+
+
+def open_upstream_cipher(settings: OriginSettings) -> CredentialCipher:
+    """The key that seals orgs' upstream credentials: the configured file, or one in the
+    data directory, created on first start."""
+    configured = settings.upstream_credentials_key_file
+    path = configured if configured is not None else settings.data_dir / DEFAULT_KEY_FILE
+    return CredentialCipher.load(path, create=configured is None)
 
 
 def registry_on(
@@ -117,7 +128,10 @@ async def open_services(
                 clock,
                 price_per_gb_month=settings.storage_price_per_gb_month,
             )
-            yield Services(database, registry, tenancy, keys, gate, issuer, builds, metering)
+            upstreams = UpstreamStore(database, open_upstream_cipher(settings))
+            yield Services(
+                database, registry, tenancy, keys, gate, issuer, builds, metering, upstreams
+            )
     finally:
         database.close()
 
@@ -200,6 +214,7 @@ async def serve(
             clock,
             builds=services.builds,
             metering=services.metering,
+            upstreams=services.upstreams,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_sweep_uploads, registry, settings)

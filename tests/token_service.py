@@ -1,13 +1,16 @@
 """A small Docker token service for CNCF Distribution's ``auth: token:`` mode, for tests.
 
 ``GET /token?service=&scope=...`` with Basic credentials of one of its users (or none:
-anonymous, granted nothing) answers ``{"token", "access_token", "expires_in", "issued_at"}``
+anonymous, granted ``anonymous_actions``: nothing by default, ``{"pull"}`` for a public
+registry like Docker Hub) answers ``{"token", "access_token", "expires_in", "issued_at"}``
 with an ES256 JWT whose ``access`` claim holds the scopes asked for, cut down to the user's
 actions. Distribution trusts the token through the ``x5c`` header: the signing key's
 self-signed certificate is its ``rootcertbundle``. Wrong credentials get a 401 with a
 ``details`` message, as Docker Hub's token service answers.
 
 Every request is recorded in ``requests`` (user, scopes), so tests can count token fetches.
+``fail_status`` set: every request is answered with that status (a token service that is
+down or rate limiting), after being recorded.
 Served by hypercorn on 127.0.0.1:0 in the test's nursery.
 """
 
@@ -63,6 +66,8 @@ class TokenService:
     reported_lifetime_seconds: int | None = None
     url: str = ""
     requests: list[TokenRequest] = field(default_factory=list)
+    anonymous_actions: frozenset[str] = frozenset()
+    fail_status: int | None = None
 
     def __post_init__(self) -> None:
         self._key = ec.generate_private_key(ec.SECP256R1())
@@ -132,7 +137,10 @@ class TokenService:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         user = _basic_user(headers.get("authorization"))
         self.requests.append(TokenRequest(user[0] if user else None, scopes))
-        granted: frozenset[str] = frozenset()
+        if self.fail_status is not None:
+            await _answer(send, self.fail_status, {"details": "token service failing"})
+            return
+        granted: frozenset[str] = self.anonymous_actions
         catalog = False
         if user is not None:
             known = self.users.get(user[0])

@@ -20,6 +20,9 @@ do, repository by repository, with internal names).
 - :class:`Project` (the part of an org's management surface that belongs to one project;
   ``id=None``: the part that belongs to no project — org-wide tokens and trust relationships,
   usage): resolve (which org holds it), read, push (save and delete builds), manage.
+- :class:`Mirror` (an upstream registry an edge mirrors: an operator's, or one an org
+  registered with its own credentials): pull, and nothing else ever.
+- :class:`UpstreamCredentials` (the decrypted credentials of an org's upstreams): read.
 
 **The rules** (``tests/unit/test_access.py`` is their table):
 
@@ -38,6 +41,14 @@ do, repository by repository, with internal names).
 - Management: principals of an org read its surface; org and user tokens manage it; project
   and pull tokens only read; a project-bound principal reads only its project's part. Bearer
   grants never reach the management API.
+- Mirrors are pull only. An operator's mirror in ``anonymous`` mode: anyone pulls (the
+  operator's choice, for private networks). In ``authenticated`` mode: any caller that is
+  one of this system's orgs' (a principal or a verified grant with at least one org: the
+  grant's ``access`` claim does not matter, origin cannot name a mirror's repositories), and
+  edges. An org's upstream: only callers whose orgs include that org (its content was fetched
+  with the org's credentials), never an anonymous caller, another org or an edge.
+- An org's upstream credentials reach edges only (which fetch with them); no other caller,
+  the org's own managers included, ever reads them back.
 
 A :class:`Decision` carries the granted subset of the requested actions and a
 :class:`Reason`: when something requested is refused, why it is; otherwise why it was granted.
@@ -85,7 +96,19 @@ class Project:
     id: str | None  # None: what belongs to the org but to no project
 
 
-Resource = Repository | Catalog | Org | Project
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    upstream: str  # the upstream's name (``docker.io``)
+    org: str | None = None  # an org's upstream: only that org's callers
+    anonymous: bool = False  # an operator's mirror anyone may pull (never an org's)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamCredentials:
+    org: str  # the slug of the org whose upstreams' secrets these are
+
+
+Resource = Repository | Catalog | Org | Project | Mirror | UpstreamCredentials
 Who = Principal | Grant
 
 
@@ -105,6 +128,11 @@ class Reason(StrEnum):
     READ_ONLY = "only org and user tokens manage; others read"
     BEARER = "bearer tokens do not reach the management API"
     UNKNOWN_ACTION = "no such action on this resource"
+    PULL_ONLY = "mirrors are pull only"
+    OPEN_MIRROR = "an anonymous mirror: anyone pulls"
+    MIRROR_MEMBER = "authenticated callers of this system's orgs pull an operator's mirror"
+    MIRROR_CREDENTIALS = "anonymous callers pull no authenticated mirror"
+    EDGE_ONLY = "only edges read upstream credentials"
     # Answered before any resource is asked about (see core.auth.gate):
     NO_CREDENTIALS = "no valid credentials"
     UNKNOWN_NAME = "the name addresses no repository"
@@ -124,6 +152,10 @@ def decide(who: Who, requested: Iterable[str], resource: Resource) -> Decision:
             return _repository(who, _expand(wanted), resource)
         case Catalog():
             return _catalog(who, wanted)
+        case Mirror():
+            return _mirror(who, wanted, resource)
+        case UpstreamCredentials():
+            return _upstream_credentials(who, wanted)
         case Org() | Project() if isinstance(who, Grant):
             return Decision(frozenset(), Reason.BEARER)
         case Org():
@@ -189,6 +221,33 @@ def _catalog(who: Who, wanted: frozenset[str]) -> Decision:
     if isinstance(who, Principal) and who.kind == ANONYMOUS_KIND:
         return Decision(frozenset(), Reason.ANONYMOUS)
     return _outcome(wanted & {_ANY}, wanted, Reason.AUTHENTICATED, Reason.UNKNOWN_ACTION)
+
+
+# -- mirrors ---------------------------------------------------------------------------------
+
+
+def _mirror(who: Who, wanted: frozenset[str], mirror: Mirror) -> Decision:
+    pulls = wanted & _PULL_ONLY
+    refused = Reason.PULL_ONLY if wanted - _PULL_ONLY else None
+    if mirror.anonymous and mirror.org is None:
+        return Decision(pulls, refused or Reason.OPEN_MIRROR)
+    if who.kind == ANONYMOUS_KIND:
+        return Decision(frozenset(), Reason.MIRROR_CREDENTIALS)
+    if mirror.org is not None:
+        if mirror.org not in who.orgs:
+            return Decision(frozenset(), Reason.EDGE if who.kind == EDGE else Reason.OTHER_ORG)
+        return Decision(pulls, refused or Reason.MEMBER)
+    if who.kind == EDGE:
+        return Decision(pulls, refused or Reason.EDGE)
+    if not who.orgs:
+        return Decision(frozenset(), Reason.OTHER_ORG)
+    return Decision(pulls, refused or Reason.MIRROR_MEMBER)
+
+
+def _upstream_credentials(who: Who, wanted: frozenset[str]) -> Decision:
+    if isinstance(who, Principal) and who.kind == EDGE:
+        return _outcome(wanted & {READ}, wanted, Reason.EDGE, Reason.UNKNOWN_ACTION)
+    return Decision(frozenset(), Reason.EDGE_ONLY)
 
 
 # -- management ------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ Every ``/v2/`` request goes through the same steps, on origin and on the edge:
    may pick per request, e.g. by name or ``?ns=`` once it mirrors other registries);
 3. no handler for the endpoint's kind and the method: the routes' ``fallback`` takes the
    request as it is (the edge passes it to origin), or it is refused with 405
-   ``UNSUPPORTED`` and ``Allow`` listing the methods that have handlers;
+   ``UNSUPPORTED``, ``Allow`` listing the methods that have handlers and the routes'
+   ``unsupported`` message when they have one (a mirror: "pushes go to the upstream");
 4. the routes' gate authorises it (``gate.authorize(RequestView)``); a repository the
    request names but the gate did not resolve is ``NAME_UNKNOWN``;
 5. the handler gets a :class:`Call`: the typed endpoint, the authorization and the internal
@@ -72,12 +73,26 @@ Fallback = Callable[[RequestView], Awaitable[Response]]
 
 
 class V2Routes:
-    """One registry's ``/v2/`` answers: a gate, and a handler per endpoint kind and method."""
+    """One registry's ``/v2/`` answers: a gate, and a handler per endpoint kind and method.
 
-    def __init__(self, gate: V2Gate, *, fallback: Fallback | None = None) -> None:
+    ``unsupported``: the message of the 405 for a request without a handler (and without a
+    fallback), saying why (``Unsupported``'s generic text otherwise).
+    """
+
+    def __init__(
+        self, gate: V2Gate, *, fallback: Fallback | None = None, unsupported: str | None = None
+    ) -> None:
         self.gate = gate
         self.fallback = fallback
+        self.unsupported = unsupported
         self._handlers: dict[tuple[Kind, str], Handler[Any]] = {}
+
+    def with_gate(self, gate: V2Gate) -> V2Routes:
+        """These routes behind another gate, sharing the handlers (a chooser that resolves
+        per request makes the gate that carries what it resolved)."""
+        routes = V2Routes(gate, fallback=self.fallback, unsupported=self.unsupported)
+        routes._handlers = self._handlers
+        return routes
 
     def on(self, endpoint: type[E], methods: Iterable[str], handler: Handler[E]) -> None:
         keys = [(endpoint.kind, method) for method in methods]
@@ -123,7 +138,10 @@ def install_v2(app: Quart, routes: V2Routes | Chooser) -> None:
         if handler is None:
             if chosen.fallback is not None:
                 return await chosen.fallback(view)
-            raise Unsupported(headers={"Allow": ", ".join(chosen.allowed(endpoint.kind))})
+            raise Unsupported(
+                chosen.unsupported,
+                headers={"Allow": ", ".join(chosen.allowed(endpoint.kind))},
+            )
         authorization = await chosen.gate.authorize(view)
         repository = None
         if endpoint.name is not None:

@@ -16,6 +16,14 @@ text again. Keys: ``blob:<digest>`` (a file, adopted by rename, tagged with its 
 (JSON text), ``link:<repository>@<digest>``. Repository names and tags hold no ``:`` or ``@``,
 so keys cannot collide.
 
+Namespaces: blobs and manifests are content-addressed, the same bytes whoever fetched them,
+so every upstream shares them (and the LRU). Tags and repository links say what a NAME
+holds and who may read a digest through it, so they belong to one upstream:
+:meth:`EdgeCache.namespaced` gives a view whose tag and link keys carry the namespace
+(``tag:<namespace>|<repository>:<tag>``, ``link:<namespace>|<repository>@<digest>``; names
+hold no ``|``). The origin's entries have no namespace, so its keys are as they always were,
+and origin's ``acme/app`` links never authorise a mirror's ``acme/app`` nor the reverse.
+
 Eviction is ours: diskcache's automatic culling is off (``cull_limit=0``; its batch cull can
 evict the value just stored) and :meth:`EdgeCache.adopt_blob` evicts least-recently-used
 entries one at a time, never the blob just adopted, until the volume fits (reading diskcache's
@@ -26,6 +34,7 @@ thread under the cache's own limiter. diskcache is thread- and process-safe, so
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -114,6 +123,17 @@ class EdgeCache:
             8192, HOT_MANIFEST_BYTES, weigh=lambda entry: len(entry[1])
         )
         self._hot_links: Lru[str, bool] = Lru(262144, None)
+        self.namespace = ""  # of tags and links; "" for the origin's
+
+    def namespaced(self, namespace: str) -> EdgeCache:
+        """A view of this cache whose tags and repository links live in ``namespace`` (one
+        per upstream); blobs, manifests, counters, limiter and memory are shared. The view
+        owns nothing: close the cache it came from."""
+        if not namespace or "|" in namespace:
+            raise ValueError(f"invalid cache namespace {namespace!r}")
+        view = copy.copy(self)
+        view.namespace = namespace
+        return view
 
     @classmethod
     def open(
@@ -253,7 +273,7 @@ class EdgeCache:
 
     async def get_tag(self, repository: RepositoryName, tag: Tag) -> TagEntry | None:
         # Not kept in memory: `edge cache purge` from another process must drop tags at once.
-        text = await self._run(partial(self._meta.get, _tag_key(repository, tag), retry=True))
+        text = await self._run(partial(self._meta.get, self._tag_key(repository, tag), retry=True))
         if text is None:
             return None
         return _decode_tag(str(text))
@@ -268,13 +288,13 @@ class EdgeCache:
     ) -> None:
         fields = {"digest": str(digest), "media_type": media_type, "fetched_at": fetched_at}
         text = json.dumps(fields)
-        await self._run(partial(self._meta.set, _tag_key(repository, tag), text, retry=True))
+        await self._run(partial(self._meta.set, self._tag_key(repository, tag), text, retry=True))
 
     async def drop_tag(self, repository: RepositoryName, tag: Tag) -> None:
-        await self._run(partial(self._meta.delete, _tag_key(repository, tag), retry=True))
+        await self._run(partial(self._meta.delete, self._tag_key(repository, tag), retry=True))
 
     async def add_links(self, repository: RepositoryName, digests: Iterable[Digest]) -> None:
-        keys = [_link_key(repository, digest) for digest in digests]
+        keys = [self._link_key(repository, digest) for digest in digests]
         await self._run(self._set_all, keys)
         for key in keys:
             self._hot_links.put(key, True)
@@ -285,13 +305,22 @@ class EdgeCache:
                 self._meta.set(key, 1, retry=True)
 
     async def has_link(self, repository: RepositoryName, digest: Digest) -> bool:
-        key = _link_key(repository, digest)
+        key = self._link_key(repository, digest)
         if self._hot_links.get(key):
             return True
         found = await self._run(partial(self._meta.get, key, retry=True)) is not None
         if found:
             self._hot_links.put(key, True)
         return found
+
+    def _tag_key(self, repository: RepositoryName, tag: Tag) -> str:
+        return f"{_TAG}{self._scope(repository)}:{tag}"
+
+    def _link_key(self, repository: RepositoryName, digest: Digest) -> str:
+        return f"{_LINK}{self._scope(repository)}@{digest}"
+
+    def _scope(self, repository: RepositoryName) -> str:
+        return f"{self.namespace}|{repository}" if self.namespace else repository.value
 
     # --- management -----------------------------------------------------------------------
 
@@ -326,14 +355,6 @@ def _blob_key(digest: Digest) -> str:
 
 def _manifest_key(digest: Digest) -> str:
     return f"{_MANIFEST}{digest}"
-
-
-def _tag_key(repository: RepositoryName, tag: Tag) -> str:
-    return f"{_TAG}{repository}:{tag}"
-
-
-def _link_key(repository: RepositoryName, digest: Digest) -> str:
-    return f"{_LINK}{repository}@{digest}"
 
 
 def _decode_tag(text: str) -> TagEntry | None:

@@ -2,7 +2,8 @@
 
 :class:`Database` owns the engines (``engine.py``), creates every table of the origin once
 (the registry's ``origin/metadata/schema.py``, the tenancy's ``origin/auth/schema.py``, the
-builds' ``origin/builds/schema.py``), and runs all SQL of the process:
+builds' ``origin/builds/schema.py``, the orgs' upstreams' ``origin/upstreams/schema.py``),
+and runs all SQL of the process:
 
 * blocking calls run in worker threads through ``trio.to_thread.run_sync`` with one
   ``CapacityLimiter`` (:meth:`Database.read`, :meth:`Database.write`);
@@ -38,6 +39,7 @@ from origin.auth.schema import tenancy_metadata
 from origin.builds.schema import builds_metadata
 from origin.metadata.engine import Engines, create_tables, open_engines
 from origin.metadata.schema import metadata as registry_metadata
+from origin.upstreams.schema import upstreams_metadata
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -48,7 +50,7 @@ DEFAULT_MAX_THREADS = 16
 #: How long a statement waits for a lock (SQLite's busy timeout, PostgreSQL's lock_timeout).
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
 #: Every table of the origin, created together by :meth:`Database.open`.
-TABLES = (registry_metadata, tenancy_metadata, builds_metadata)
+TABLES = (registry_metadata, tenancy_metadata, builds_metadata, upstreams_metadata)
 
 
 def describe(exc: sa.exc.SQLAlchemyError) -> str:

@@ -217,6 +217,34 @@ async def test_manifests_tags_and_links(cache: EdgeCache) -> None:
         assert not await cache.has_link(APP, sha256_of(b"third"))
 
 
+async def test_namespaces_keep_names_apart_and_share_content(cache: EdgeCache) -> None:
+    """Origin's ``acme/app`` and a mirror's ``acme/app`` are different repositories: their
+    tags and links never answer each other; blobs and manifests are the same bytes."""
+    with trio.fail_after(TIMEOUT):
+        hub, ghcr = cache.namespaced("mirror:docker.io"), cache.namespaced("org:acme:ghcr.io:x")
+        assert (cache.namespace, hub.namespace) == ("", "mirror:docker.io")
+        digest = await put(hub, 10 * KIB, 7)
+        assert await read_blob(cache, digest) == blob(10 * KIB, 7)[1]
+        await cache.put_manifest(digest, "application/json", b"{}")
+        assert await ghcr.get_manifest(digest) == ("application/json", b"{}")
+
+        await hub.add_links(APP, [digest])
+        await hub.put_tag(APP, V1, digest, "application/json", 5.0)
+        assert await hub.has_link(APP, digest)
+        assert (await hub.get_tag(APP, V1)) is not None
+        for other in (cache, ghcr, cache.namespaced("mirror:docker.io2")):
+            assert not await other.has_link(APP, digest), other.namespace
+            assert await other.get_tag(APP, V1) is None, other.namespace
+        await cache.add_links(APP, [digest])  # origin's own link does not widen the mirror's
+        assert not await ghcr.has_link(APP, digest)
+        await hub.drop_tag(APP, V1)
+        assert await hub.get_tag(APP, V1) is None
+
+        for bad in ("", "a|b"):
+            with pytest.raises(ValueError, match="namespace"):
+                cache.namespaced(bad)
+
+
 async def test_stats_and_purge_from_another_instance(cache: EdgeCache, edge_dir: Path) -> None:
     with trio.fail_after(TIMEOUT):
         a = await put(cache, 100 * KIB, 1)

@@ -13,6 +13,7 @@ switches a test flips at any time:
   and ``await reconnect()`` listens on the same port again;
 - ``status_for_manifests`` / ``status_for_blobs``: GET/HEAD of that kind answered so;
 - ``hold``: requests of these kinds wait before being forwarded until ``release()``;
+- ``add_headers``: sent with every forwarded answer (e.g. Docker Hub's ``ratelimit-remaining``);
 - on blob GET bodies (200/206): ``stall_blob_after_bytes`` (relay N bytes, then nothing
   until ``release()``), ``fail_blob_after_bytes`` (relay N bytes, then cut the connection),
   ``corrupt_blob`` (the first body byte flipped: same length, wrong digest).
@@ -82,6 +83,7 @@ class OriginProxy:
         self.stall_blob_after_bytes: int | None = None
         self.fail_blob_after_bytes: int | None = None
         self.corrupt_blob = False
+        self.add_headers: dict[str, str] = {}
         self.waiting = 0  # requests held or bodies stalled right now
         self._release = trio.Event()
         self._changed = trio.Event()
@@ -209,7 +211,7 @@ class OriginProxy:
                     "status": upstream.status_code,
                     "headers": [
                         (k.encode("latin-1"), v.encode("latin-1"))
-                        for k, v in upstream.headers.multi_items()
+                        for k, v in [*upstream.headers.multi_items(), *self.add_headers.items()]
                         if k.lower() not in _HOP_BY_HOP
                     ],
                 }

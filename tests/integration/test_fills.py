@@ -51,6 +51,8 @@ class FakeUpstream:
         self.trailing = b""
         self.open_error: RegistryError | None = None
         self.holders: dict[str, set[str]] | None = None
+        self.open_gate: trio.Event | None = None  # open_blob waits for it before answering
+        self.opened = trio.Event()  # set on the first open_blob
         self.closed = 0
 
     def gate(self, index: int) -> trio.Event:
@@ -62,7 +64,10 @@ class FakeUpstream:
     async def open_blob(self, name: RepositoryName, typed: Digest) -> AsyncIterator[UpstreamBlob]:
         repository, digest = str(name), str(typed)
         self.opens.append((repository, digest))
+        self.opened.set()
         await trio.lowlevel.checkpoint()
+        if self.open_gate is not None:
+            await self.open_gate.wait()
         if self.open_error is not None:
             raise self.open_error
         if self.holders is not None and digest not in self.holders.get(repository, set()):
@@ -435,6 +440,55 @@ async def test_a_joined_fill_for_another_repository_is_retried_with_ours(
             clients.start_soon(client, "good/app")
         assert isinstance(outcomes["other/app"], BlobUnknown)
         assert outcomes["good/app"] == data
+
+
+async def test_one_flight_per_digest_whichever_upstream_asks(
+    cache: EdgeCache, nursery: trio.Nursery
+) -> None:
+    """Origin and a mirror asking for the same digest share one fetch (the same bytes); a
+    flight started at an upstream that lacks the blob is retried at the joiner's own."""
+    with trio.fail_after(TIMEOUT):
+        digest, data = make_blob(300 * KIB)
+        origin, mirror = FakeUpstream(data), FakeUpstream(data)
+        release = origin.gate(0)
+        fills = make_fills(cache, origin, nursery)
+        bodies: list[bytes] = []
+
+        async def client(upstream: FakeUpstream | None) -> None:
+            bodies.append(await read_all(await fills.open(APP, digest, upstream=upstream)))
+
+        async with trio.open_nursery() as clients:
+            clients.start_soon(client, None)
+            await origin.at_gate[0].wait()
+            clients.start_soon(client, mirror)
+            await trio.testing.wait_all_tasks_blocked()
+            assert fills.statistics().waiters_coalesced == 1
+            release.set()
+        assert bodies == [data, data]
+        assert (len(origin.opens), mirror.opens) == (1, [])
+
+        second, second_data = make_blob(50 * KIB, seed=3)
+        lacking, holding = FakeUpstream(second_data), FakeUpstream(second_data)
+        lacking.holders = {}  # answers BlobUnknown, once let go
+        lacking.open_gate = trio.Event()
+        outcomes: dict[str, object] = {}
+
+        async def attempt(label: str, upstream: FakeUpstream) -> None:
+            try:
+                outcomes[label] = await read_all(await fills.open(APP, second, upstream=upstream))
+            except BlobUnknown as exc:
+                outcomes[label] = exc
+
+        async with trio.open_nursery() as clients:
+            clients.start_soon(attempt, "lacking", lacking)
+            await lacking.opened.wait()  # its flight asks its upstream (after a cache lookup)
+            clients.start_soon(attempt, "holding", holding)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (len(lacking.opens), holding.opens) == (1, [])  # joined, not started
+            lacking.open_gate.set()
+        assert isinstance(outcomes["lacking"], BlobUnknown)
+        assert outcomes["holding"] == second_data
+        assert (len(lacking.opens), len(holding.opens)) == (1, 1)
 
 
 async def test_the_fill_deadline(cache: EdgeCache, nursery: trio.Nursery) -> None:

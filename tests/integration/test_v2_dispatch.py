@@ -66,8 +66,15 @@ class Registry:
         self.mirror = V2Routes(self.mirror_gate)  # no fallback: the rest is 405
         self.mirror.on(BlobEndpoint, ("GET", "HEAD"), self.mirror_blob)
         self.mirror.on(ManifestEndpoint, ("GET", "HEAD"), self.mirror_manifest)
+        # Routes whose 405 says why, whose gate is made per request (with_gate).
+        self.unused_gate, self.request_gates = RecordingGate("never"), list[RecordingGate]()
+        self.pulls_only = V2Routes(self.unused_gate, unsupported="pulls only: push upstream")
+        self.pulls_only.on(BlobEndpoint, ("GET",), self.mirror_blob)
 
     async def choose(self, view: RequestView) -> V2Routes:
+        if view.query.get("ns") == "pulls-only.test":
+            self.request_gates.append(RecordingGate(f"request{len(self.request_gates)}"))
+            return self.pulls_only.with_gate(self.request_gates[-1])
         return self.mirror if view.query.get("ns") == "mirror.test" else self.local
 
     async def fallback(self, view: RequestView) -> Response:
@@ -190,6 +197,33 @@ async def test_routes_are_chosen_per_request(
         assert response.headers["Allow"] == ""
         assert len(registry.mirror_gate.calls) == 1 and registry.local_gate.calls == []
         assert registry.fallbacks == []
+
+
+async def test_routes_may_say_why_and_take_a_gate_per_request(
+    served: tuple[Registry, httpx.AsyncClient],
+) -> None:
+    registry, http = served
+    ns = {"ns": "pulls-only.test"}
+    with trio.fail_after(TIMEOUT):
+        response = await http.put("/v2/library/alpine/manifests/3.20", params=ns)
+        error = assert_error(response, 405, "UNSUPPORTED")
+        assert error["message"] == "pulls only: push upstream"
+        assert response.headers["Allow"] == ""
+        response = await http.delete(f"/v2/library/alpine/blobs/{DIGEST}", params=ns)
+        assert assert_error(response, 405, "UNSUPPORTED")["message"] == "pulls only: push upstream"
+        assert response.headers["Allow"] == "GET"
+        for _ in range(2):
+            blob = await http.get(f"/v2/library/alpine/blobs/{DIGEST}", params=ns)
+            assert blob.json()["by"] == "mirror"
+        # Each request had a gate of its own, the handlers were shared, the template's gate idle.
+        assert blob.json()["internal"] == "request3/library/alpine"
+        assert [len(gate.calls) for gate in registry.request_gates] == [0, 0, 1, 1]
+        assert registry.unused_gate.calls == []
+        # Routes without a message keep the generic one.
+        response = await http.put("/v2/library/alpine/manifests/3.20", params={"ns": "mirror.test"})
+        assert (
+            assert_error(response, 405, "UNSUPPORTED")["message"] == "the operation is unsupported"
+        )
 
 
 async def test_a_name_the_gate_did_not_resolve_is_unknown(

@@ -19,11 +19,13 @@ from core.auth.access import (
     RESOLVE,
     Catalog,
     Decision,
+    Mirror,
     Org,
     Project,
     Reason,
     Repository,
     Resource,
+    UpstreamCredentials,
     Who,
     decide,
     grant_accesses,
@@ -212,10 +214,76 @@ MANAGEMENT: list[Row] = [
 ]
 
 
+# Mirrors: an operator's (docker.io) anonymous or authenticated, and org A's own (ghcr.io,
+# fetched with A's credentials). The grants' access claims name no mirror repository: what
+# decides is who they were issued to.
+HUB_OPEN, HUB = Mirror("docker.io", anonymous=True), Mirror("docker.io")
+A_GHCR = Mirror("ghcr.io", "acme")
+BEARER_B = grant("org", {"beta"}, repo("beta/app", PULL))
+BEARER_EDGE = grant("edge", ())
+ORGLESS_USER = Principal("user", "u0", frozenset(), None, frozenset({PULL, PUSH}))
+
+# fmt: off
+MIRRORS: list[Row] = [
+    # an anonymous operator's mirror: anyone pulls, nobody pushes
+    ("anonymous pulls an open mirror", ANONYMOUS, P, HUB_OPEN, P, Reason.OPEN_MIRROR),
+    ("anonymous bearer pulls an open mirror", BEARER_ANONYMOUS, P, HUB_OPEN, P, Reason.OPEN_MIRROR),
+    ("org B pulls an open mirror", ORG_B, P, HUB_OPEN, P, Reason.OPEN_MIRROR),
+    ("org A pushes to an open mirror", ORG_A, PP, HUB_OPEN, P, Reason.PULL_ONLY),
+    ("anonymous deletes in an open mirror", ANONYMOUS, frozenset({DELETE}), HUB_OPEN, NONE,
+     Reason.PULL_ONLY),
+    # an authenticated operator's mirror: any caller of any org here, and edges
+    ("org A pulls the mirror", ORG_A, P, HUB, P, Reason.MIRROR_MEMBER),
+    ("org B pulls the mirror", ORG_B, P, HUB, P, Reason.MIRROR_MEMBER),
+    ("pull token pulls the mirror", PULL_A, P, HUB, P, Reason.MIRROR_MEMBER),
+    ("project token pulls the mirror", PROJECT, P, HUB, P, Reason.MIRROR_MEMBER),
+    ("trust pulls the mirror", TRUST, P, HUB, P, Reason.MIRROR_MEMBER),
+    ("user of two orgs pulls the mirror", USER, P, HUB, P, Reason.MIRROR_MEMBER),
+    ("user of no org", ORGLESS_USER, P, HUB, NONE, Reason.OTHER_ORG),
+    ("bearer of org A, no claim on it", BEARER_A, P, HUB, P, Reason.MIRROR_MEMBER),
+    ("bearer of org B", BEARER_B, P, HUB, P, Reason.MIRROR_MEMBER),
+    ("edge pulls the mirror", EDGE, P, HUB, P, Reason.EDGE),
+    ("edge bearer pulls the mirror", BEARER_EDGE, P, HUB, P, Reason.EDGE),
+    ("anonymous on the mirror", ANONYMOUS, P, HUB, NONE, Reason.MIRROR_CREDENTIALS),
+    ("anonymous bearer on the mirror", BEARER_ANONYMOUS, P, HUB, NONE,
+     Reason.MIRROR_CREDENTIALS),
+    ("org A pushes to the mirror", ORG_A, PP, HUB, P, Reason.PULL_ONLY),
+    ("org A, every action", ORG_A, ALL, HUB, P, Reason.PULL_ONLY),
+    # org A's upstream: org A's callers only
+    ("org A pulls its upstream", ORG_A, P, A_GHCR, P, Reason.MEMBER),
+    ("pull token pulls its org's upstream", PULL_A, P, A_GHCR, P, Reason.MEMBER),
+    ("user of A and B pulls A's upstream", USER, P, A_GHCR, P, Reason.MEMBER),
+    ("bearer of org A pulls its upstream", BEARER_A, P, A_GHCR, P, Reason.MEMBER),
+    ("org B on A's upstream", ORG_B, P, A_GHCR, NONE, Reason.OTHER_ORG),
+    ("bearer of org B on A's upstream", BEARER_B, P, A_GHCR, NONE, Reason.OTHER_ORG),
+    ("anonymous on A's upstream", ANONYMOUS, P, A_GHCR, NONE, Reason.MIRROR_CREDENTIALS),
+    ("anonymous bearer on A's upstream", BEARER_ANONYMOUS, P, A_GHCR, NONE,
+     Reason.MIRROR_CREDENTIALS),
+    ("edge on A's upstream", EDGE, P, A_GHCR, NONE, Reason.EDGE),
+    ("org A pushes to its upstream", ORG_A, PP, A_GHCR, P, Reason.PULL_ONLY),
+    ("an org's upstream is never open", ANONYMOUS, P, Mirror("ghcr.io", "acme", True), NONE,
+     Reason.MIRROR_CREDENTIALS),
+    # the credentials themselves: edges read them, nobody else, the org's managers included
+    ("edge reads credentials", EDGE, R, UpstreamCredentials("acme"), R, Reason.EDGE),
+    ("edge manages credentials", EDGE, RM, UpstreamCredentials("acme"), R,
+     Reason.UNKNOWN_ACTION),
+    ("org A reads its credentials", ORG_A, R, UpstreamCredentials("acme"), NONE,
+     Reason.EDGE_ONLY),
+    ("user reads credentials", USER, R, UpstreamCredentials("acme"), NONE, Reason.EDGE_ONLY),
+    ("anonymous reads credentials", ANONYMOUS, R, UpstreamCredentials("acme"), NONE,
+     Reason.EDGE_ONLY),
+    ("edge bearer reads credentials", BEARER_EDGE, R, UpstreamCredentials("acme"), NONE,
+     Reason.EDGE_ONLY),
+]
+# fmt: on
+
+ALL_ROWS = REPOSITORIES + MOUNTS + CATALOGS + MANAGEMENT + MIRRORS
+
+
 @pytest.mark.parametrize(
     ("label", "who", "requested", "resource", "granted", "reason"),
-    REPOSITORIES + MOUNTS + CATALOGS + MANAGEMENT,
-    ids=[row[0] for row in REPOSITORIES + MOUNTS + CATALOGS + MANAGEMENT],
+    ALL_ROWS,
+    ids=[row[0] for row in ALL_ROWS],
 )
 def test_tenant_matrix(
     label: str,
