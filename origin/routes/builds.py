@@ -217,6 +217,7 @@ def _string_list(body: JsonObject, field: str) -> list[str]:
 def _page_size(text: str | None) -> int:
     if text is None:
         return 100
-    if not text.isdigit() or not 0 < int(text) <= MAX_PAGE:
+    # ASCII digits, and few of them: int() of thousands of digits raises.
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or not 0 < int(text) <= MAX_PAGE:
         raise BadRequest(f"n must be a number from 1 to {MAX_PAGE}")
     return int(text)
