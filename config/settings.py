@@ -109,3 +109,19 @@ class EdgeSettings:
     unavailable_retry_after_seconds: int = 10
     jwks_refresh_seconds: float = 300
     graceful_timeout_seconds: float = 30
+    #: Requests passed through to origin at once (edge/passthrough.py). Reads (GET/HEAD:
+    #: /token, tag lists) and writes (uploads, pushes, deletes) have separate connections
+    #: and limits, so writes never starve pulls; each client address may have
+    #: ``passthrough_per_client_max`` of each in flight. Past a limit: 429 with Retry-After.
+    passthrough_reads_max: int = 64
+    passthrough_writes_max: int = 64
+    passthrough_per_client_max: int = 16
+    #: How long a pass-through request waits for a slot when only the total is reached.
+    passthrough_queue_seconds: float = 2
+    #: Comma-separated addresses/networks of proxies in front of the edge (load balancers)
+    #: whose X-Forwarded-For names the client, for the per-client limits.
+    trusted_proxies: str = ""
+    #: The circuit breaker on origin (edge/breaker.py): this many consecutive failures open
+    #: it; it stays open 1 s, doubling after each failed probe up to the max.
+    breaker_failures: int = 3
+    breaker_max_interval_seconds: float = 30

@@ -17,7 +17,7 @@ from core.errors import RangeInvalid
 _OWS = " \t"  # HTTP's optional whitespace
 #: More significant digits than this is a position past any object (sizes are < 2**63).
 MAX_POSITION_DIGITS = 19
-BEYOND_ANY_SIZE = 10**MAX_POSITION_DIGITS
+BEYOND_ANY_SIZE: int = 10**MAX_POSITION_DIGITS
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,15 +11,16 @@ from dataclasses import dataclass
 import trio
 
 from config.settings import EdgeSettings
-from core.client.http import open_http_client
 from core.errors import ConfigError
 from core.web.serving import serve_app
 from edge.app import EdgeServices, create_edge_app
 from edge.auth import EdgeGate
+from edge.breaker import CircuitBreaker
 from edge.cache.store import CacheStats, EdgeCache
 from edge.fill import Fills
 from edge.metrics import EdgeMetrics
 from edge.origin_control import OriginControl
+from edge.passthrough import Limits, PassThrough
 from edge.pullthrough import PullThrough
 from edge.upstream import OriginUpstream
 
@@ -70,11 +71,31 @@ async def serve(
     token = read_upstream_token(settings)
     cache = EdgeCache.open(settings.cache_dir, settings.cache_size_bytes)
     metrics = EdgeMetrics()
+    # One breaker per upstream: pulls, pass-through reads and the control plane all learn
+    # from (and stop waiting on) the same hung origin.
+    breaker = CircuitBreaker(
+        threshold=settings.breaker_failures,
+        max_interval_seconds=settings.breaker_max_interval_seconds,
+    )
+    limits = Limits(
+        reads=settings.passthrough_reads_max,
+        writes=settings.passthrough_writes_max,
+        per_client=settings.passthrough_per_client_max,
+        queue_seconds=settings.passthrough_queue_seconds,
+        read_deadline_seconds=settings.upstream_deadline_seconds,
+        retry_after_seconds=settings.unavailable_retry_after_seconds,
+    )
     try:
         async with (
             OriginUpstream.open(settings.upstream, token) as upstream,
-            OriginControl.open(settings.upstream, token) as control,
-            open_http_client(settings.upstream, auth_header=None) as passthrough,
+            OriginControl.open(settings.upstream, token, breaker=breaker) as control,
+            PassThrough.open(
+                settings.upstream,
+                limits=limits,
+                breaker=breaker,
+                trusted_proxies=settings.trusted_proxies,
+                clock=clock,
+            ) as passthrough,
             trio.open_nursery() as root,
         ):
             gate = EdgeGate(
@@ -130,7 +151,9 @@ async def serve(
                 gate=gate,
                 cache=cache,
                 fills=fills,
-                pullthrough=PullThrough(settings, cache, fills, upstream, metrics, clock),
+                pullthrough=PullThrough(
+                    settings, cache, fills, upstream, metrics, clock, breaker=breaker, nursery=root
+                ),
                 origin=passthrough,
                 metrics=metrics,
                 ready=lambda: gate.ready,

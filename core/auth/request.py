@@ -36,3 +36,7 @@ class RequestView:
     authorization: str | None
     endpoint: Endpoint
     query: Mapping[str, str]
+    #: The peer's address and the ``X-Forwarded-For`` it sent: which client is asking, for
+    #: per-client limits (a gate trusts the header only from proxies it is told to trust).
+    remote_addr: str | None = None
+    forwarded_for: str | None = None
