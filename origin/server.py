@@ -26,6 +26,7 @@ from origin.auth.gate import Gate
 from origin.auth.issuer import TokenIssuer
 from origin.auth.keys import KeyRing
 from origin.auth.oidc import OidcVerifier
+from origin.auth.ratelimit import CredentialFailures
 from origin.auth.store import TenancyStore
 from origin.builds.metering import Metering
 from origin.builds.service import BuildService
@@ -101,11 +102,18 @@ async def open_services(
             tenancy = TenancyStore(database)
             build_store = BuildStore(database)
             keys = KeyRing.load(settings.data_dir / "keys")
-            gate = Gate(settings, tenancy, keys, clock)
+            # One failed-credential limit for /token, /v2/ and /api/v1/.
+            failures = CredentialFailures(
+                settings.token_failures_allowed,
+                settings.token_failure_window_seconds,
+                trusted_proxies=settings.trusted_proxies,
+                clock=clock,
+            )
+            gate = Gate(settings, tenancy, keys, clock, failures=failures)
             oidc = OidcVerifier(
                 http, clock, allow_insecure_loopback=settings.oidc_allow_insecure_loopback
             )
-            issuer = TokenIssuer(settings, tenancy, keys, gate, oidc, clock)
+            issuer = TokenIssuer(settings, tenancy, keys, gate, oidc, clock, failures=failures)
             builds = BuildService(
                 build_store, registry, clock, default_ttl_seconds=settings.build_ttl_seconds
             )

@@ -16,6 +16,8 @@ class Caller:
 
     orgs: frozenset[str]
     everything: bool = False  # auth disabled: the registry is one open namespace
+    #: Bound to one project: of its orgs, it reaches only ``<org>/<project>``.
+    project: str | None = None
 
 
 @dataclass(frozen=True)

@@ -96,11 +96,15 @@ class MetadataStore(SqlStore):
         *,
         with_content: bool = False,
         orgs: Collection[str] | None = None,
+        names: Collection[str] | None = None,
     ) -> list[str]:
         """Repository names in byte-wise order, after ``last``, at most ``n``; with
         ``with_content``, only those holding a manifest or a blob (starting an upload
-        creates the row too); with ``orgs``, only names under ``<org>/``."""
+        creates the row too); with ``orgs``, only names under ``<org>/``; with ``names``,
+        only those."""
         conditions: list[sa.ColumnElement[bool]] = []
+        if names is not None:
+            conditions.append(repositories.c.name.in_(sorted(names)) if names else sa.false())
         if with_content:
             conditions.append(
                 sa.or_(

@@ -33,11 +33,19 @@ class Registry:
         self.graph = RegistryGraph(storage, metadata)
 
     async def catalog(
-        self, n: int, last: str | None, orgs: frozenset[str] | None = None
+        self,
+        n: int,
+        last: str | None,
+        orgs: frozenset[str] | None = None,
+        *,
+        names: frozenset[str] | None = None,
     ) -> list[str]:
         """Repositories holding content (starting an upload creates the row too), limited
-        to the given orgs' namespaces unless ``orgs`` is None."""
-        return await self.metadata.list_repositories(n, last, with_content=True, orgs=orgs)
+        to the given orgs' namespaces unless ``orgs`` is None, and to exactly ``names``
+        unless that is None."""
+        return await self.metadata.list_repositories(
+            n, last, with_content=True, orgs=orgs, names=names
+        )
 
     async def stored_bytes(self, namespace: str) -> int:
         """Bytes the repositories under ``<namespace>/`` (an org) hold: each distinct blob
