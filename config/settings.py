@@ -21,6 +21,10 @@ class OriginSettings:
     #: Upload sessions untouched for this long are purged (their staged bytes deleted).
     upload_timeout_seconds: float = 24 * 3600
     upload_sweep_interval_seconds: float = 600
+    #: Per org: upload sessions open at once and bytes staged in them (an abandoned session
+    #: holds both until the upload timeout). Past either: 429 TOOMANYREQUESTS. 0: no limit.
+    upload_sessions_per_org: int = 4096
+    upload_staged_bytes_per_org: int = 64 * 1024**3
     #: Online garbage collection runs this often in each origin process (0: never; then run
     #: ``depot-registry gc`` by hand or from a timer).
     gc_interval_seconds: float = 6 * 3600

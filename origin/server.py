@@ -34,6 +34,7 @@ from origin.builds.store import BuildStore
 from origin.metadata.database import Database
 from origin.metadata.store import MetadataStore
 from origin.registry.registry import Registry
+from origin.registry.uploads import UploadLimits
 from origin.retention.gc import ExtraRoots, collect
 from origin.storage import open_storage
 
@@ -69,8 +70,15 @@ def registry_on(
     database: Database,
     storage: StorageDriver,
     clock: Callable[[], float] = time.time,
+    settings: OriginSettings | None = None,
 ) -> Registry:
-    return Registry(storage, MetadataStore(database), clock)
+    """The registry; with ``settings``, the per-org upload limits of a serving origin."""
+    limits = None
+    if settings is not None:
+        limits = UploadLimits(
+            settings.upload_sessions_per_org, settings.upload_staged_bytes_per_org
+        )
+    return Registry(storage, MetadataStore(database), clock, upload_limits=limits)
 
 
 @asynccontextmanager
@@ -98,7 +106,7 @@ async def open_services(
             open_storage(settings) as storage,
             httpx.AsyncClient(trust_env=False, timeout=10) as http,
         ):
-            registry = registry_on(database, storage, clock)
+            registry = registry_on(database, storage, clock, settings)
             tenancy = TenancyStore(database)
             build_store = BuildStore(database)
             keys = KeyRing.load(settings.data_dir / "keys")

@@ -437,6 +437,13 @@ class MetadataStore(SqlStore):
         }
         await self._change(sa.insert(uploads), params)
 
+    async def upload_usage(self, namespace: str) -> tuple[int, int]:
+        """Upload sessions open in the repositories under ``<namespace>/`` (an org), and the
+        bytes they have staged."""
+        row = await self._first(q.upload_usage(namespace))
+        assert row is not None  # two aggregates: always one row
+        return int(row[0]), int(row[1])
+
     async def upload(self, upload_id: str) -> UploadRecord | None:
         row = await self._first(q.UPLOAD, {"upload_id": upload_id})
         if row is None:

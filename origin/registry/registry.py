@@ -15,7 +15,7 @@ from origin.metadata.store import MetadataStore
 from origin.registry.blobs import Blobs
 from origin.registry.graph import RegistryGraph
 from origin.registry.manifests import Manifests
-from origin.registry.uploads import Uploads
+from origin.registry.uploads import UploadLimits, Uploads
 
 
 class Registry:
@@ -24,11 +24,13 @@ class Registry:
         storage: StorageDriver,
         metadata: MetadataStore,
         clock: Callable[[], float] = time.time,
+        *,
+        upload_limits: UploadLimits | None = None,
     ) -> None:
         self.storage = storage
         self.metadata = metadata
         self.blobs = Blobs(storage, metadata, clock)
-        self.uploads = Uploads(storage, metadata, self.blobs, clock)
+        self.uploads = Uploads(storage, metadata, self.blobs, clock, upload_limits)
         self.manifests = Manifests(metadata, clock)
         self.graph = RegistryGraph(storage, metadata)
 
