@@ -15,7 +15,7 @@ from core.errors import ConfigError
 from core.web.serving import serve_app
 from edge.app import EdgeServices, create_edge_app
 from edge.auth import EdgeGate
-from edge.breaker import CircuitBreaker
+from edge.breaker import CircuitBreaker, State
 from edge.cache.store import CacheStats, EdgeCache
 from edge.fill import Fills
 from edge.metrics import EdgeMetrics
@@ -135,6 +135,16 @@ async def serve(
                 "depot_edge_bytes_from_upstream",
                 "Blob bytes fetched from origin by fills",
                 lambda: float(fills.statistics().bytes_from_upstream),
+            )
+            metrics.gauge(
+                "depot_edge_origin_circuit_open",
+                "1 while the circuit breaker keeps requests from origin",
+                lambda: float(breaker.state is not State.CLOSED),
+            )
+            metrics.gauge(
+                "depot_edge_origin_circuit_openings",
+                "Times the circuit breaker on origin opened",
+                lambda: float(breaker.openings),
             )
             metrics.gauge(
                 "depot_edge_cache_size_bytes",

@@ -10,6 +10,7 @@ the edge connects to origin from 127.0.0.1, the one proxy origin trusts.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,11 +18,14 @@ import httpx
 import pytest
 import trio
 
+from config.settings import OriginSettings
 from core import mediatypes
 from tests.integration.edges import (
     EdgeFactory,
     RunningEdge,
     edge_client,
+    metric,
+    metrics,
     start_edge,
 )
 from tests.integration.edges import edges_fixture as edges_fixture
@@ -38,7 +42,15 @@ from tests.integration.oci import (
     sha256_digest,
 )
 from tests.integration.origin_proxy import OriginProxy
-from tests.integration.tenants import Tenants, basic, bearer, exchange, start_tenants
+from tests.integration.tenants import (
+    OwnTenancyStore,
+    Tenants,
+    basic,
+    bearer,
+    exchange,
+    start_tenants,
+)
+from tests.processes import origin_process
 
 TIMEOUT = 30
 #: A hang guard for answers that must come promptly (never a timing assertion).
@@ -190,6 +202,7 @@ async def test_a_hung_origin_opens_the_circuit_and_stale_tags_are_served_at_once
                         assert got.headers["Warning"].startswith("299 ")
                         assert got.content == images[n].payload
             assert proxy.count("HEAD", "manifest") <= asked + 4  # at most one probe went
+            assert metric(await metrics(http), "depot_edge_origin_circuit_open") == 1
             tags = await http.get("/v2/acme/app/tags/list")  # a pass-through read: at once
             assert_error(tags, 503, "UNAVAILABLE")
             assert int(tags.headers["Retry-After"]) >= 1
@@ -207,29 +220,50 @@ async def test_a_hung_origin_opens_the_circuit_and_stale_tags_are_served_at_once
 # -- logins while origin is down -----------------------------------------------------------
 
 
-async def test_logins_are_answered_from_memory_while_origin_is_down(
-    tenants: Tenants, proxy: OriginProxy, edges: EdgeFactory
+async def test_logins_are_answered_from_memory_while_origin_is_killed(
+    nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     scope = "repository:acme/app:pull"
-    with trio.fail_after(TIMEOUT):
-        edge = await edges(tag_freshness_seconds=0, upstream_deadline_seconds=1)
-        image = new_image()
-        async with edge_client(tenants.url, basic(tenants.acme)) as origin:
-            await push_manifest(origin, "acme/app", image, "v1")
-        # A first node logs in and pulls: the edge caches the image and remembers the login.
-        async with edge_client(edge.url) as first:
-            login = await exchange(first, tenants.acme_pull, scope)
-            assert login.status_code == 200
-            first.headers.update(bearer(login.json()["token"]))
-            assert (await first.get("/v2/acme/app/manifests/v1")).status_code == 200
-            for blob in image.blobs:
-                assert (await first.get(f"/v2/acme/app/blobs/{blob.digest}")).status_code == 200
-        await proxy.disconnect()  # origin unreachable
-        try:
+    data = tmp_path / "origin-data"
+    with trio.fail_after(TIMEOUT * 2):
+        async with origin_process(data, tmp_path / "origin.log") as origin:
+            store = OwnTenancyStore.open(OriginSettings(data_dir=data).resolved_database_url)
+            try:
+                now = time.time()
+                acme = await store.create_org("acme", now)
+                _, org_token = await store.create_token("org", org_id=acme.id, now=now)
+                _, pull_token = await store.create_token("pull", org_id=acme.id, now=now)
+                _, edge_token = await store.create_token("edge", now=now)
+            finally:
+                store.close()
+            image = new_image()
+            async with edge_client(origin.url, basic(org_token)) as pusher:
+                await push_manifest(pusher, "acme/app", image, "v1")
+            edge = await start_edge(
+                nursery,
+                None,
+                tmp_path / "edge",
+                token=edge_token,
+                upstream=origin.url,
+                tag_freshness_seconds=0,
+                upstream_deadline_seconds=1,
+                graceful_timeout_seconds=2,
+            )
+            # A first node logs in and pulls: the edge caches the image, remembers the login.
+            async with edge_client(edge.url) as first:
+                login = await exchange(first, pull_token, scope)
+                assert login.status_code == 200
+                first.headers.update(bearer(login.json()["token"]))
+                assert (await first.get("/v2/acme/app/manifests/v1")).status_code == 200
+                for blob in image.blobs:
+                    got = await first.get(f"/v2/acme/app/blobs/{blob.digest}")
+                    assert got.status_code == 200
+            await origin.kill()  # SIGKILL: origin is gone
+
             # A second node with the same credential, not logged in yet, pulls the image.
             async with guarded_edge_client(edge) as second:
                 with trio.fail_after(PROMPT):
-                    remembered = await exchange(second, tenants.acme_pull, scope)
+                    remembered = await exchange(second, pull_token, scope)
                 assert remembered.status_code == 200
                 assert remembered.json()["token"] == login.json()["token"]
                 assert 0 < remembered.json()["expires_in"] <= login.json()["expires_in"]
@@ -242,17 +276,14 @@ async def test_logins_are_answered_from_memory_while_origin_is_down(
             # A login the edge never saw: 503 with Retry-After, not a hang.
             async with edge_client(edge.url) as third:
                 with trio.fail_after(PROMPT):
-                    unknown = await exchange(third, tenants.acme, scope)
+                    unknown = await exchange(third, org_token, scope)
                 assert_error(unknown, 503, "UNAVAILABLE")
                 assert int(unknown.headers["Retry-After"]) >= 1
                 with trio.fail_after(PROMPT):
-                    basic_pull = await third.get(
-                        "/v2/acme/app/manifests/v1", headers=basic(tenants.acme)
-                    )
-                assert_error(basic_pull, 503, "UNAVAILABLE")
-                assert int(basic_pull.headers["Retry-After"]) >= 1
-        finally:
-            await proxy.reconnect()
+                    pull = await third.get("/v2/acme/app/manifests/v1", headers=basic(org_token))
+                assert_error(pull, 503, "UNAVAILABLE")
+                assert int(pull.headers["Retry-After"]) >= 1
+            await edge.stop()
 
 
 def guarded_edge_client(edge: RunningEdge) -> httpx.AsyncClient:
