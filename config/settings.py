@@ -116,10 +116,11 @@ class EdgeSettings:
     #: Requests passed through to origin at once (edge/passthrough.py). Reads (GET/HEAD:
     #: /token, tag lists) and writes (uploads, pushes, deletes) have separate connections
     #: and limits, so writes never starve pulls; each client address may have
-    #: ``passthrough_per_client_max`` of each in flight. Past a limit: 429 with Retry-After.
-    passthrough_reads_max: int = 64
-    passthrough_writes_max: int = 64
-    passthrough_per_client_max: int = 16
+    #: ``passthrough_per_client_max`` of each in flight (generous: a CI farm behind one NAT
+    #: address pushes many layers at once). Past a limit: 429 with Retry-After.
+    passthrough_reads_max: int = 128
+    passthrough_writes_max: int = 128
+    passthrough_per_client_max: int = 32
     #: How long a pass-through request waits for a slot when only the total is reached.
     passthrough_queue_seconds: float = 2
     #: Comma-separated addresses/networks of proxies in front of the edge (load balancers)

@@ -97,6 +97,8 @@ def parse_content_range(header: str) -> ByteRange:
     if slash and total != "*" and not _is_digits(total):
         raise malformed
     first, last = _position(first_text), _position(last_text)
-    if last < first or last >= BEYOND_ANY_SIZE:
+    if last < first:
         raise malformed
+    # A position past any size is kept as BEYOND_ANY_SIZE: the upload then refuses the
+    # chunk for what it is (out of order, or a length its body does not have).
     return ByteRange(first, last)

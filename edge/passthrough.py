@@ -75,9 +75,9 @@ MAX_TOKEN_ANSWER_BYTES = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    reads: int = 64  # reads in flight to origin, all clients
-    writes: int = 64  # writes in flight to origin, all clients
-    per_client: int = 16  # reads (and, separately, writes) in flight per client
+    reads: int = 128  # reads in flight to origin, all clients
+    writes: int = 128  # writes in flight to origin, all clients
+    per_client: int = 32  # reads (and, separately, writes) in flight per client
     queue_seconds: float = 2.0  # wait for a slot when only the total is reached
     read_deadline_seconds: float = 10.0  # origin's answer (headers) to a read
     retry_after_seconds: int = 10  # on 503 when origin cannot be reached

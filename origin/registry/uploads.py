@@ -205,11 +205,16 @@ class Uploads:
                             received = await _batch(counted, expected, send)
                 await appender.flush()
         finally:
-            self._receiving[org] -= counted.received
-            if not self._receiving[org]:
-                del self._receiving[org]
+            self._count_receiving(org, -counted.received)
         self._keep_hasher(upload_id, start + received, hasher)
         return start + received
+
+    def _count_receiving(self, org: str, change: int) -> None:
+        left = self._receiving.get(org, 0) + change
+        if left:
+            self._receiving[org] = left
+        else:
+            self._receiving.pop(org, None)
 
     async def _staging_budget(self, org: str) -> int | None:
         """Bytes the org may still stage (None: no limit)."""
@@ -219,8 +224,9 @@ class Uploads:
         return self._limits.staged_bytes - staged - self._receiving.get(org, 0)
 
     def _counted(self, org: str, body: AsyncIterable[bytes], budget: int | None) -> _Counted:
-        self._receiving.setdefault(org, 0)
-        return _Counted(body, budget, self._receiving, org, self._limits.staged_bytes)
+        return _Counted(
+            body, budget, partial(self._count_receiving, org), self._limits.staged_bytes
+        )
 
     async def _take_hasher(self, upload_id: str, size: int) -> hashlib._Hash:
         cached = self._hashes.pop(upload_id, None)
@@ -263,13 +269,12 @@ class _Counted:
         self,
         body: AsyncIterable[bytes],
         budget: int | None,
-        receiving: dict[str, int],
-        org: str,
+        count: Callable[[int], None],
         limit: int,
     ) -> None:
         self._chunks = aiter(body)
         self._budget = budget
-        self._receiving, self._org, self._limit = receiving, org, limit
+        self._count, self._limit = count, limit
         self.received = 0
 
     def __aiter__(self) -> _Counted:
@@ -278,7 +283,7 @@ class _Counted:
     async def __anext__(self) -> bytes:
         chunk = await anext(self._chunks)
         self.received += len(chunk)
-        self._receiving[self._org] += len(chunk)
+        self._count(len(chunk))
         if self._budget is not None and self.received > self._budget:
             raise _over_limit(f"at most {self._limit} bytes staged in uploads per org")
         return chunk
