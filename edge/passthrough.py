@@ -37,10 +37,11 @@ import trio
 from quart import Request
 
 from core.client.http import open_http_client
-from core.errors import BadRequest, TooLarge, TooManyRequests, Unavailable
+from core.errors import BadRequest, TooLarge, Unavailable
 from core.web.client_address import Network, client_address, parse_networks
 from core.web.response import RegistryResponse as Response
 from edge.breaker import CircuitBreaker
+from edge.lanes import Lane, Slot
 from edge.token_memory import TokenMemory, question_key
 
 log = logging.getLogger("depot.edge")
@@ -103,67 +104,12 @@ def forward_headers(
     return forwarded
 
 
-class _Lane:
-    """One kind of pass-through traffic: a total limit and a limit per client."""
-
-    def __init__(self, name: str, total: int, per_client: int) -> None:
-        self.name = name
-        self._total = trio.CapacityLimiter(total)
-        self._per_client = per_client
-        self._clients: dict[str, int] = {}
-
-    def in_flight(self, client: str) -> int:
-        return self._clients.get(client, 0)
-
-    async def take(self, client: str, queue_seconds: float) -> _Slot:
-        if self._clients.get(client, 0) >= self._per_client:
-            raise _busy(f"too many {self.name} in flight from this client")
-        slot = _Slot(self, client)
-        self._clients[client] = self._clients.get(client, 0) + 1
-        try:
-            with trio.move_on_after(queue_seconds):
-                await self._total.acquire_on_behalf_of(slot)
-                slot.holds_total = True
-                return slot
-            raise _busy(f"too many {self.name} in flight to origin")
-        except BaseException:
-            slot.release()
-            raise
-
-    def _give_back(self, slot: _Slot) -> None:
-        if slot.holds_total:
-            self._total.release_on_behalf_of(slot)
-        left = self._clients.get(slot.client, 0) - 1
-        if left > 0:
-            self._clients[slot.client] = left
-        else:
-            self._clients.pop(slot.client, None)
-
-
-class _Slot:
-    """A request's place in its lane; released exactly once."""
-
-    def __init__(self, lane: _Lane, client: str) -> None:
-        self.lane, self.client = lane, client
-        self.holds_total = False
-        self._released = False
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self.lane._give_back(self)
-
-
-def _busy(message: str) -> TooManyRequests:
-    return TooManyRequests(message, headers={"Retry-After": "1"})
-
-
 class _Relay:
     """Origin's response body for the client. Closing it closes origin's response and frees
     the request's slot; so does losing it (a response Quart never sent, because the client
     left first, is never iterated nor closed)."""
 
-    def __init__(self, upstream: httpx.Response, slot: _Slot) -> None:
+    def __init__(self, upstream: httpx.Response, slot: Slot) -> None:
         self._chunks = upstream.aiter_raw()
         self._upstream = upstream
         token = trio.lowlevel.current_trio_token()
@@ -197,7 +143,7 @@ async def _relayed(relay: _Relay) -> AsyncGenerator[bytes, None]:
         await relay.aclose()
 
 
-def _abandon(upstream: httpx.Response, slot: _Slot, token: trio.lowlevel.TrioToken) -> None:
+def _abandon(upstream: httpx.Response, slot: Slot, token: trio.lowlevel.TrioToken) -> None:
     slot.release()
     try:
         token.run_sync_soon(trio.lowlevel.spawn_system_task, _close_quietly, upstream)
@@ -232,8 +178,8 @@ class PassThrough:
         self._memory = memory if memory is not None else TokenMemory()
         self._trusted = trusted_proxies
         self._clock = clock
-        self._read_lane = _Lane("reads", limits.reads, limits.per_client)
-        self._write_lane = _Lane("writes", limits.writes, limits.per_client)
+        self._read_lane = Lane("reads", limits.reads, limits.per_client)
+        self._write_lane = Lane("writes", limits.writes, limits.per_client)
 
     @classmethod
     @asynccontextmanager
@@ -366,7 +312,7 @@ class PassThrough:
         return upstream
 
 
-async def _respond(method: str, upstream: httpx.Response, slot: _Slot, whole: bool) -> Response:
+async def _respond(method: str, upstream: httpx.Response, slot: Slot, whole: bool) -> Response:
     """Origin's answer for the client; the body relayed (or, with ``whole``, read first)."""
     headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
     length = upstream.headers.get("Content-Length")
