@@ -21,6 +21,10 @@ class OriginSettings:
     #: Upload sessions untouched for this long are purged (their staged bytes deleted).
     upload_timeout_seconds: float = 24 * 3600
     upload_sweep_interval_seconds: float = 600
+    #: Per org: upload sessions open at once and bytes staged in them (an abandoned session
+    #: holds both until the upload timeout). Past either: 429 TOOMANYREQUESTS. 0: no limit.
+    upload_sessions_per_org: int = 4096
+    upload_staged_bytes_per_org: int = 64 * 1024**3
     #: Online garbage collection runs this often in each origin process (0: never; then run
     #: ``depot-registry gc`` by hand or from a timer).
     gc_interval_seconds: float = 6 * 3600
@@ -168,3 +172,20 @@ class EdgeSettings:
     relay_grace_seconds: float = 5
     #: A whole relay job is abandoned after this long.
     relay_deadline_seconds: float = 6 * 3600
+    #: Requests passed through to origin at once (edge/passthrough.py). Reads (GET/HEAD:
+    #: /token, tag lists) and writes (uploads, pushes, deletes) have separate connections
+    #: and limits, so writes never starve pulls; each client address may have
+    #: ``passthrough_per_client_max`` of each in flight (generous: a CI farm behind one NAT
+    #: address pushes many layers at once). Past a limit: 429 with Retry-After.
+    passthrough_reads_max: int = 128
+    passthrough_writes_max: int = 128
+    passthrough_per_client_max: int = 32
+    #: How long a pass-through request waits for a slot when only the total is reached.
+    passthrough_queue_seconds: float = 2
+    #: Comma-separated addresses/networks of proxies in front of the edge (load balancers)
+    #: whose X-Forwarded-For names the client, for the per-client limits.
+    trusted_proxies: str = ""
+    #: The circuit breaker on origin (edge/breaker.py): this many consecutive failures open
+    #: it; it stays open 1 s, doubling after each failed probe up to the max.
+    breaker_failures: int = 3
+    breaker_max_interval_seconds: float = 30

@@ -24,7 +24,10 @@ def parse_page(args: Mapping[str, str], default: int = MAX_PAGE) -> Page:
         return Page(default, last, False)
     if not (raw_n.isascii() and raw_n.isdigit()):  # isdigit alone admits non-ASCII digits
         raise PaginationNumberInvalid(detail={"n": raw_n[:50]})
-    return Page(min(int(raw_n), MAX_PAGE), last, True)
+    # Past MAX_PAGE the value is capped anyway: never int() thousands of digits (that raises).
+    significant = raw_n.lstrip("0")
+    n = MAX_PAGE if len(significant) > len(str(MAX_PAGE)) else int(significant or "0")
+    return Page(min(n, MAX_PAGE), last, True)
 
 
 def next_link(path: str, page: Page, entries: list[str]) -> str | None:

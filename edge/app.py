@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
-import httpx
 from quart import Quart, g, request
 from quart_trio import QuartTrio
 
@@ -37,7 +36,7 @@ from edge.auth import EdgeGate
 from edge.cache.store import EdgeCache
 from edge.fill import BlobStream, Fills
 from edge.metrics import CONTENT_TYPE_LATEST, EdgeMetrics
-from edge.passthrough import forward_headers, pass_through
+from edge.passthrough import PassThrough
 from edge.pullthrough import STALE_WARNING, PullThrough
 from edge.relay.routes import install_relay
 from edge.relay.service import RelayService
@@ -52,7 +51,7 @@ class EdgeServices:
     cache: EdgeCache
     fills: Fills
     pullthrough: PullThrough
-    origin: httpx.AsyncClient  # for passthrough; carries no credential of its own
+    origin: PassThrough  # to origin, with the client's credential (none of its own)
     metrics: EdgeMetrics
     ready: Callable[[], bool]
     relay: RelayService | None = None  # the push relay's jobs (its API is this edge's own)
@@ -90,7 +89,8 @@ def _install_ops(app: Quart, services: EdgeServices) -> None:
     @app.route("/token", methods=["GET", "POST"])
     async def token() -> Response:
         g.route = "token"
-        return await _forward(services)
+        services.metrics.passthrough.labels(request.method).inc()
+        return await services.origin.token(request)
 
 
 #: ``/api/v1`` paths the edge answers itself (its own routes; never forwarded to origin).
@@ -227,16 +227,7 @@ async def _pass_through(services: EdgeServices, view: RequestView) -> Response:
 
 async def _forward(services: EdgeServices) -> Response:
     services.metrics.passthrough.labels(request.method).inc()
-    path = request.full_path if request.query_string else request.path
-    has_body = request.method in ("POST", "PUT", "PATCH")
-    return await pass_through(
-        services.origin,
-        request.method,
-        path,
-        forward_headers(dict(request.headers.items()), request.remote_addr),
-        request.body if has_body else None,
-        request.content_length if has_body else None,
-    )
+    return await services.origin.forward(request)
 
 
 async def _after_write(services: EdgeServices, view: RequestView, response: Response) -> None:

@@ -9,9 +9,11 @@ edge's ``/token``, which forwards to origin. What is the edge's own is how it le
   few minutes, and refetched (at most once per 30 s) when a token names a key id the edge
   has not seen: origin rotated its key.
 - Basic ``x-token:<token>`` is exchanged at origin's ``/token`` as if the client had asked
-  there (same Host, same scopes); the resulting grant is cached under the token's sha256,
-  the host and the scopes until shortly before it expires. Refused secrets are remembered
-  briefly, sparing origin (whose failure limit counts the edge's address).
+  there (same Host, same scopes, and ``X-Forwarded-For`` naming the client, so origin's
+  failed-login limit counts that client and not the edge); the resulting grant is cached
+  under the token's sha256, the host and the scopes until shortly before it expires, and
+  used until it does expire while origin cannot be asked. A refused secret is remembered
+  briefly per client address, sparing origin: one client's wrong token refuses nobody else.
 - No credentials: origin serves public repositories to anyone, so the edge asks origin for
   an anonymous grant (cached the same way) before challenging.
 - Legacy project ids are resolved by asking origin which org holds the project.
@@ -59,8 +61,10 @@ KID_REFETCH_SECONDS = 30.0
 LOAD_RETRY_MAX_SECONDS = 30.0
 #: An exchanged grant is reused until this long before it expires (at most half its life).
 GRANT_EXPIRY_MARGIN_SECONDS = 30.0
-#: A secret origin refused is refused from memory for this long.
+#: A secret origin refused is refused from memory (for the same client) for this long.
 REFUSED_SECONDS = 10.0
+#: Retry-After on a 503 when origin could not be asked and said nothing of its own.
+UNAVAILABLE_RETRY_AFTER_SECONDS = 10
 CACHE_SIZE = 10_000
 
 
@@ -74,7 +78,13 @@ class OriginAuthority(Protocol):
     async def org_slug(self, org_id: str) -> str | None: ...
 
     async def token(
-        self, *, host: str, secret: str | None, service: str, scopes: Sequence[str]
+        self,
+        *,
+        host: str,
+        secret: str | None,
+        service: str,
+        scopes: Sequence[str],
+        forwarded_for: str | None = None,
     ) -> str: ...
 
 
@@ -276,55 +286,84 @@ class EdgeGate:
             if not credentials.secret:
                 raise rules.invalid_credentials()
             return rules.Presented(
-                rules.BASIC, await self._exchange(credentials.secret, view.host, required)
+                rules.BASIC, await self._exchange(credentials.secret, view, required)
             )
         # Anonymous (or a scheme we do not take): origin would still serve public repositories.
         if any(access.type == "repository" and access.name in names for access in required):
-            return rules.Presented(rules.NONE, await self._exchange(None, view.host, required))
+            return rules.Presented(rules.NONE, await self._exchange(None, view, required))
         return rules.Presented(rules.NONE, None)
 
-    async def _exchange(self, secret: str | None, host: str, required: Sequence[Access]) -> Grant:
+    async def _exchange(
+        self, secret: str | None, view: RequestView, required: Sequence[Access]
+    ) -> Grant:
         """The grant origin's ``/token`` gives ``secret`` (None: anonymous) for ``required``
-        asked on ``host``, from the cache while it lasts."""
+        asked on the request's host, from the cache while it lasts."""
         fingerprint = "-" if secret is None else hashlib.sha256(secret.encode()).hexdigest()
         scopes = sorted({str(access) for access in required})
-        key = "\n".join([fingerprint, host.lower(), *scopes])
-        if self._refused.get(fingerprint, self._clock()):
+        key = "\n".join([fingerprint, view.host.lower(), *scopes])
+        refusal_key = f"{view.remote_addr or '-'}\n{fingerprint}"
+        if self._refused.get(refusal_key, self._clock()):
             raise rules.invalid_credentials()
-        cached: Grant | None = self._grants.get(key, self._clock())
-        if cached is not None:
-            return cached
+        fresh = self._fresh(key)
+        if fresh is not None:
+            return fresh
         lock = self._exchanges.setdefault(key, trio.Lock())
         try:
             async with lock:  # one exchange at a time per key; the others find it cached
-                cached = self._grants.get(key, self._clock())
-                if cached is not None:
-                    return cached
-                return await self._exchange_now(secret, fingerprint, host, scopes, key)
+                fresh = self._fresh(key)
+                if fresh is not None:
+                    return fresh
+                return await self._exchange_now(secret, view, scopes, key, refusal_key)
         finally:
             if not lock.statistics().tasks_waiting:
                 self._exchanges.pop(key, None)
 
+    def _fresh(self, key: str) -> Grant | None:
+        now = self._clock()
+        cached: tuple[Grant, float] | None = self._grants.get(key, now)
+        return cached[0] if cached is not None and cached[1] > now else None
+
     async def _exchange_now(
-        self, secret: str | None, fingerprint: str, host: str, scopes: list[str], key: str
+        self, secret: str | None, view: RequestView, scopes: list[str], key: str, refusal: str
     ) -> Grant:
         try:
             token = await self._origin.token(
-                host=host, secret=secret, service=self._service, scopes=scopes
+                host=view.host,
+                secret=secret,
+                service=self._service,
+                scopes=scopes,
+                forwarded_for=_forwarded_for(view),
             )
         except Unauthorized:
             if secret is not None:
-                self._refused.put(fingerprint, True, self._clock() + REFUSED_SECONDS)
+                self._refused.put(refusal, True, self._clock() + REFUSED_SECONDS)
+            raise
+        except Unavailable as exc:
+            # Origin cannot be asked: a grant it gave earlier serves until it expires.
+            cached: tuple[Grant, float] | None = self._grants.get(key, self._clock())
+            if cached is not None:
+                log.info("origin unavailable: using a cached grant until it expires")
+                return cached[0]
+            exc.headers.setdefault("Retry-After", str(UNAVAILABLE_RETRY_AFTER_SECONDS))
             raise
         try:
             grant = await self._verify(token)
         except Unauthorized as exc:
-            raise Unavailable("origin issued a token the edge cannot verify") from exc
+            raise Unavailable(
+                "origin issued a token the edge cannot verify",
+                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+            ) from exc
         lifetime = grant.expires_at - grant.issued_at
-        until = grant.expires_at - min(GRANT_EXPIRY_MARGIN_SECONDS, lifetime / 2)
-        if until > self._clock():
-            self._grants.put(key, grant, until)
+        fresh_until = grant.expires_at - min(GRANT_EXPIRY_MARGIN_SECONDS, lifetime / 2)
+        if grant.expires_at > self._clock():
+            self._grants.put(key, (grant, fresh_until), grant.expires_at)
         return grant
+
+
+def _forwarded_for(view: RequestView) -> str | None:
+    """``X-Forwarded-For`` for origin: the client's own hops, then its address."""
+    hops = [hop for hop in (view.forwarded_for, view.remote_addr) if hop]
+    return ", ".join(hops) or None
 
 
 def _unverified_kid(token: str) -> str | None:

@@ -9,9 +9,15 @@ lookups authenticate as the edge (Basic ``x-token:<edge token>``); a token excha
 the client's own credential (or none) and the client's ``Host``, never the edge's.
 
 It is an httpx boundary: every failure leaves it as a :mod:`core.errors` value
-(``Unavailable``, or for an exchange ``Unauthorized`` / ``TooManyRequests``). The gate's
-protocol takes no deadline, so each lookup has a backstop here (:data:`LOOKUP_DEADLINE_SECONDS`)
-that keeps a hung origin from hanging a request.
+(``Unavailable`` with ``Retry-After``, or for an exchange ``Unauthorized`` /
+``TooManyRequests``). The gate's protocol takes no deadline, so each lookup has a backstop
+here (:data:`LOOKUP_DEADLINE_SECONDS`) that keeps a hung origin from hanging a request, and
+every call goes through the edge's circuit breaker on origin (:mod:`edge.breaker`): while it
+is open, nothing is asked and callers get ``Unavailable`` at once.
+
+A token exchange names the client it is made for in ``X-Forwarded-For`` (origin believes it
+from the edges it trusts), so origin limits failed logins per client, not per edge: one
+client's wrong passwords must not lock every client of the edge out.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from core.client.http import open_http_client, read_body, send_with_retry, x_tok
 from core.errors import NameInvalid, TooManyRequests, Unauthorized, Unavailable
 from core.reference import parse_repository_name
 from core.tenancy import is_org_id, is_org_slug
+from edge.breaker import CircuitBreaker
 
 log = logging.getLogger("depot.edge.origin_control")
 
@@ -43,7 +50,11 @@ MAX_JSON_BYTES = 1024 * 1024
 #: A project that does not exist may be created later; one that does never changes org.
 PROJECT_MISS_SECONDS = 30.0
 PROJECT_CACHE_SIZE = 10_000
+#: Retry-After when origin could not be asked (the breaker's own figure when it is open).
+UNAVAILABLE_RETRY_AFTER_SECONDS = 10
 _ORIGIN = "origin"
+#: Origin's answers that mean "not now": they count against the circuit.
+_NOT_NOW = frozenset({502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +68,17 @@ class RegisteredUpstream:
 
 
 class OriginControl:
-    def __init__(self, http: httpx.AsyncClient, edge_token: str) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        edge_token: str,
+        *,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         """``http`` carries origin's base URL; ``edge_token`` is the edge's credential."""
         self._http = http
         self._edge_auth = x_token_auth(edge_token)
+        self._breaker = breaker if breaker is not None else CircuitBreaker()
         # project id / org id → (org slug or None, monotonic expiry)
         self._projects: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
         self._orgs: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
@@ -68,12 +86,17 @@ class OriginControl:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, origin_url: str, edge_token: str, *, max_connections: int = 4
+        cls,
+        origin_url: str,
+        edge_token: str,
+        *,
+        max_connections: int = 4,
+        breaker: CircuitBreaker | None = None,
     ) -> AsyncIterator[OriginControl]:
         """A control-plane client with its own connection pool, closed on exit."""
         http = open_http_client(origin_url, auth_header=None, max_connections=max_connections)
         async with http:
-            yield cls(http, edge_token)
+            yield cls(http, edge_token, breaker=breaker)
 
     async def jwks(self) -> dict[str, Any]:
         """Origin's published token-verification keys (a JWKS document)."""
@@ -150,18 +173,29 @@ class OriginControl:
         return found
 
     async def token(
-        self, *, host: str, secret: str | None, service: str, scopes: Sequence[str]
+        self,
+        *,
+        host: str,
+        secret: str | None,
+        service: str,
+        scopes: Sequence[str],
+        forwarded_for: str | None = None,
     ) -> str:
         """Exchange a client's registry token (None: anonymous) at origin's ``/token`` as if
         the client had asked on ``host`` (so names resolve as the client meant them); the JWT.
+        ``forwarded_for`` names the client (``X-Forwarded-For``, the client's own hops and its
+        address).
 
         Never sends the edge's own credential. Unauthorized (with a Basic challenge) when
         origin refuses the secret; TooManyRequests when it rate-limits; else Unavailable.
         """
         params: dict[str, str | list[str]] = {"service": service, "scope": list(scopes)}
         authorization = None if secret is None else x_token_auth(secret)
+        headers = {"Host": host}
+        if forwarded_for:
+            headers["X-Forwarded-For"] = forwarded_for
         response, body = await self._exchange(
-            "/token", authorization, params=params, headers={"Host": host}
+            "/token", authorization, params=params, headers=headers
         )
         if response.status_code == 401:
             raise Unauthorized(
@@ -172,13 +206,17 @@ class OriginControl:
                 "too many failed token requests", headers=retry_after(response.headers)
             )
         if response.status_code != 200:
-            raise Unavailable("origin's token service failed", detail=_status(response))
+            raise Unavailable(
+                "origin's token service failed",
+                detail=_status(response),
+                headers=retry_after(response.headers) or _retry_later(),
+            )
         try:
             token = json.loads(body)["token"]
         except (ValueError, KeyError, TypeError):
             token = None
         if not isinstance(token, str) or not token:
-            raise Unavailable("origin's token answer has no token")
+            raise Unavailable("origin's token answer has no token", headers=_retry_later())
         return token
 
     async def _exchange(
@@ -190,7 +228,22 @@ class OriginControl:
         headers: dict[str, str] | None = None,
     ) -> tuple[httpx.Response, bytes]:
         """GET ``path`` with exactly ``authorization`` (none when None, whatever the httpx
-        client's defaults), one retry after a transport error; read the body, close."""
+        client's defaults), one retry after a transport error; read the body, close. Refused
+        at once while the breaker is open; the outcome is the breaker's to know."""
+        if not self._breaker.allow():
+            raise self._breaker.unavailable()
+        try:
+            with self._breaker.record((Unavailable, _AnsweredNotNow)):
+                response, body = await self._get(path, authorization, params, headers)
+                if response.status_code in _NOT_NOW:
+                    raise _AnsweredNotNow(response, body)
+        except _AnsweredNotNow as answered:
+            return answered.response, answered.body
+        return response, body
+
+    async def _get(
+        self, path: str, authorization: str | None, params: Any, headers: dict[str, str] | None
+    ) -> tuple[httpx.Response, bytes]:
         try:
             with trio.fail_after(LOOKUP_DEADLINE_SECONDS), transport_boundary(_ORIGIN, path):
                 request = self._http.build_request("GET", path, params=params, headers=headers)
@@ -205,7 +258,12 @@ class OriginControl:
                 finally:
                     await response.aclose()
         except trio.TooSlowError as exc:
-            raise Unavailable("origin did not answer in time", detail={"during": path}) from exc
+            raise Unavailable(
+                "origin did not answer in time", detail={"during": path}, headers=_retry_later()
+            ) from exc
+        except Unavailable as exc:
+            exc.headers.setdefault("Retry-After", str(UNAVAILABLE_RETRY_AFTER_SECONDS))
+            raise
 
     async def _json(self, path: str, *, missing_ok: bool = False) -> Any:
         response, body = await self._exchange(path, self._edge_auth)
@@ -229,6 +287,18 @@ class OriginControl:
 
 
 _UPSTREAM_KEYS = ("name", "url", "username", "password")
+
+
+class _AnsweredNotNow(Exception):
+    """Origin answered 502/503/504: a failure for the breaker, an answer for the caller."""
+
+    def __init__(self, response: httpx.Response, body: bytes) -> None:
+        super().__init__(response.status_code)
+        self.response, self.body = response, body
+
+
+def _retry_later() -> dict[str, str]:
+    return {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)}
 
 
 def _status(response: httpx.Response) -> dict[str, int]:

@@ -18,12 +18,18 @@ A mirrored registry is served the same way, by a PullThrough of its own (``edge/
 its upstream, a cache view whose tags and links are its own, the shared fills; ``name`` says
 which upstream failed, and ``upstream_retry_after`` passes the upstream's ``Retry-After`` on
 (a registry that rate-limits says when it will answer again).
+
+Every question to the upstream goes through its circuit breaker (:mod:`edge.breaker`). While
+the circuit is open nothing waits on a hung origin: a tag with a cached answer is served stale
+at once (and, when a probe is due, revalidated in the background: the probe), anything else
+gets 503 with ``Retry-After`` at once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import trio
@@ -33,6 +39,7 @@ from core.digest import Digest, sha256_of
 from core.errors import BlobUnknown, DigestInvalid, ManifestInvalid, ManifestUnknown, Unavailable
 from core.manifest import parse_manifest
 from core.reference import RepositoryName, Tag
+from edge.breaker import CircuitBreaker, CircuitOpen, State
 from edge.cache.store import EdgeCache
 from edge.fill import BlobStream, Fills
 from edge.metrics import EdgeMetrics
@@ -42,6 +49,8 @@ from edge.upstream_types import Upstream, UpstreamManifest
 log = logging.getLogger("depot.edge")
 
 STALE_WARNING = '299 - "Response is stale: origin unavailable"'
+#: What counts against the circuit: the upstream not answering (in time, or at all).
+_FAILURES = (Unavailable, trio.TooSlowError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +73,11 @@ class PullThrough:
         *,
         name: str = "origin",
         upstream_retry_after: bool = False,
+        breaker: CircuitBreaker | None = None,
+        nursery: trio.Nursery | None = None,
     ) -> None:
+        """``nursery`` (the process's root) runs background revalidations; without one, a
+        due probe runs in the request instead."""
         self._settings = settings
         self._name = name
         self._upstream_retry_after = upstream_retry_after
@@ -77,6 +90,9 @@ class PullThrough:
         self._manifest_flights: SingleFlight[tuple[RepositoryName, Digest], UpstreamManifest] = (
             SingleFlight()
         )
+        self._breaker = breaker if breaker is not None else CircuitBreaker()
+        self._nursery = nursery
+        self._revalidating: set[tuple[RepositoryName, Tag]] = set()
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -88,7 +104,7 @@ class PullThrough:
     async def _manifest_by_digest(
         self, repository: RepositoryName, digest: Digest
     ) -> ServedManifest:
-        cached = await self._cache.get_manifest(digest)
+        cached = await self._cache.get_manifest(repository, digest)
         if cached is not None and await self._contains(repository, digest, manifest=True):
             self._metrics.cache_hits.labels("manifest").inc()
             return ServedManifest(digest, cached[0], cached[1])
@@ -99,34 +115,49 @@ class PullThrough:
     async def _manifest_by_tag(self, repository: RepositoryName, tag: Tag) -> ServedManifest:
         entry = await self._cache.get_tag(repository, tag)
         now = self._clock()
-        if entry is not None and now - entry.fetched_at < self._settings.tag_freshness_seconds:
-            cached = await self._cache.get_manifest(entry.digest)
+        stale: ServedManifest | None = None
+        if entry is not None:
+            cached = await self._cache.get_manifest(repository, entry.digest)
             if cached is not None:
-                self._metrics.cache_hits.labels("tag").inc()
-                return ServedManifest(entry.digest, cached[0], cached[1])
+                if now - entry.fetched_at < self._settings.tag_freshness_seconds:
+                    self._metrics.cache_hits.labels("tag").inc()
+                    return ServedManifest(entry.digest, cached[0], cached[1])
+                stale = ServedManifest(entry.digest, cached[0], cached[1], stale=True)
         self._metrics.cache_misses.labels("tag").inc()
+        if stale is not None and self._breaker.state is not State.CLOSED:
+            # Origin is failing: answer now; a due probe revalidates in the background.
+            if self._nursery is not None and self._breaker.allow():
+                self._revalidate_later(repository, tag)
+            return self._serve_stale(repository, tag, stale, "the circuit to origin is open")
         try:
             return await self._tag_flights.run(
-                (repository, tag), lambda: self._revalidate(repository, tag, now)
+                (repository, tag), lambda: self._revalidate(repository, tag)
             )
-        except (Unavailable, trio.TooSlowError) as exc:
-            if entry is not None:
-                cached = await self._cache.get_manifest(entry.digest)
-                if cached is not None:
-                    self._metrics.stale_serves.inc()
-                    log.warning("serving %s:%s stale: %s", repository, tag, exc)
-                    return ServedManifest(entry.digest, cached[0], cached[1], stale=True)
+        except _FAILURES as exc:
+            if stale is not None:
+                return self._serve_stale(repository, tag, stale, exc)
             raise self._unavailable(exc) from exc
 
-    async def _revalidate(self, repository: RepositoryName, tag: Tag, now: float) -> ServedManifest:
-        """Ask the upstream what ``tag`` is now (a HEAD; the manifest only when new to us);
-        one request per tag at a time, shared by every client asking meanwhile."""
-        with trio.fail_after(self._settings.upstream_deadline_seconds):
-            current = await self._upstream.head_manifest(repository, tag)
+    def _serve_stale(
+        self, repository: RepositoryName, tag: Tag, stale: ServedManifest, why: object
+    ) -> ServedManifest:
+        self._metrics.stale_serves.inc()
+        log.warning("serving %s:%s stale: %s", repository, tag, why)
+        return stale
+
+    async def _revalidate(
+        self, repository: RepositoryName, tag: Tag, *, probe: bool = False
+    ) -> ServedManifest:
+        """Ask the upstream what ``tag`` points at now, fetch that manifest if needed, and
+        record it. ``probe``: the breaker let this caller through already."""
+        now = self._clock()
+        with self._asking(probe):
+            with trio.fail_after(self._settings.upstream_deadline_seconds):
+                current = await self._upstream.head_manifest(repository, tag)
         if current is None:
             await self._cache.drop_tag(repository, tag)
             raise ManifestUnknown(detail={"reference": tag.value})
-        cached = await self._cache.get_manifest(current)
+        cached = await self._cache.get_manifest(repository, current)
         if cached is not None:
             served = ServedManifest(current, cached[0], cached[1])
         else:
@@ -135,6 +166,38 @@ class PullThrough:
         await self._cache.add_links(repository, [current])
         await self._cache.put_tag(repository, tag, current, served.media_type, now)
         return served
+
+    def _revalidate_later(self, repository: RepositoryName, tag: Tag) -> None:
+        """The breaker's probe, as a background revalidation of one tag."""
+        assert self._nursery is not None
+        key = (repository, tag)
+        if key in self._revalidating:
+            self._breaker.abandon()  # one is running already: let another caller probe
+            return
+
+        async def probe() -> None:
+            try:
+                await self._revalidate(repository, tag, probe=True)
+            except (*_FAILURES, ManifestUnknown) as exc:
+                log.info("background revalidation of %s:%s: %s", repository, tag, exc)
+            except Exception:  # a background task must not end the process
+                log.exception("background revalidation of %s:%s failed", repository, tag)
+            finally:
+                self._revalidating.discard(key)
+
+        self._revalidating.add(key)
+        self._nursery.start_soon(probe)
+
+    @contextmanager
+    def _asking(self, probe: bool = False) -> Iterator[None]:
+        """Ask the upstream inside: refused at once while the circuit is open (unless this
+        caller is the probe), the outcome recorded."""
+        if probe:
+            with self._breaker.record(_FAILURES):
+                yield
+        else:
+            with self._breaker.attempt(_FAILURES):
+                yield
 
     async def _fetch_manifest(self, repository: RepositoryName, digest: Digest) -> UpstreamManifest:
         return await self._manifest_flights.run(
@@ -145,9 +208,9 @@ class PullThrough:
         self, repository: RepositoryName, digest: Digest
     ) -> UpstreamManifest:
         try:
-            with trio.fail_after(self._settings.upstream_deadline_seconds):
+            with self._asking(), trio.fail_after(self._settings.upstream_deadline_seconds):
                 fetched = await self._upstream.get_manifest(repository, digest)
-        except (Unavailable, trio.TooSlowError) as exc:
+        except _FAILURES as exc:
             raise self._unavailable(exc) from exc
         if fetched.digest != digest or (
             digest.algorithm == "sha256" and sha256_of(fetched.payload) != digest
@@ -157,7 +220,7 @@ class PullThrough:
             parsed = parse_manifest(fetched.payload, fetched.media_type)
         except (ManifestInvalid, DigestInvalid):
             parsed = None  # serve it anyway (origin accepted it); just learn no links
-        await self._cache.put_manifest(digest, fetched.media_type, fetched.payload)
+        await self._cache.put_manifest(repository, digest, fetched.media_type, fetched.payload)
         links = [digest]
         if parsed is not None:
             links += [d.digest for d in (*parsed.blobs, *parsed.manifests)]
@@ -178,9 +241,9 @@ class PullThrough:
             return size, True
         self._metrics.cache_misses.labels("blob").inc()
         try:
-            with trio.fail_after(self._settings.upstream_deadline_seconds):
+            with self._asking(), trio.fail_after(self._settings.upstream_deadline_seconds):
                 upstream_size = await self._upstream.blob_size(repository, digest)
-        except (Unavailable, trio.TooSlowError) as exc:
+        except _FAILURES as exc:
             raise self._unavailable(exc) from exc
         if upstream_size is None:
             raise BlobUnknown(detail={"digest": str(digest)})
@@ -191,17 +254,27 @@ class PullThrough:
         """The blob's stream (cache hit, or joining/starting the single fill)."""
         if not await self._contains(repository, digest):
             raise BlobUnknown(detail={"digest": str(digest)})
+        probe = False
+        if self._breaker.state is not State.CLOSED and await self._cache.blob_size(digest) is None:
+            if not self._breaker.allow():  # a fill would ask the failing origin
+                raise self._breaker.unavailable()
+            probe = True
         # The upstream deadline bounds the wait for the blob's size (the response head), not
         # the fill: a waiter gives up with a prompt 503 while the fill goes on for others.
         try:
             with trio.fail_after(self._settings.upstream_deadline_seconds):
                 stream = await self._fills.open(repository, digest, upstream=self._upstream)
-        except trio.TooSlowError as exc:
-            raise self._unavailable(exc) from exc
-        except Unavailable as exc:
-            if "Retry-After" in exc.headers:
+        except _FAILURES as exc:
+            self._breaker.failed()
+            if isinstance(exc, Unavailable) and "Retry-After" in exc.headers:
                 raise
             raise self._unavailable(exc) from exc  # e.g. origin unreachable: no Retry-After
+        except BaseException:
+            if probe:
+                self._breaker.abandon()
+            raise
+        if probe or not stream.from_cache:
+            self._breaker.succeeded()
         counter = self._metrics.cache_hits if stream.from_cache else self._metrics.cache_misses
         counter.labels("blob").inc()
         return stream
@@ -212,12 +285,12 @@ class PullThrough:
         if await self._cache.has_link(repository, digest):
             return True
         try:
-            with trio.fail_after(self._settings.upstream_deadline_seconds):
+            with self._asking(), trio.fail_after(self._settings.upstream_deadline_seconds):
                 if manifest:
                     found = await self._upstream.head_manifest(repository, digest) is not None
                 else:
                     found = await self._upstream.blob_size(repository, digest) is not None
-        except (Unavailable, trio.TooSlowError) as exc:
+        except _FAILURES as exc:
             # Without origin we cannot tell whether this repository may read the digest.
             raise self._unavailable(exc) from exc
         except (BlobUnknown, ManifestUnknown):
@@ -226,7 +299,10 @@ class PullThrough:
             await self._cache.add_links(repository, [digest])
         return found
 
-    def _unavailable(self, cause: Exception | None = None) -> Unavailable:
+    def _unavailable(self, cause: BaseException | None = None) -> Unavailable:
+        """503 with Retry-After; the breaker's own answer when it refused the request."""
+        if isinstance(cause, CircuitOpen):
+            return cause
         retry = str(self._settings.unavailable_retry_after_seconds)
         if self._upstream_retry_after and isinstance(cause, Unavailable):
             retry = cause.headers.get("Retry-After", retry)

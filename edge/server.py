@@ -13,12 +13,12 @@ from functools import partial
 import trio
 
 from config.settings import EdgeSettings
-from core.client.http import open_http_client
 from core.errors import ConfigError
 from core.web.serving import serve_app
 from core.web.v2 import Chooser, V2Routes
 from edge.app import EdgeServices, create_edge_app
 from edge.auth import EdgeGate
+from edge.breaker import CircuitBreaker, State
 from edge.cache.store import CacheStats, EdgeCache
 from edge.fill import Fills
 from edge.metrics import EdgeMetrics
@@ -28,6 +28,7 @@ from edge.mirror.org_directory import OrgDirectory
 from edge.mirror.routing import Router
 from edge.mirror.site import MirrorSite, open_site
 from edge.origin_control import OriginControl
+from edge.passthrough import Limits, PassThrough
 from edge.pullthrough import PullThrough
 from edge.relay.service import RelayService
 from edge.relay.source import BuildReader
@@ -83,11 +84,31 @@ async def serve(
     cache = EdgeCache.open(settings.cache_dir, settings.cache_size_bytes)
     metrics = EdgeMetrics()
     closing: list[Callable[[], Awaitable[None]]] = []  # the mirrors' clients, after the fills
+    # One breaker per upstream: pulls, pass-through reads and the control plane all learn
+    # from (and stop waiting on) the same hung origin.
+    breaker = CircuitBreaker(
+        threshold=settings.breaker_failures,
+        max_interval_seconds=settings.breaker_max_interval_seconds,
+    )
+    limits = Limits(
+        reads=settings.passthrough_reads_max,
+        writes=settings.passthrough_writes_max,
+        per_client=settings.passthrough_per_client_max,
+        queue_seconds=settings.passthrough_queue_seconds,
+        read_deadline_seconds=settings.upstream_deadline_seconds,
+        retry_after_seconds=settings.unavailable_retry_after_seconds,
+    )
     try:
         async with (
             OriginUpstream.open(settings.upstream, token) as upstream,
-            OriginControl.open(settings.upstream, token) as control,
-            open_http_client(settings.upstream, auth_header=None) as passthrough,
+            OriginControl.open(settings.upstream, token, breaker=breaker) as control,
+            PassThrough.open(
+                settings.upstream,
+                limits=limits,
+                breaker=breaker,
+                trusted_proxies=settings.trusted_proxies,
+                clock=clock,
+            ) as passthrough,
             trio.open_nursery() as root,
         ):
             gate = EdgeGate(
@@ -129,6 +150,16 @@ async def serve(
                 lambda: float(fills.statistics().bytes_from_upstream),
             )
             metrics.gauge(
+                "depot_edge_origin_circuit_open",
+                "1 while the circuit breaker keeps requests from origin",
+                lambda: float(breaker.state is not State.CLOSED),
+            )
+            metrics.gauge(
+                "depot_edge_origin_circuit_openings",
+                "Times the circuit breaker on origin opened",
+                lambda: float(breaker.openings),
+            )
+            metrics.gauge(
                 "depot_edge_cache_size_bytes",
                 "Bytes in the cache",
                 lambda: gauges.read("volume_bytes"),
@@ -138,7 +169,9 @@ async def serve(
                 "Entries evicted for space",
                 lambda: gauges.read("evictions"),
             )
-            pullthrough = PullThrough(settings, cache, fills, upstream, metrics, clock)
+            pullthrough = PullThrough(
+                settings, cache, fills, upstream, metrics, clock, breaker=breaker, nursery=root
+            )
             reader = BuildReader(
                 pullthrough, upstream, deadline_seconds=settings.upstream_deadline_seconds
             )

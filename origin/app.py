@@ -37,6 +37,8 @@ def create_origin_app(
     metering: Metering | None = None,
     upstreams: UpstreamStore | None = None,
 ) -> QuartTrio:
+    """``issuer.failures`` (the failed-credential limit) is shared by ``/token``, ``/v2/``
+    (through ``gate``, built with the same one) and ``/api/v1/``."""
     app = create_app("depot-origin")
     install_v2_routes(
         app,
@@ -46,12 +48,16 @@ def create_origin_app(
         chunk_min_length=settings.chunk_min_length_bytes,
         base_domain=settings.base_domain,
     )
-    install_token_routes(app, issuer, keys, settings.trusted_proxies)
+    install_token_routes(app, issuer, keys)
     install_api_routes(
-        app, tenancy, clock, allow_insecure_loopback=settings.oidc_allow_insecure_loopback
+        app,
+        tenancy,
+        clock,
+        allow_insecure_loopback=settings.oidc_allow_insecure_loopback,
+        failures=issuer.failures,
     )
     if builds is not None and metering is not None:
-        install_build_routes(app, tenancy, builds, metering, clock)
+        install_build_routes(app, tenancy, builds, metering, clock, failures=issuer.failures)
     if upstreams is not None:
         install_upstream_routes(
             app,

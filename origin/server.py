@@ -26,6 +26,7 @@ from origin.auth.gate import Gate
 from origin.auth.issuer import TokenIssuer
 from origin.auth.keys import KeyRing
 from origin.auth.oidc import OidcVerifier
+from origin.auth.ratelimit import CredentialFailures
 from origin.auth.store import TenancyStore
 from origin.builds.metering import Metering
 from origin.builds.service import BuildService
@@ -33,6 +34,7 @@ from origin.builds.store import BuildStore
 from origin.metadata.database import Database
 from origin.metadata.store import MetadataStore
 from origin.registry.registry import Registry
+from origin.registry.uploads import UploadLimits
 from origin.retention.gc import ExtraRoots, collect
 from origin.storage import open_storage
 from origin.upstreams.cipher import DEFAULT_KEY_FILE, CredentialCipher
@@ -79,8 +81,15 @@ def registry_on(
     database: Database,
     storage: StorageDriver,
     clock: Callable[[], float] = time.time,
+    settings: OriginSettings | None = None,
 ) -> Registry:
-    return Registry(storage, MetadataStore(database), clock)
+    """The registry; with ``settings``, the per-org upload limits of a serving origin."""
+    limits = None
+    if settings is not None:
+        limits = UploadLimits(
+            settings.upload_sessions_per_org, settings.upload_staged_bytes_per_org
+        )
+    return Registry(storage, MetadataStore(database), clock, upload_limits=limits)
 
 
 @asynccontextmanager
@@ -108,15 +117,22 @@ async def open_services(
             open_storage(settings) as storage,
             httpx.AsyncClient(trust_env=False, timeout=10) as http,
         ):
-            registry = registry_on(database, storage, clock)
+            registry = registry_on(database, storage, clock, settings)
             tenancy = TenancyStore(database)
             build_store = BuildStore(database)
             keys = KeyRing.load(settings.data_dir / "keys")
-            gate = Gate(settings, tenancy, keys, clock)
+            # One failed-credential limit for /token, /v2/ and /api/v1/.
+            failures = CredentialFailures(
+                settings.token_failures_allowed,
+                settings.token_failure_window_seconds,
+                trusted_proxies=settings.trusted_proxies,
+                clock=clock,
+            )
+            gate = Gate(settings, tenancy, keys, clock, failures=failures)
             oidc = OidcVerifier(
                 http, clock, allow_insecure_loopback=settings.oidc_allow_insecure_loopback
             )
-            issuer = TokenIssuer(settings, tenancy, keys, gate, oidc, clock)
+            issuer = TokenIssuer(settings, tenancy, keys, gate, oidc, clock, failures=failures)
             builds = BuildService(
                 build_store, registry, clock, default_ttl_seconds=settings.build_ttl_seconds
             )

@@ -24,7 +24,8 @@ def parse_authorization(header: str | None) -> Credentials | None:
         return Credentials(scheme, None, value.strip())
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    # ValueError: non-ASCII text before decoding ("Basic \x80" as hypercorn decodes latin-1)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
         return Credentials("basic", None, "")
     username, sep, password = decoded.partition(":")
     return Credentials("basic", username, password if sep else "")

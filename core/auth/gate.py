@@ -69,6 +69,10 @@ class Presented:
     def orgs(self) -> frozenset[str]:
         return self.who.orgs if self.who is not None else frozenset()
 
+    @property
+    def project(self) -> str | None:
+        return self.who.project if self.who is not None else None
+
 
 def required_for(view: RequestView) -> list[Access]:
     """The accesses the request needs, with its names as the client wrote them."""
@@ -163,7 +167,7 @@ async def decide_request(
         # Names and reasons only: never a credential.
         log.debug("refused %s", "; ".join(f"{access}: {reason}" for access, reason in missing))
         raise refusal(view, presented, required, service=service)
-    return Authorization(Caller(presented.orgs), names, mount_allowed)
+    return Authorization(Caller(presented.orgs, project=presented.project), names, mount_allowed)
 
 
 async def _decision(

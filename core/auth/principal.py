@@ -21,6 +21,9 @@ class Principal:
     project: str | None
     #: The most it may do anywhere it reaches.
     actions: frozenset[str]
+    #: When the credential stops being valid (POSIX seconds; None: never). A bearer token
+    #: issued on its strength expires no later.
+    expires_at: float | None = None
 
 
 ANONYMOUS = Principal("anonymous", "anonymous", frozenset(), None, frozenset())

@@ -16,6 +16,8 @@ class Caller:
 
     orgs: frozenset[str]
     everything: bool = False  # auth disabled: the registry is one open namespace
+    #: Bound to one project: of its orgs, it reaches only ``<org>/<project>``.
+    project: str | None = None
 
 
 @dataclass(frozen=True)
@@ -36,3 +38,7 @@ class RequestView:
     authorization: str | None
     endpoint: Endpoint
     query: Mapping[str, str]
+    #: The peer's address and the ``X-Forwarded-For`` it sent: which client is asking, for
+    #: per-client limits (a gate trusts the header only from proxies it is told to trust).
+    remote_addr: str | None = None
+    forwarded_for: str | None = None

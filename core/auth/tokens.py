@@ -42,6 +42,9 @@ class Grant:
     issued_at: int
     expires_at: int
     token_id: str  # the JWT's jti
+    #: The project a project-bound credential was limited to (the ``project`` claim; tokens
+    #: issued before the claim existed have none and verify as before).
+    project: str | None = None
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -167,6 +170,8 @@ def sign_grant(
         "kind": grant.kind,
         "orgs": sorted(grant.orgs),
     }
+    if grant.project is not None:
+        claims["project"] = grant.project
     return jwt.encode(claims, private_key, algorithm=ALGORITHM, headers={"kid": kid})
 
 
@@ -252,6 +257,9 @@ def verify_grant(
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         raise _fail("invalid token") from exc
     expires, not_before, issued = (_number(claims, c) for c in ("exp", "nbf", "iat"))
+    project = claims.get("project")
+    if project is not None and (not isinstance(project, str) or not project):
+        raise _fail("invalid project claim")
     if expires <= now - leeway:
         raise _fail("token expired")
     if not_before > now + leeway:
@@ -266,4 +274,5 @@ def verify_grant(
         issued_at=int(issued),
         expires_at=int(expires),
         token_id=_string(claims, "jti"),
+        project=project,
     )

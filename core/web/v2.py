@@ -132,6 +132,8 @@ def install_v2(app: Quart, routes: V2Routes | Chooser) -> None:
             authorization=request.headers.get("Authorization"),
             endpoint=endpoint,
             query=request.args,
+            remote_addr=request.remote_addr,
+            forwarded_for=request.headers.get("X-Forwarded-For"),
         )
         chosen = await choose(view)
         handler = chosen.handler(endpoint.kind, request.method)

@@ -12,9 +12,15 @@ Layout under the edge's cache directory (one filesystem)::
 
 Values arrive typed (``RepositoryName``, ``Digest``, ``Tag``): nothing here parses a request's
 text again. Keys: ``blob:<digest>`` (a file, adopted by rename, tagged with its size),
-``manifest:<digest>`` (the payload, tagged with its media type), ``tag:<repository>:<tag>``
-(JSON text), ``link:<repository>@<digest>``. Repository names and tags hold no ``:`` or ``@``,
-so keys cannot collide.
+``manifest:<digest>`` (the payload), ``tag:<repository>:<tag>`` (JSON text),
+``link:<repository>@<digest>``, ``mediatype:<repository>@<digest>``. Repository names and
+tags hold no ``:`` or ``@``, so keys cannot collide.
+
+A manifest's media type is not a property of its bytes alone: the same bytes, pushed without
+a ``mediaType`` field, are an OCI manifest in one org and a Docker one in another (origin
+keeps the type each push declared). So the type served is the payload's own ``mediaType``
+when it has one, else the one recorded for the repository asking — never whichever
+repository fetched the bytes first (that let one org change what another was served).
 
 Namespaces: blobs and manifests are content-addressed, the same bytes whoever fetched them,
 so every upstream shares them (and the LRU). Tags and repository links say what a NAME
@@ -49,6 +55,7 @@ from typing import Any, BinaryIO, TypeVar, cast
 import diskcache
 import trio
 
+from core import mediatypes
 from core.digest import Digest, parse_digest
 from core.errors import DigestInvalid
 from core.reference import RepositoryName, Tag
@@ -68,6 +75,7 @@ META_SIZE_LIMIT = 256 << 20
 HOT_MANIFEST_BYTES = 32 << 20
 
 _BLOB, _MANIFEST, _TAG, _LINK = "blob:", "manifest:", "tag:", "link:"
+_MEDIA_TYPE = "mediatype:"
 _SPOOL_SUFFIX = ".spool"
 
 
@@ -119,10 +127,12 @@ class EdgeCache:
         self.size_limit = size_limit
         self.max_blob_bytes = max_blob_bytes
         self._limiter = trio.CapacityLimiter(THREADS)
-        self._hot_manifests: Lru[Digest, tuple[str, bytes]] = Lru(
+        # digest -> (the payload's own mediaType or None, payload)
+        self._hot_manifests: Lru[Digest, tuple[str | None, bytes]] = Lru(
             8192, HOT_MANIFEST_BYTES, weigh=lambda entry: len(entry[1])
         )
         self._hot_links: Lru[str, bool] = Lru(262144, None)
+        self._hot_media_types: Lru[str, str] = Lru(65536, None)
         self.namespace = ""  # of tags and links; "" for the origin's
 
     def namespaced(self, namespace: str) -> EdgeCache:
@@ -252,24 +262,43 @@ class EdgeCache:
 
     # --- manifests, tags, links -----------------------------------------------------------
 
-    async def get_manifest(self, digest: Digest) -> tuple[str, bytes] | None:
+    async def get_manifest(
+        self, repository: RepositoryName, digest: Digest
+    ) -> tuple[str, bytes] | None:
+        """The manifest as ``repository`` serves it: (media type, payload); None when the
+        payload is not cached, or names no media type and none is recorded for
+        ``repository`` (then the upstream is asked for this repository's)."""
         hot = self._hot_manifests.get(digest)
-        if hot is not None:
-            return hot
-        payload, media_type = await self._run(
-            partial(self._cache.get, _manifest_key(digest), tag=True, retry=True)
-        )
-        if payload is None:
-            return None
-        found = (str(media_type), bytes(payload))
-        self._hot_manifests.put(digest, found)
-        return found
+        if hot is None:
+            payload = await self._run(partial(self._cache.get, _manifest_key(digest), retry=True))
+            if payload is None:
+                return None
+            hot = (declared_media_type(bytes(payload)), bytes(payload))
+            self._hot_manifests.put(digest, hot)
+        declared, payload = hot
+        if declared is not None:
+            return declared, payload
+        key = self._media_type_key(repository, digest)
+        recorded = self._hot_media_types.get(key)
+        if recorded is None:
+            text = await self._run(partial(self._meta.get, key, retry=True))
+            if text is None:
+                return None
+            recorded = str(text)
+            self._hot_media_types.put(key, recorded)
+        return recorded, payload
 
-    async def put_manifest(self, digest: Digest, media_type: str, payload: bytes) -> None:
-        await self._run(
-            partial(self._cache.set, _manifest_key(digest), payload, tag=media_type, retry=True)
-        )
-        self._hot_manifests.put(digest, (media_type, payload))
+    async def put_manifest(
+        self, repository: RepositoryName, digest: Digest, media_type: str, payload: bytes
+    ) -> None:
+        """Cache a manifest fetched for ``repository``, which serves it as ``media_type``."""
+        declared = declared_media_type(payload)
+        await self._run(partial(self._cache.set, _manifest_key(digest), payload, retry=True))
+        self._hot_manifests.put(digest, (declared, payload))
+        if declared is None:
+            key = self._media_type_key(repository, digest)
+            await self._run(partial(self._meta.set, key, media_type, retry=True))
+            self._hot_media_types.put(key, media_type)
 
     async def get_tag(self, repository: RepositoryName, tag: Tag) -> TagEntry | None:
         # Not kept in memory: `edge cache purge` from another process must drop tags at once.
@@ -319,6 +348,9 @@ class EdgeCache:
     def _link_key(self, repository: RepositoryName, digest: Digest) -> str:
         return f"{_LINK}{self._scope(repository)}@{digest}"
 
+    def _media_type_key(self, repository: RepositoryName, digest: Digest) -> str:
+        return f"{_MEDIA_TYPE}{self._scope(repository)}@{digest}"
+
     def _scope(self, repository: RepositoryName) -> str:
         return f"{self.namespace}|{repository}" if self.namespace else repository.value
 
@@ -345,6 +377,7 @@ class EdgeCache:
         digest and of repository links: both immutable facts.)"""
         self._hot_manifests.clear()
         self._hot_links.clear()
+        self._hot_media_types.clear()
         meta = await self._run(partial(self._meta.clear, retry=True))
         return int(await self._run(partial(self._cache.clear, retry=True))) + int(meta)
 
@@ -355,6 +388,16 @@ def _blob_key(digest: Digest) -> str:
 
 def _manifest_key(digest: Digest) -> str:
     return f"{_MANIFEST}{digest}"
+
+
+def declared_media_type(payload: bytes) -> str | None:
+    """The manifest media type a payload names itself (its ``mediaType``), if any."""
+    try:
+        document = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    declared = document.get("mediaType") if isinstance(document, dict) else None
+    return declared if declared in mediatypes.MANIFESTS else None
 
 
 def _decode_tag(text: str) -> TagEntry | None:

@@ -2,7 +2,8 @@
 origin's own ways of knowing who asks.
 
 - Basic ``x-token:<token>``: the registry token is authenticated against the tenancy store;
-  a wrong one is refused at once with a Basic challenge.
+  a wrong one is refused at once with a Basic challenge, and counts against the client's
+  failed-credential limit (shared with ``/token`` and ``/api/v1/``: 429 past it).
 - Bearer: verified with origin's own keys; a token that fails verification is answered as
   anonymous (public repositories stay readable) with ``error="invalid_token"`` when refused.
 - Legacy project ids are resolved against the tenancy store, and visibility is read there.
@@ -21,6 +22,7 @@ from core.auth.tokens import verify_grant
 from core.errors import Unauthorized
 from core.reference import RepositoryName
 from origin.auth.keys import KeyRing
+from origin.auth.ratelimit import CredentialFailures
 from origin.auth.store import TenancyStore
 
 
@@ -31,11 +33,19 @@ class Gate:
         tenancy: TenancyStore,
         keys: KeyRing,
         clock: Callable[[], float],
+        *,
+        failures: CredentialFailures | None = None,
     ) -> None:
         self._settings = settings
         self._tenancy = tenancy
         self._keys = keys
         self._clock = clock
+        self._failures = failures or CredentialFailures(
+            settings.token_failures_allowed,
+            settings.token_failure_window_seconds,
+            trusted_proxies=settings.trusted_proxies,
+            clock=clock,
+        )
 
     async def resolve(self, host: str, name: RepositoryName) -> RepositoryName | None:
         """The internal name ``name`` means on ``host``; None when it addresses nothing."""
@@ -66,13 +76,13 @@ class Gate:
             view,
             required,
             names,
-            await self._present(view.authorization),
+            await self._present(view),
             service=self._settings.token_service,
             is_public=self._tenancy.is_public,
         )
 
-    async def _present(self, header: str | None) -> rules.Presented:
-        credentials = parse_authorization(header)
+    async def _present(self, view: RequestView) -> rules.Presented:
+        credentials = parse_authorization(view.authorization)
         if credentials is None:
             return rules.Presented(rules.NONE, ANONYMOUS)
         if credentials.scheme == rules.BEARER:
@@ -88,10 +98,13 @@ class Gate:
                 return rules.Presented(rules.BEARER, ANONYMOUS, "invalid_token")
             return rules.Presented(rules.BEARER, grant)
         if credentials.scheme == rules.BASIC:
+            client = self._failures.client(view.remote_addr, view.forwarded_for)
+            self._failures.check(client)
             principal = None
             if credentials.secret:
                 principal = await self._tenancy.authenticate(credentials.secret, self._clock())
             if principal is None:
+                self._failures.failed(client)
                 raise rules.invalid_credentials()
             return rules.Presented(rules.BASIC, principal)
         return rules.Presented(rules.NONE, ANONYMOUS)

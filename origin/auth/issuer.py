@@ -10,6 +10,7 @@ in the context of the host the request came to.
 from __future__ import annotations
 
 import datetime
+import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,12 @@ from core.auth.access import grant_accesses
 from core.auth.principal import ANONYMOUS, Principal
 from core.auth.scopes import Access, merge
 from core.auth.tokens import Grant, sign_grant
-from core.errors import NameInvalid, TooManyRequests, Unauthorized
+from core.errors import NameInvalid, Unauthorized
 from core.reference import parse_repository_name
 from origin.auth.gate import Gate
 from origin.auth.keys import KeyRing
 from origin.auth.oidc import OidcVerifier, TrustRule, principal_for
-from origin.auth.ratelimit import FailureLimiter
+from origin.auth.ratelimit import CredentialFailures
 from origin.auth.store import TenancyStore
 from origin.auth.token_format import looks_like_registry_token
 
@@ -54,31 +55,36 @@ class TokenIssuer:
         gate: Gate,
         oidc: OidcVerifier,
         clock: Callable[[], float],
+        *,
+        failures: CredentialFailures | None = None,
     ) -> None:
+        """``failures``: the process's failed-credential limit (shared with ``/v2/`` and
+        ``/api/v1/``); one of its own when None."""
         self._settings = settings
         self._tenancy = tenancy
         self._keys = keys
         self._gate = gate
         self._oidc = oidc
         self._clock = clock
-        self._failures = FailureLimiter(
-            settings.token_failures_allowed, settings.token_failure_window_seconds
+        self.failures = failures or CredentialFailures(
+            settings.token_failures_allowed,
+            settings.token_failure_window_seconds,
+            trusted_proxies=settings.trusted_proxies,
+            clock=clock,
         )
 
     async def exchange(
         self, *, host: str, client: str, password: str | None, scopes: Sequence[Access]
     ) -> IssuedToken:
+        """A token for ``password`` (None: anonymous) from ``client`` (see
+        :meth:`CredentialFailures.client`); 429 once the client has failed too often."""
         now = self._clock()
-        retry = self._failures.retry_after(client, now)
-        if retry is not None:
-            raise TooManyRequests(
-                "too many failed token requests", headers={"Retry-After": str(int(retry))}
-            )
         principal = ANONYMOUS
         if password is not None:
+            self.failures.check(client)
             found = await self._principal(password)
             if found is None:
-                self._failures.record_failure(client, now)
+                self.failures.failed(client)
                 raise Unauthorized("invalid credentials")
             principal = found
         return await self._issue(principal, host, scopes, now)
@@ -134,15 +140,20 @@ class TokenIssuer:
             is_public=public.__contains__,
         )
         issued_at = int(now)
-        ttl = int(self._settings.token_ttl_seconds)
+        expires_at = issued_at + int(self._settings.token_ttl_seconds)
+        if principal.expires_at is not None:
+            # Never valid longer than the credential it was issued for.
+            expires_at = max(issued_at, min(expires_at, math.floor(principal.expires_at)))
+        ttl = expires_at - issued_at
         grant = Grant(
             subject=principal.subject,
             kind=principal.kind,
             orgs=principal.orgs,
             access=tuple(granted),
             issued_at=issued_at,
-            expires_at=issued_at + ttl,
+            expires_at=expires_at,
             token_id=secrets.token_urlsafe(12),
+            project=principal.project,
         )
         key = self._keys.current
         token = sign_grant(

@@ -48,12 +48,15 @@ class TrustRule:
 
 
 def principal_for(rule: TrustRule, claims: Mapping[str, Any]) -> Principal:
+    expires = claims.get("exp")
     return Principal(
         kind="trust",
         subject=f"{rule.id}:{claims.get('sub', '')}",
         orgs=frozenset({rule.org_slug}),
         project=rule.project_id,
         actions=rule.actions,
+        # The ID token's own expiry: a registry token issued for it must not outlive it.
+        expires_at=float(expires) if isinstance(expires, int | float) else None,
     )
 
 

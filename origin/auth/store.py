@@ -323,13 +323,15 @@ class TenancyStore(SqlStore):
             return None
         if row.last_used_at is None or now - row.last_used_at >= TOUCH_INTERVAL_SECONDS:
             await self._change(_touch(token_id, now))
+        expires = row.expires_at
         if kind == tf.USER:
             slugs = await self._all(_MEMBER_SLUGS, {"user_id": row.user_id})
-            return Principal(kind, token_id, frozenset(r[0] for r in slugs), None, ALL_ACTIONS)
+            orgs = frozenset(r[0] for r in slugs)
+            return Principal(kind, token_id, orgs, None, ALL_ACTIONS, expires)
         if kind == tf.EDGE:
-            return Principal(kind, token_id, frozenset(), None, frozenset({PULL}))
+            return Principal(kind, token_id, frozenset(), None, frozenset({PULL}), expires)
         actions = frozenset({PULL}) if kind == tf.PULL else ALL_ACTIONS
-        return Principal(kind, token_id, frozenset({row.slug}), row.project_id, actions)
+        return Principal(kind, token_id, frozenset({row.slug}), row.project_id, actions, expires)
 
     # -- OIDC trust relationships ---------------------------------------------------------
 

@@ -8,8 +8,14 @@ use it; a deletion that no longer holds is refused, never forced:
 
 * a manifest: older than the cutoff, no tag points at it, no other manifest names it;
 * a link: older than the cutoff, no manifest of its repository references the digest;
-* a blob: older than the cutoff, no repository links it. Its bytes are deleted inside the
-  transaction, after the row: a failure rolls the row back and leaves both.
+* a blob: older than the cutoff, no repository links it. Its row is deleted (and the digest
+  noted in ``collected_blobs``) in one transaction; its bytes in a second one, which first
+  inserts the blob's row again as a placeholder — a push of the same digest inserts that row
+  before placing the bytes, so whichever comes second waits for the first, and a re-pushed
+  blob's bytes are never deleted — then deletes the bytes, the placeholder and the note.
+  A collector killed anywhere leaves no row without bytes: after the first commit there is
+  no row (bytes and note remain: the next collection deletes them); inside the second the
+  placeholder rolls back with it.
 
 On PostgreSQL the lock is ``FOR UPDATE`` and, under READ COMMITTED, each later statement sees
 every transaction committed meanwhile; the writers that race a collection (manifest push, blob
@@ -29,6 +35,7 @@ import trio
 from origin.metadata.records import BlobNode, Graph, ManifestKey, ManifestNode
 from origin.metadata.schema import (
     blobs,
+    collected_blobs,
     manifest_references,
     manifests,
     repo_blobs,
@@ -133,10 +140,9 @@ def delete_link(conn: sa.Connection, repository_id: int, digest: str, cutoff: fl
     return True
 
 
-def delete_blob(
-    conn: sa.Connection, digest: str, cutoff: float, remove: Callable[[], Awaitable[None]]
-) -> int | None:
-    """Delete the blob's row, then its bytes (``remove()``), if no repository links it; the
+def delete_blob(conn: sa.Connection, digest: str, cutoff: float, now: float) -> int | None:
+    """Delete the blob's row if no repository links it, noting that its bytes are to go
+    (:func:`delete_blob_bytes`, in a transaction of its own once this one committed); the
     size freed, or None when refused."""
     row = conn.execute(
         sa.select(blobs.c.size, blobs.c.created_at)
@@ -148,5 +154,38 @@ def delete_blob(
     if _exists(conn, repo_blobs.c.digest == digest):
         return None
     conn.execute(sa.delete(blobs).where(blobs.c.digest == digest))
-    trio.from_thread.run(remove)
+    conn.execute(sa.delete(collected_blobs).where(collected_blobs.c.digest == digest))
+    conn.execute(sa.insert(collected_blobs), {"digest": digest, "collected_at": now})
     return int(row.size)
+
+
+def delete_blob_bytes(
+    conn: sa.Connection,
+    digest: str,
+    insert_placeholder: sa.Insert,
+    remove: Callable[[], Awaitable[None]],
+) -> bool:
+    """Delete the bytes of a blob :func:`delete_blob` collected (``remove()``), unless it
+    was pushed again since; whether they were deleted. ``insert_placeholder`` inserts a
+    ``blobs`` row unless one exists (it waits for a push inserting one right now)."""
+    noted = collected_blobs.c.digest == digest
+    if not _exists(conn, noted):
+        return False  # another collector finished it
+    placeholder = {"digest": digest, "size": 0, "created_at": 0.0}
+    # RETURNING, not rowcount: that is -1 for these inserts on psycopg.
+    inserted = insert_placeholder.returning(blobs.c.digest)
+    deleted = conn.execute(inserted, placeholder).first() is not None
+    if deleted:  # no row: nobody pushed it again, and nobody can until we commit
+        trio.from_thread.run(remove)
+        conn.execute(sa.delete(blobs).where(blobs.c.digest == digest))
+    conn.execute(sa.delete(collected_blobs).where(noted))
+    return deleted
+
+
+def collected_digests(conn: sa.Connection) -> list[str]:
+    """Digests whose rows were collected and whose bytes may remain (a collector stopped
+    between the two), oldest first."""
+    rows = conn.execute(
+        sa.select(collected_blobs.c.digest).order_by(collected_blobs.c.collected_at)
+    )
+    return [str(row.digest) for row in rows]

@@ -160,6 +160,16 @@ def stored_bytes(namespace: str) -> sa.Select[tuple[int, int]]:
     return sa.select(blob_bytes, manifest_bytes)
 
 
+def upload_usage(namespace: str) -> sa.Select[tuple[int, int]]:
+    """``(sessions, staged bytes)`` of the upload sessions of repositories under
+    ``<namespace>/``."""
+    name = repositories.c.name
+    repos = sa.select(repositories.c.id).where(name > f"{namespace}/", name < f"{namespace}0")
+    return sa.select(
+        sa.func.count(uploads.c.id), sa.func.coalesce(sa.func.sum(uploads.c.size), 0)
+    ).where(uploads.c.repository_id.in_(repos))
+
+
 UPLOAD = (
     sa.select(
         uploads.c.id,

@@ -57,6 +57,15 @@ blobs = sa.Table(
     _time("created_at"),
 )
 
+# Blobs whose row garbage collection deleted and whose bytes it has yet to delete: a
+# collector killed between the two leaves the digest here, and the next one finishes it.
+collected_blobs = sa.Table(
+    "collected_blobs",
+    metadata,
+    sa.Column("digest", _text(), primary_key=True),
+    _time("collected_at"),
+)
+
 # Which repository may serve which blob: never serve org A's bytes to org B by digest.
 repo_blobs = sa.Table(
     "repo_blobs",

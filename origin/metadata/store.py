@@ -96,11 +96,15 @@ class MetadataStore(SqlStore):
         *,
         with_content: bool = False,
         orgs: Collection[str] | None = None,
+        names: Collection[str] | None = None,
     ) -> list[str]:
         """Repository names in byte-wise order, after ``last``, at most ``n``; with
         ``with_content``, only those holding a manifest or a blob (starting an upload
-        creates the row too); with ``orgs``, only names under ``<org>/``."""
+        creates the row too); with ``orgs``, only names under ``<org>/``; with ``names``,
+        only those."""
         conditions: list[sa.ColumnElement[bool]] = []
+        if names is not None:
+            conditions.append(repositories.c.name.in_(sorted(names)) if names else sa.false())
         if with_content:
             conditions.append(
                 sa.or_(
@@ -204,7 +208,10 @@ class MetadataStore(SqlStore):
             if conn.execute(q.BLOB_FOR_SHARE, {"digest": digest}).first() is not None:
                 break
             # Waits for a collector deleting this row (PostgreSQL), then inserts it anew.
-            if execute(conn, self._writes.insert_blob, blob) > 0:
+            # Whether it did is what RETURNING says: rowcount is -1 for these inserts on
+            # psycopg (the bytes were then always placed after the commit, not inside it).
+            inserted = self._writes.insert_blob.returning(blobs.c.digest)
+            if conn.execute(inserted, blob).first() is not None:
                 trio.from_thread.run(place)
                 placed = True
                 break
@@ -433,6 +440,13 @@ class MetadataStore(SqlStore):
         }
         await self._change(sa.insert(uploads), params)
 
+    async def upload_usage(self, namespace: str) -> tuple[int, int]:
+        """Upload sessions open in the repositories under ``<namespace>/`` (an org), and the
+        bytes they have staged."""
+        row = await self._first(q.upload_usage(namespace))
+        assert row is not None  # two aggregates: always one row
+        return int(row[0]), int(row[1])
+
     async def upload(self, upload_id: str) -> UploadRecord | None:
         row = await self._first(q.UPLOAD, {"upload_id": upload_id})
         if row is None:
@@ -485,11 +499,25 @@ class MetadataStore(SqlStore):
         return await self._write(collection.delete_link, repository_id, digest, cutoff)
 
     async def collect_blob(
-        self, digest: str, cutoff: float, remove: Callable[[], Awaitable[None]]
+        self, digest: str, cutoff: float, now: float, remove: Callable[[], Awaitable[None]]
     ) -> int | None:
-        """Delete the blob's row, then its bytes (``remove()``), in one transaction if,
-        re-checked now, no repository links it: the size freed, or None when refused."""
-        return await self._write(collection.delete_blob, digest, cutoff, remove)
+        """Delete the blob's row if, re-checked now, no repository links it, and then (in
+        a transaction of its own: see ``collection.py``) its bytes with ``remove()``: the
+        size freed, or None when refused."""
+        size = await self._write(collection.delete_blob, digest, cutoff, now)
+        if size is not None:
+            await self.collect_blob_bytes(digest, remove)
+        return size
+
+    async def collect_blob_bytes(self, digest: str, remove: Callable[[], Awaitable[None]]) -> bool:
+        """Delete the bytes of a collected blob, unless it was pushed again since."""
+        insert = self._writes.insert_blob
+        return await self._write(collection.delete_blob_bytes, digest, insert, remove)
+
+    async def collected_blobs(self) -> list[str]:
+        """Blobs whose rows were collected but whose bytes may remain (a collector was
+        stopped in between): :meth:`collect_blob_bytes` finishes them."""
+        return await self.database.read(collection.collected_digests)
 
 
 def _unique(references: list[Reference]) -> list[Reference]:

@@ -4,16 +4,18 @@ and deletions that re-check themselves.
 The collector plans on :meth:`RegistryGraph.snapshot` and then asks for each deletion; each one
 runs in a write transaction of its own that locks its row and re-checks, against what the
 database holds by then, that nothing uses it any more (``origin/metadata/collection.py``). A
-deletion that no longer holds is refused (False or None), never forced. A blob's bytes are
-deleted inside its row's transaction, after the row: a storage failure rolls the row back and
-leaves both.
+deletion that no longer holds is refused (False or None), never forced. A blob's row goes
+first and its bytes after, in a second transaction (``origin/metadata/collection.py``): a
+collector stopped in between leaves bytes without a row (harmless; :meth:`finish_collected`
+deletes them next time), never a row without bytes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
 
-from core.digest import Digest
+from core.digest import Digest, parse_digest
 from core.storage.driver import StorageDriver
 from origin.metadata.records import Graph
 from origin.metadata.store import MetadataStore
@@ -44,10 +46,21 @@ class RegistryGraph:
         references."""
         return await self._metadata.collect_link(repository_id, digest, cutoff)
 
-    async def remove_blob(self, digest: Digest, cutoff: float) -> int | None:
+    async def remove_blob(self, digest: Digest, cutoff: float, now: float) -> int | None:
         """Delete a blob, stored before ``cutoff``, that no repository links: its row, then
         its bytes. The size freed, or None when refused."""
+        return await self._metadata.collect_blob(str(digest), cutoff, now, self._remover(digest))
+
+    async def finish_collected(self) -> int:
+        """Delete the bytes of blobs an earlier collection removed the rows of but was
+        stopped before their bytes; how many bytes deletions were done."""
+        finished = 0
+        for text in await self._metadata.collected_blobs():
+            digest = parse_digest(text)
+            finished += await self._metadata.collect_blob_bytes(text, self._remover(digest))
+        return finished
+
+    def _remover(self, digest: Digest) -> Callable[[], Awaitable[None]]:
         # The directory holding the blob's ``data`` object, removed whole.
         directory = blob_path(digest).rsplit("/", 1)[0]
-        remove = partial(self._storage.delete, directory)
-        return await self._metadata.collect_blob(str(digest), cutoff, remove)
+        return partial(self._storage.delete, directory)

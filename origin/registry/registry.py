@@ -15,7 +15,7 @@ from origin.metadata.store import MetadataStore
 from origin.registry.blobs import Blobs
 from origin.registry.graph import RegistryGraph
 from origin.registry.manifests import Manifests
-from origin.registry.uploads import Uploads
+from origin.registry.uploads import UploadLimits, Uploads
 
 
 class Registry:
@@ -24,20 +24,30 @@ class Registry:
         storage: StorageDriver,
         metadata: MetadataStore,
         clock: Callable[[], float] = time.time,
+        *,
+        upload_limits: UploadLimits | None = None,
     ) -> None:
         self.storage = storage
         self.metadata = metadata
         self.blobs = Blobs(storage, metadata, clock)
-        self.uploads = Uploads(storage, metadata, self.blobs, clock)
+        self.uploads = Uploads(storage, metadata, self.blobs, clock, upload_limits)
         self.manifests = Manifests(metadata, clock)
         self.graph = RegistryGraph(storage, metadata)
 
     async def catalog(
-        self, n: int, last: str | None, orgs: frozenset[str] | None = None
+        self,
+        n: int,
+        last: str | None,
+        orgs: frozenset[str] | None = None,
+        *,
+        names: frozenset[str] | None = None,
     ) -> list[str]:
         """Repositories holding content (starting an upload creates the row too), limited
-        to the given orgs' namespaces unless ``orgs`` is None."""
-        return await self.metadata.list_repositories(n, last, with_content=True, orgs=orgs)
+        to the given orgs' namespaces unless ``orgs`` is None, and to exactly ``names``
+        unless that is None."""
+        return await self.metadata.list_repositories(
+            n, last, with_content=True, orgs=orgs, names=names
+        )
 
     async def stored_bytes(self, namespace: str) -> int:
         """Bytes the repositories under ``<namespace>/`` (an org) hold: each distinct blob

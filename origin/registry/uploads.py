@@ -8,6 +8,12 @@ concurrent PATCHes cannot both win.
 
 hashlib state cannot be saved, so the running sha256 of each session is kept in memory;
 a session continued by another process or after a restart re-hashes the staged bytes.
+
+Abandoned sessions hold staged bytes until the upload timeout purges them, so each org may
+have only so many sessions open and so many bytes staged (:class:`UploadLimits`): past
+either, 429 ``TOOMANYREQUESTS`` — a new session is refused, and a chunk is cut off the moment
+it would exceed the budget. Staged bytes are what the database records plus what this process
+is receiving right now (several origin processes each count their own in-flight bytes).
 """
 
 from __future__ import annotations
@@ -17,17 +23,24 @@ import re
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import trio
 
 from core.digest import Digest
-from core.errors import BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
+from core.errors import (
+    BlobUploadUnknown,
+    DigestInvalid,
+    RangeInvalid,
+    SizeInvalid,
+    TooManyRequests,
+)
 from core.exceptiongroups import single_exception
 from core.ranges import ByteRange
 from core.reference import RepositoryName
 from core.storage.driver import CHUNK_SIZE, Appender, PathNotFound, StorageDriver
+from core.tenancy import org_of
 from origin.metadata.records import UploadRecord
 from origin.metadata.store import MetadataStore
 from origin.registry.blobs import Blobs
@@ -38,6 +51,16 @@ _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_CACHED_HASHES = 4096
 #: Batches (of CHUNK_SIZE) received ahead of the hashing and writing.
 _WRITE_QUEUE_BATCHES = 4
+#: Retry-After on a 429 for an org over its upload limits: sessions are purged slowly.
+LIMIT_RETRY_AFTER_SECONDS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """Per org; 0 means no limit."""
+
+    sessions: int = 0
+    staged_bytes: int = 0
 
 
 class UploadOutOfOrder(RangeInvalid):
@@ -57,15 +80,22 @@ class Uploads:
         metadata: MetadataStore,
         blobs: Blobs,
         clock: Callable[[], float],
+        limits: UploadLimits | None = None,
     ) -> None:
         self._storage = storage
         self._metadata = metadata
         self._blobs = blobs
         self._clock = clock
+        self._limits = limits or UploadLimits()
         self._locks = KeyedLock()
         self._hashes: OrderedDict[str, tuple[int, hashlib._Hash]] = OrderedDict()
+        self._receiving: dict[str, int] = {}  # org -> bytes being received, not yet recorded
 
     async def start(self, name: RepositoryName) -> UploadRecord:
+        if self._limits.sessions:
+            sessions, _ = await self._metadata.upload_usage(org_of(name))
+            if sessions >= self._limits.sessions:
+                raise _over_limit(f"at most {self._limits.sessions} uploads open per org")
         now = self._clock()
         repository_id = await self._metadata.ensure_repository(name.value, now)
         upload_id = uuid.uuid4().hex
@@ -91,7 +121,7 @@ class Uploads:
         async with self._locks.hold(upload_id):
             record = await self.status(name, upload_id)
             expected = _expected_length(record, content_range, content_length)
-            new_size = await self._ingest(upload_id, record.size, body, expected)
+            new_size = await self._ingest(name, upload_id, record.size, body, expected)
             if new_size == record.size:
                 return record
             if not await self._metadata.advance_upload(
@@ -116,7 +146,7 @@ class Uploads:
         async with self._locks.hold(upload_id):
             record = await self.status(name, upload_id)
             expected = _expected_length(record, content_range, content_length)
-            size = await self._ingest(upload_id, record.size, body, expected)
+            size = await self._ingest(name, upload_id, record.size, body, expected)
             actual = await self._digest_of(upload_id, size, digest.algorithm)
             if actual != digest.encoded:
                 await self._discard(upload_id)
@@ -149,24 +179,54 @@ class Uploads:
         await self._storage.delete(upload_dir(upload_id))
 
     async def _ingest(
-        self, upload_id: str, start: int, body: AsyncIterable[bytes], expected: int | None
+        self,
+        name: RepositoryName,
+        upload_id: str,
+        start: int,
+        body: AsyncIterable[bytes],
+        expected: int | None,
     ) -> int:
         """Append the body to the staged bytes; return the new durable size.
 
         Receiving and hashing+writing run as two tasks joined by a small channel, so the
         socket keeps being read while a batch is hashed and written in worker threads.
         """
+        org = org_of(name)
+        budget = await self._staging_budget(org)
+        counted = self._counted(org, body, budget)
         hasher = await self._take_hasher(upload_id, start)
         send, receive = trio.open_memory_channel[bytes](_WRITE_QUEUE_BATCHES)
-        async with self._storage.open_appender(upload_path(upload_id), start) as appender:
-            with single_exception():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_hash_and_write_all, appender, hasher, receive)
-                    async with send:
-                        received = await _batch(body, expected, send)
-            await appender.flush()
+        try:
+            async with self._storage.open_appender(upload_path(upload_id), start) as appender:
+                with single_exception():
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_hash_and_write_all, appender, hasher, receive)
+                        async with send:
+                            received = await _batch(counted, expected, send)
+                await appender.flush()
+        finally:
+            self._count_receiving(org, -counted.received)
         self._keep_hasher(upload_id, start + received, hasher)
         return start + received
+
+    def _count_receiving(self, org: str, change: int) -> None:
+        left = self._receiving.get(org, 0) + change
+        if left:
+            self._receiving[org] = left
+        else:
+            self._receiving.pop(org, None)
+
+    async def _staging_budget(self, org: str) -> int | None:
+        """Bytes the org may still stage (None: no limit)."""
+        if not self._limits.staged_bytes:
+            return None
+        _, staged = await self._metadata.upload_usage(org)
+        return self._limits.staged_bytes - staged - self._receiving.get(org, 0)
+
+    def _counted(self, org: str, body: AsyncIterable[bytes], budget: int | None) -> _Counted:
+        return _Counted(
+            body, budget, partial(self._count_receiving, org), self._limits.staged_bytes
+        )
 
     async def _take_hasher(self, upload_id: str, size: int) -> hashlib._Hash:
         cached = self._hashes.pop(upload_id, None)
@@ -199,6 +259,38 @@ class Uploads:
         except PathNotFound as exc:
             raise BlobUploadUnknown("staged upload data is missing") from exc
         return hasher
+
+
+class _Counted:
+    """A request body counted into its org's bytes being received, cut off (429) past the
+    org's budget."""
+
+    def __init__(
+        self,
+        body: AsyncIterable[bytes],
+        budget: int | None,
+        count: Callable[[int], None],
+        limit: int,
+    ) -> None:
+        self._chunks = aiter(body)
+        self._budget = budget
+        self._count, self._limit = count, limit
+        self.received = 0
+
+    def __aiter__(self) -> _Counted:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await anext(self._chunks)
+        self.received += len(chunk)
+        self._count(len(chunk))
+        if self._budget is not None and self.received > self._budget:
+            raise _over_limit(f"at most {self._limit} bytes staged in uploads per org")
+        return chunk
+
+
+def _over_limit(message: str) -> TooManyRequests:
+    return TooManyRequests(message, headers={"Retry-After": str(LIMIT_RETRY_AFTER_SECONDS)})
 
 
 async def _batch(

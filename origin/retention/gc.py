@@ -11,8 +11,10 @@ winning (the blob stays: its link or reference now exists) or the push failing c
 (``MANIFEST_BLOB_UNKNOWN`` / a mount falling back to an upload) for the client to retry —
 never a manifest pointing at a deleted blob.
 
-Order of the sweep: unreachable manifests (indexes before their children), then links no
-manifest of their repository references, then blobs no repository links (row, then bytes).
+Order of the sweep: first the bytes of blobs a stopped collection left behind, then
+unreachable manifests (indexes before their children), then links no manifest of their
+repository references, then blobs no repository links (row, committed, then bytes: a
+collection killed at any point leaves no row without its bytes).
 Everything younger than the grace period is kept, so a blob uploaded for a manifest that has
 not been pushed yet survives. One run also purges abandoned upload sessions.
 
@@ -121,6 +123,7 @@ async def collect(
             uploads=uploads,
         )
 
+    await registry_graph.finish_collected()
     refused = 0
 
     async def attempt(fn: Callable[..., Awaitable[T]], *args: Any) -> T | None:
@@ -146,7 +149,7 @@ async def collect(
             links.append((name(repository_id), digest))
     blobs: list[tuple[str, int]] = []
     for digest in planned.blobs:
-        size = await attempt(registry_graph.remove_blob, parse_digest(digest), cutoff)
+        size = await attempt(registry_graph.remove_blob, parse_digest(digest), cutoff, now)
         if size is not None:
             blobs.append((digest, size))
     uploads = 0

@@ -25,6 +25,7 @@ from core.tenancy import internal_name, is_org_id, is_org_slug
 from core.web.response import RegistryResponse as Response
 from origin.auth import management
 from origin.auth.issuer_url import MAX_ISSUER_LENGTH, check_issuer
+from origin.auth.ratelimit import CredentialFailures
 from origin.auth.records import OrgRecord, ProjectRecord, TokenRecord, TrustRecord
 from origin.auth.store import TenancyStore
 from origin.routes.json_body import read_json_object
@@ -45,8 +46,9 @@ def install_api_routes(
     clock: Callable[[], float],
     *,
     allow_insecure_loopback: bool = False,
+    failures: CredentialFailures | None = None,
 ) -> None:
-    api = ManagementApi(tenancy, clock, allow_insecure_loopback)
+    api = ManagementApi(tenancy, clock, allow_insecure_loopback, failures=failures)
     rules: list[tuple[str, str, Callable[..., Any]]] = [
         ("", "GET", api.list_orgs),
         ("/<org>", "GET", api.get_org),
@@ -88,11 +90,19 @@ class ManagementApi:
     are :mod:`origin.auth.management`'s)."""
 
     def __init__(
-        self, tenancy: TenancyStore, clock: Callable[[], float], allow_insecure_loopback: bool
+        self,
+        tenancy: TenancyStore,
+        clock: Callable[[], float],
+        allow_insecure_loopback: bool,
+        *,
+        failures: CredentialFailures | None = None,
     ) -> None:
+        """``failures``: the process's failed-credential limit, shared with ``/token`` and
+        ``/v2/`` (none: not limited here)."""
         self._tenancy = tenancy
         self._clock = clock
         self._allow_insecure_loopback = allow_insecure_loopback
+        self._failures = failures
 
     # -- who is asking, and for which org -------------------------------------------------
 
@@ -100,9 +110,17 @@ class ManagementApi:
         credentials = parse_authorization(request.headers.get("Authorization"))
         if credentials is None:
             raise Unauthorized(headers=management.CHALLENGE)
+        client = None
+        if self._failures is not None:
+            client = self._failures.client(
+                request.remote_addr, request.headers.get("X-Forwarded-For")
+            )
+            self._failures.check(client)
         principal = None
         if credentials.scheme in ("bearer", "basic") and credentials.secret:
             principal = await self._tenancy.authenticate(credentials.secret, self._clock())
+        if principal is None and self._failures is not None and client is not None:
+            self._failures.failed(client)
         return management.require_principal(principal)
 
     async def _org(self, ref: str, action: str = READ) -> tuple[Principal, OrgRecord]:

@@ -24,6 +24,7 @@ from core.auth.principal import PUSH, Principal
 from core.errors import BadRequest, NotFound
 from core.web.response import RegistryResponse as Response
 from origin.auth import management
+from origin.auth.ratelimit import CredentialFailures
 from origin.auth.records import ProjectRecord
 from origin.auth.store import TenancyStore
 from origin.builds.metering import Metering
@@ -45,8 +46,10 @@ def install_build_routes(
     builds: BuildService,
     metering: Metering,
     clock: Callable[[], float],
+    *,
+    failures: CredentialFailures | None = None,
 ) -> None:
-    api = _BuildsApi(tenancy, builds, metering, clock)
+    api = _BuildsApi(tenancy, builds, metering, clock, failures=failures)
     rules: list[tuple[str, str, Callable[..., Any]]] = [
         ("/projects/<project_id>/builds", "POST", api.create_build),
         ("/projects/<project_id>/builds", "GET", api.list_builds),
@@ -75,8 +78,10 @@ class _BuildsApi(ManagementApi):
         builds: BuildService,
         metering: Metering,
         clock: Callable[[], float],
+        *,
+        failures: CredentialFailures | None = None,
     ) -> None:
-        super().__init__(tenancy, clock, allow_insecure_loopback=False)
+        super().__init__(tenancy, clock, allow_insecure_loopback=False, failures=failures)
         self._builds = builds
         self._metering = metering
 
@@ -217,6 +222,7 @@ def _string_list(body: JsonObject, field: str) -> list[str]:
 def _page_size(text: str | None) -> int:
     if text is None:
         return 100
-    if not text.isdigit() or not 0 < int(text) <= MAX_PAGE:
+    # ASCII digits, and few of them: int() of thousands of digits raises.
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or not 0 < int(text) <= MAX_PAGE:
         raise BadRequest(f"n must be a number from 1 to {MAX_PAGE}")
     return int(text)

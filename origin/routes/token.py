@@ -9,16 +9,14 @@ from quart import Quart, request
 from core.auth.credentials import parse_authorization
 from core.auth.scopes import parse_scopes
 from core.errors import Unauthorized, Unsupported
-from core.web.client_address import client_address, parse_networks
 from core.web.response import RegistryResponse as Response
 from origin.auth.issuer import TokenIssuer
 from origin.auth.keys import KeyRing
 
 
-def install_token_routes(
-    app: Quart, issuer: TokenIssuer, keys: KeyRing, trusted_proxies: str = ""
-) -> None:
-    trusted = parse_networks(trusted_proxies)
+def install_token_routes(app: Quart, issuer: TokenIssuer, keys: KeyRing) -> None:
+    """``/token`` and the JWKS. Failed credentials count per client (behind the trusted
+    proxies of ``issuer.failures``, the client their ``X-Forwarded-For`` names)."""
 
     @app.route("/token", methods=["GET", "POST"])
     async def token() -> Response:
@@ -37,8 +35,8 @@ def install_token_routes(
         try:
             issued = await issuer.exchange(
                 host=request.host,
-                client=client_address(
-                    request.remote_addr, request.headers.get("X-Forwarded-For"), trusted
+                client=issuer.failures.client(
+                    request.remote_addr, request.headers.get("X-Forwarded-For")
                 ),
                 password=password,
                 scopes=parse_scopes(scopes),

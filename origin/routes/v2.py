@@ -249,7 +249,8 @@ class _Handlers:
         return response
 
     async def catalog(self, call: Call[CatalogEndpoint]) -> Response:
-        """Only the caller's orgs; on an org's subdomain, only that org, names as seen there."""
+        """Only the caller's orgs (a caller bound to a project: only the project's
+        repository); on an org's subdomain, only that org, names as seen there."""
         caller = call.authorization.caller
         page = parse_page(request.args, default=1000)
         host_org = org_from_host(request.host, self.base_domain)
@@ -257,8 +258,11 @@ class _Handlers:
         prefix = ""
         if host_org is not None and not caller.everything:
             orgs, prefix = orgs & {host_org} if orgs else frozenset(), f"{host_org}/"
+        only = None
+        if caller.project is not None and orgs is not None:
+            only = frozenset(f"{org}/{caller.project}" for org in orgs)
         last = prefix + page.last if page.last else None
-        internal = await self.registry.catalog(page.n + 1, last, orgs)
+        internal = await self.registry.catalog(page.n + 1, last, orgs, names=only)
         names = [n.removeprefix(prefix) for n in internal]
         response = _json({"repositories": names[: page.n]})
         link = next_link(request.path, page, names)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from core import mediatypes
 from core.digest import Digest, sha256_of
 from core.reference import RepositoryName, Tag, parse_repository_name, parse_tag
 from edge.cache.store import EdgeCache
@@ -186,12 +187,12 @@ async def test_manifests_tags_and_links(cache: EdgeCache) -> None:
     with trio.fail_after(TIMEOUT):
         digest = sha256_of(b"{}")
         media_type = "application/vnd.oci.image.manifest.v1+json"
-        assert await cache.get_manifest(digest) is None
-        await cache.put_manifest(digest, media_type, b"{}")
+        assert await cache.get_manifest(APP, digest) is None
+        await cache.put_manifest(APP, digest, media_type, b"{}")
         big = b"x" * (100 * KIB)  # stored as a file by diskcache
-        await cache.put_manifest(sha256_of(big), media_type, big)
-        assert await cache.get_manifest(digest) == (media_type, b"{}")
-        assert await cache.get_manifest(sha256_of(big)) == (media_type, big)
+        await cache.put_manifest(APP, sha256_of(big), media_type, big)
+        assert await cache.get_manifest(APP, digest) == (media_type, b"{}")
+        assert await cache.get_manifest(APP, sha256_of(big)) == (media_type, big)
 
         assert await cache.get_tag(APP, V1) is None
         await cache.put_tag(APP, V1, digest, media_type, 1700000000.5)
@@ -225,8 +226,10 @@ async def test_namespaces_keep_names_apart_and_share_content(cache: EdgeCache) -
         assert (cache.namespace, hub.namespace) == ("", "mirror:docker.io")
         digest = await put(hub, 10 * KIB, 7)
         assert await read_blob(cache, digest) == blob(10 * KIB, 7)[1]
-        await cache.put_manifest(digest, "application/json", b"{}")
-        assert await ghcr.get_manifest(digest) == ("application/json", b"{}")
+        # A payload that names its media type is the same manifest in every namespace.
+        named = b'{"mediaType":"%s"}' % mediatypes.OCI_MANIFEST.encode()
+        await cache.put_manifest(APP, sha256_of(named), mediatypes.OCI_MANIFEST, named)
+        assert await ghcr.get_manifest(APP, sha256_of(named)) == (mediatypes.OCI_MANIFEST, named)
 
         await hub.add_links(APP, [digest])
         await hub.put_tag(APP, V1, digest, "application/json", 5.0)
@@ -243,6 +246,27 @@ async def test_namespaces_keep_names_apart_and_share_content(cache: EdgeCache) -
         for bad in ("", "a|b"):
             with pytest.raises(ValueError, match="namespace"):
                 cache.namespaced(bad)
+
+
+async def test_media_types_are_per_repository_unless_the_payload_names_one(
+    cache: EdgeCache,
+) -> None:
+    oci, docker = mediatypes.OCI_MANIFEST, mediatypes.DOCKER_MANIFEST
+    other = name("other/app")
+    with trio.fail_after(TIMEOUT):
+        # The same bytes without a mediaType: each repository keeps the type it was given.
+        bare = b'{"schemaVersion":2,"config":{},"layers":[]}'
+        await cache.put_manifest(other, sha256_of(bare), docker, bare)
+        assert await cache.get_manifest(APP, sha256_of(bare)) is None  # unknown type here
+        await cache.put_manifest(APP, sha256_of(bare), oci, bare)
+        await cache.put_manifest(other, sha256_of(bare), docker, bare)
+        assert await cache.get_manifest(APP, sha256_of(bare)) == (oci, bare)
+        assert await cache.get_manifest(other, sha256_of(bare)) == (docker, bare)
+        # Bytes that name their type are served as that, whoever fetched them first.
+        named = b'{"schemaVersion":2,"mediaType":"%s","config":{},"layers":[]}' % oci.encode()
+        await cache.put_manifest(other, sha256_of(named), docker, named)
+        for repository in (APP, other):
+            assert await cache.get_manifest(repository, sha256_of(named)) == (oci, named)
 
 
 async def test_stats_and_purge_from_another_instance(cache: EdgeCache, edge_dir: Path) -> None:

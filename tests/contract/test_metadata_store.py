@@ -141,6 +141,25 @@ async def test_blobs_are_global_and_idempotent(store: MetadataStore) -> None:
         assert await store.blob(digest) == BlobRecord(digest=digest, size=5)
 
 
+async def test_a_new_blob_is_placed_inside_its_rows_transaction(store: MetadataStore) -> None:
+    with trio.fail_after(20):
+        repository_id = await store.ensure_repository("lib/app", NOW)
+        digest = digest_of(b"new")
+        placed: list[bool] = []
+
+        async def place() -> None:
+            # Inside the transaction: nobody else sees the row yet.
+            placed.append(await store.blob(digest) is None)
+
+        assert await store.store_and_link_blob(repository_id, digest, 3, NOW, place)
+        assert placed == [True]
+        # Known already: linked, never placed again.
+        other = await store.ensure_repository("lib/other", NOW)
+        assert not await store.store_and_link_blob(other, digest, 3, NOW, place)
+        assert placed == [True]
+        assert await store.linked_blob("lib/other", digest) is not None
+
+
 async def test_linked_blob_is_per_repository(store: MetadataStore) -> None:
     with trio.fail_after(20):
         mine = await store.ensure_repository("org-a/app", NOW)

@@ -196,7 +196,12 @@ class OriginProxy:
             await self._wait_released()
         query = scope.get("query_string", b"").decode("latin-1")
         url = self.target + scope["raw_path"].decode("latin-1") + (f"?{query}" if query else "")
-        forwarded = [(k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP]
+        # As bytes: httpx would encode str values as ASCII and fail on latin-1 ones.
+        forwarded = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in headers
+            if k.lower() not in _HOP_BY_HOP
+        ]
         request = self._client.build_request(method, url, headers=forwarded, content=body)
         try:
             upstream = await self._client.send(request, stream=True)

@@ -49,6 +49,7 @@ from tests.integration.oci import (
     put_manifest,
     random_blob,
 )
+from tests.postgres import fresh_schema, require_postgres
 
 HOURS = 3600.0
 LATER = 3 * HOURS  # past the default grace period of 2 h
@@ -407,3 +408,87 @@ async def test_the_origin_collects_periodically(nursery: trio.Nursery, tmp_path:
             assert_error(await http.get(f"/v2/lib/app/blobs/{orphan.digest}"), 404, "BLOB_UNKNOWN")
             await assert_pullable(http, "lib/app", image)
     running.shutdown.set()
+
+
+# -- the sweep's order: a blob's row goes (committed) before its bytes -------------------------
+
+
+class Stopped(Exception):
+    """Stands for the collector's process being killed at this point."""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def swept(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Registry]:
+    """A bare registry on SQLite, and on PostgreSQL (whose row locks the sweep relies on)."""
+    if request.param == "sqlite":
+        async with open_registry(OriginSettings(data_dir=tmp_path / "bare")) as opened:
+            yield opened
+        return
+    with fresh_schema(require_postgres()) as url:
+        settings = OriginSettings(data_dir=tmp_path / "bare", database_url=url)
+        async with open_registry(settings) as opened:
+            yield opened
+
+
+async def unlinked_blob(registry: Registry) -> Blob:
+    blob = random_blob(500)
+    await commit(registry, "lib/app", blob)
+    await registry.blobs.delete(parse_repository_name("lib/app"), parse_digest(blob.digest))
+    return blob
+
+
+async def test_a_blobs_row_is_deleted_and_committed_before_its_bytes(
+    swept: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        blob = await unlinked_blob(swept)
+        seen: list[tuple[bool, bool]] = []
+        delete = swept.storage.delete
+
+        async def watched_delete(path: str) -> None:
+            # What any other reader sees at the moment the bytes go.
+            row = await swept.metadata.blob(blob.digest)
+            stat = await swept.storage.stat(blob_path(parse_digest(blob.digest)))
+            seen.append((row is None, stat.size == blob.size))
+            await delete(path)
+
+        monkeypatch.setattr(swept.storage, "delete", watched_delete)
+        report = await collect(swept, now=time.time() + LATER, grace_seconds=0)
+        assert report.blobs == ((blob.digest, blob.size),)
+        assert seen == [(True, True)]  # the row was already gone, committed
+        assert await swept.metadata.collected_blobs() == []
+        with pytest.raises(PathNotFound):
+            await swept.storage.stat(blob_path(parse_digest(blob.digest)))
+
+
+async def test_a_collector_stopped_before_the_bytes_leaves_no_row_without_bytes(
+    swept: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def killed(path: str) -> None:
+        raise Stopped(path)
+
+    async def stopped_collection() -> None:
+        monkeypatch.setattr(swept.storage, "delete", killed)
+        with pytest.raises(Stopped):
+            await collect(swept, now=time.time() + LATER, grace_seconds=0)
+        monkeypatch.undo()
+
+    with trio.fail_after(TIMEOUT):
+        for repushed in (False, True):
+            blob = await unlinked_blob(swept)
+            await stopped_collection()
+            await assert_every_blob_row_has_bytes(swept)  # the row went; the bytes are left
+            assert await swept.metadata.collected_blobs() == [blob.digest]
+            assert await swept.metadata.blob(blob.digest) is None
+            await swept.storage.stat(blob_path(parse_digest(blob.digest)))
+            if repushed:  # pushed again before the next collection: its bytes must stay
+                await commit(swept, "lib/other", blob)
+            await collect(swept, now=time.time(), grace_seconds=2 * HOURS)  # collects nothing new
+            assert await swept.metadata.collected_blobs() == []
+            if repushed:
+                assert await swept.metadata.linked_blob("lib/other", blob.digest) is not None
+                assert await swept.storage.get(blob_path(parse_digest(blob.digest))) == blob.data
+            else:
+                with pytest.raises(PathNotFound):
+                    await swept.storage.stat(blob_path(parse_digest(blob.digest)))
+            await assert_every_blob_row_has_bytes(swept)
