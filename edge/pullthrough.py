@@ -125,10 +125,17 @@ class PullThrough:
                 stale = ServedManifest(entry.digest, cached[0], cached[1], stale=True)
         self._metrics.cache_misses.labels("tag").inc()
         if stale is not None and self._breaker.state is not State.CLOSED:
-            # Origin is failing: answer now; a due probe revalidates in the background.
-            if self._nursery is not None and self._breaker.allow():
-                self._revalidate_later(repository, tag)
-            return self._serve_stale(repository, tag, stale, "the circuit to origin is open")
+            # The upstream is failing: answer now; a due probe revalidates in the background,
+            # or (no nursery to run it in) in this request, still bounded by the deadline.
+            if self._breaker.allow():
+                if self._nursery is not None:
+                    self._revalidate_later(repository, tag)
+                else:
+                    try:
+                        return await self._revalidate(repository, tag, probe=True)
+                    except _FAILURES as exc:
+                        return self._serve_stale(repository, tag, stale, exc)
+            return self._serve_stale(repository, tag, stale, f"the circuit to {self._name} is open")
         try:
             return await self._tag_flights.run(
                 (repository, tag), lambda: self._revalidate(repository, tag)

@@ -19,8 +19,10 @@ class Forwarded(Exception):
 
 
 class NoOrigin:
-    def build_request(self, *args: Any, **kwargs: Any) -> Any:
-        raise Forwarded(args)
+    """Stands in for the edge's pass-through: reaching it means "forwarded to origin"."""
+
+    async def forward(self, request: Any) -> Any:
+        raise Forwarded(request.path)
 
 
 def app_with_relay_route(relay_first: bool) -> Any:
