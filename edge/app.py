@@ -16,7 +16,7 @@ from quart_trio import QuartTrio
 from config.settings import EdgeSettings
 from core.auth.request import RequestView
 from core.endpoints import BaseEndpoint, BlobEndpoint, ManifestEndpoint
-from core.errors import NotFound, Unsupported
+from core.errors import NotFound, Unavailable, Unsupported
 from core.reference import Tag
 from core.web.app import create_app
 from core.web.blobs import BlobInfo, blob_response
@@ -85,6 +85,15 @@ def _install_ops(app: Quart, services: EdgeServices) -> None:
     @app.route("/metrics", methods=["GET"])
     async def metrics() -> Response:
         return Response(services.metrics.render(), content_type=CONTENT_TYPE_LATEST)
+
+    @app.route("/.well-known/jwks.json", methods=["GET"])
+    async def jwks() -> Response:
+        # Edges below this one (tiered edges) load origin's keys from here.
+        g.route = "jwks"
+        document = services.gate.jwks
+        if document is None:
+            raise Unavailable("this edge has not loaded origin's token keys yet")
+        return Response(json.dumps(document), content_type="application/json")
 
     @app.route("/token", methods=["GET", "POST"])
     async def token() -> Response:
