@@ -62,6 +62,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="NAME=MODE",
         help="authenticated (default: tokens of this system's orgs) or anonymous (anyone)",
     )
+    serve_cmd.add_argument("--redis-url", help="Redis shared by the region's edges")
+    serve_cmd.add_argument("--region", help="this edge's region (with --redis-url)")
+    serve_cmd.add_argument("--advertise-url", help="the URL the region's other edges use")
     serve_cmd.add_argument("--config", type=Path, help="TOML settings file")
     serve_cmd.set_defaults(handler=_run_serve)
 
@@ -87,6 +90,9 @@ def _settings(args: argparse.Namespace) -> EdgeSettings:
         "base_domain": args.base_domain,
         "insecure_registries": ",".join(args.insecure_registries or []) or None,
         "relay_max_jobs": args.relay_max_jobs,
+        "redis_url": args.redis_url,
+        "region": args.region,
+        "advertise_url": args.advertise_url,
     }
     settings = load(
         EdgeSettings, file=args.config, environ=os.environ, prefix=ENV_PREFIX, overrides=overrides
