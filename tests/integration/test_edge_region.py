@@ -132,7 +132,9 @@ async def test_a_leader_stopped_mid_fill_is_taken_over(
                 clients.start_soon(follower, edge)
             # The followers stream what the leader has: their peer requests joined its fill.
             async with edge_client(leader.url) as http:
-                while metric(await metrics(http), "depot_edge_fill_waiters_coalesced") < 2:
+                for _ in range(400):
+                    if metric(await metrics(http), "depot_edge_fill_waiters_coalesced") >= 2:
+                        break
                     await trio.sleep(0.05)
             proxy.stall_blob_after_bytes = None
             await leader.stop()  # mid-fill: its peers' streams break
