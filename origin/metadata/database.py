@@ -38,6 +38,8 @@ from core.errors import DatabaseError
 from origin.auth.schema import tenancy_metadata
 from origin.builds.schema import builds_metadata
 from origin.metadata.engine import Engines, create_tables, open_engines
+from origin.metadata.event_schema import events_metadata
+from origin.metadata.event_signal import EventSignal
 from origin.metadata.schema import metadata as registry_metadata
 from origin.upstreams.schema import upstreams_metadata
 
@@ -50,7 +52,15 @@ DEFAULT_MAX_THREADS = 16
 #: How long a statement waits for a lock (SQLite's busy timeout, PostgreSQL's lock_timeout).
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
 #: Every table of the origin, created together by :meth:`Database.open`.
-TABLES = (registry_metadata, tenancy_metadata, builds_metadata, upstreams_metadata)
+TABLES = (
+    registry_metadata,
+    tenancy_metadata,
+    builds_metadata,
+    upstreams_metadata,
+    events_metadata,
+)
+#: Set in a write connection's ``info`` by ``events.append_event``: the commit wakes pollers.
+EVENTS_APPENDED = "depot.events_appended"
 
 
 def describe(exc: sa.exc.SQLAlchemyError) -> str:
@@ -78,6 +88,8 @@ class Database:
         self._limiter = trio.CapacityLimiter(max_threads)
         self._write_gate = trio.CapacityLimiter(1 if sqlite else max_threads)
         self._closed = False
+        #: Set after each commit that appended events (``origin/metadata/events.py``).
+        self.events_committed = EventSignal()
 
     @classmethod
     def open(
@@ -149,11 +161,17 @@ class Database:
         write gate."""
         self._check_open()
         async with self._write_gate:
-            return await self._in_thread(self._in_transaction, fn, *args)
+            result, appended = await self._in_thread(self._in_transaction, fn, *args)
+        if appended:
+            self.events_committed.notify()
+        return result
 
-    def _in_transaction(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
+    def _in_transaction(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> tuple[T, bool]:
         with self._engines.writer.begin() as conn:
-            return fn(conn, *args)
+            conn.info.pop(EVENTS_APPENDED, None)  # a failed transaction's leftover
+            result = fn(conn, *args)
+            appended = bool(conn.info.pop(EVENTS_APPENDED, False))
+        return result, appended
 
 
 # -- statement helpers, for functions run by read() and write() ------------------------------
