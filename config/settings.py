@@ -94,6 +94,15 @@ class OriginSettings:
     aws_session_token: str = field(
         default="", repr=False, metadata={"environ": "AWS_SESSION_TOKEN"}
     )
+    #: The event log edges follow (``/api/v1/events``) keeps events this long and at most
+    #: this many; an edge further behind revalidates everything it holds.
+    events_retention_seconds: float = 7 * 86400
+    events_retention_count: int = 1_000_000
+    #: How often expiries (tokens, builds) are recorded and the log pruned.
+    events_housekeeping_interval_seconds: float = 15
+    #: How often a process looks for events other origin processes appended (its own wake
+    #: its long polls at once).
+    events_poll_interval_seconds: float = 0.5
 
     @property
     def resolved_database_url(self) -> str:
@@ -189,3 +198,8 @@ class EdgeSettings:
     #: it; it stays open 1 s, doubling after each failed probe up to the max.
     breaker_failures: int = 3
     breaker_max_interval_seconds: float = 30
+    #: Follow origin's event feed (edge/events/): tags, deletions, revocations and
+    #: visibility changes act at once instead of after their freshness windows.
+    events: bool = True
+    #: How long one long poll of the feed waits at origin for an event.
+    events_wait_seconds: float = 20

@@ -96,6 +96,11 @@ class Gate:
                 )
             except Unauthorized:
                 return rules.Presented(rules.BEARER, ANONYMOUS, "invalid_token")
+            if grant.parent is not None and not await self._tenancy.token_in_force(
+                grant.parent, self._clock()
+            ):
+                # Its registry token was revoked (or expired): so is every grant it earned.
+                return rules.Presented(rules.BEARER, ANONYMOUS, "invalid_token")
             return rules.Presented(rules.BEARER, grant)
         if credentials.scheme == rules.BASIC:
             client = self._failures.client(view.remote_addr, view.forwarded_for)
