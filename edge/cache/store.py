@@ -342,6 +342,67 @@ class EdgeCache:
             self._hot_links.put(key, True)
         return found
 
+    # --- what origin's event feed says is gone (edge/events/) ------------------------------
+
+    async def drop_links(self, repository: RepositoryName, digests: Iterable[Digest]) -> None:
+        """``repository`` may no longer be served ``digests`` from the cache: the next
+        request for one asks the upstream again."""
+        keys = [self._link_key(repository, digest) for digest in digests]
+        for key in keys:
+            self._hot_links.pop(key)
+        await self._run(self._delete_all, keys)
+        for key in keys:  # a request that read the link meanwhile may have put it back
+            self._hot_links.pop(key)
+
+    def _delete_all(self, keys: list[str]) -> None:
+        with self._meta.transact(retry=True):
+            for key in keys:
+                self._meta.delete(key, retry=True)
+
+    async def drop_blob(self, digest: Digest) -> bool:
+        """Delete the blob's bytes (open readers go on); whether they were cached."""
+        return bool(await self._run(partial(self._cache.delete, _blob_key(digest), retry=True)))
+
+    async def stale_tags(self) -> int:
+        """Make every tag of this namespace stale (revalidated on its next request; still
+        served stale while the upstream fails); how many."""
+        return await self._run(self._stale_tags)
+
+    def _stale_tags(self) -> int:
+        changed = 0
+        for key in list(self._meta.iterkeys()):
+            if not self._mine(key, _TAG):
+                continue
+            text = self._meta.get(key, retry=True)
+            entry = None if text is None else _decode_tag(str(text))
+            if entry is None or entry.fetched_at == 0:
+                continue
+            fields = {"digest": str(entry.digest), "media_type": entry.media_type}
+            self._meta.set(key, json.dumps({**fields, "fetched_at": 0.0}), retry=True)
+            changed += 1
+        return changed
+
+    async def drop_all_links(self) -> int:
+        """Forget which repository may read which digest, in this namespace: each is
+        confirmed with the upstream again on its next request. How many."""
+        self._hot_links.clear()  # every namespace's: they are only copies of the disk
+        return await self._run(self._drop_all_links)
+
+    def _drop_all_links(self) -> int:
+        doomed = [key for key in self._meta.iterkeys() if self._mine(key, _LINK)]
+        self._delete_all([str(key) for key in doomed])
+        self._hot_links.clear()
+        return len(doomed)
+
+    def _mine(self, key: object, prefix: str) -> bool:
+        """Whether meta ``key`` is a ``prefix`` entry of this namespace."""
+        if not isinstance(key, str) or not key.startswith(prefix):
+            return False
+        rest = key[len(prefix) :]
+        if self.namespace:
+            return rest.startswith(f"{self.namespace}|")
+        return "|" not in rest
+
     def _tag_key(self, repository: RepositoryName, tag: Tag) -> str:
         return f"{_TAG}{self._scope(repository)}:{tag}"
 

@@ -105,7 +105,7 @@ async def test_changes_are_events_and_the_long_poll_wakes(
             after = events[0]["seq"]
             deleted = await acme.delete(f"/v2/acme/app/manifests/{second.digest}")
             assert deleted.status_code == 202, deleted.text
-            visibility = "/api/v1/orgs/acme/repositories/acme/app/visibility"
+            visibility = "/api/v1/orgs/acme/repositories/app/visibility"
             made = await acme.put(visibility, json={"public": True})
             assert made.status_code in (200, 204), made.text
             document = await _events(feed, after)
