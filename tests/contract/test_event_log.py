@@ -163,3 +163,31 @@ async def test_bounds_prune_and_expiries(database: Database) -> None:
     # A pruned maximum is never handed out again.
     await database.write(lambda conn: append_event(conn, TAG_MOVED, NOW, subject="v9"))
     assert [event.seq for event in await log.after(0, 10)] == [last + 1]
+
+
+async def test_deletions_by_garbage_collection_and_unlinking_are_events(
+    database: Database,
+) -> None:
+    log, store = EventLog(database), MetadataStore(database)
+    repository = await store.ensure_repository("acme/app", NOW)
+    for blob in (DIGEST_A, DIGEST_B):
+        await store.add_blob(blob, 3, NOW)
+        await store.link_blob(repository, blob, NOW)
+    await store.put_manifest(repository, manifest("sha256:" + "c" * 64), [], None, NOW)
+    removed: list[str] = []
+
+    async def remove() -> None:
+        removed.append("bytes")
+
+    assert await store.unlink_blob(repository, DIGEST_A)
+    assert await store.collect_link(repository, DIGEST_B, NOW + 1)
+    assert await store.collect_blob(DIGEST_B, NOW + 1, NOW + 2, remove) == 3
+    assert await store.collect_manifest(repository, "sha256:" + "c" * 64, NOW + 1)
+    found = [event.document() for event in await log.after(0, 10)]
+    assert [(e["kind"], e.get("repository"), e["digest"]) for e in found] == [
+        ("blob.deleted", "acme/app", DIGEST_A),
+        ("blob.deleted", "acme/app", DIGEST_B),
+        ("blob.deleted", None, DIGEST_B),  # from the content store: every repository
+        ("manifest.deleted", "acme/app", "sha256:" + "c" * 64),
+    ]
+    assert removed == ["bytes"]

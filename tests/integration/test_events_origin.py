@@ -201,3 +201,49 @@ async def test_pruned_position_is_gone_and_expiries_are_recorded(
             assert_error(answer, 410, "GONE")
         tenants.origin.shutdown.set()
         tenants.store.close()
+
+
+async def test_other_processes_appends_wake_polls_and_shutdown_answers_them(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        tenants = await start_tenants(nursery, tmp_path / "origin")
+        edge_token = await _edge_token(tenants)
+        parsed = parse_token(tenants.acme_pull)
+        assert parsed is not None
+        async with edge_client(tenants.url, basic(edge_token)) as feed:
+            start = (await feed.get("/api/v1/events")).json()["last"]
+            answers: list[dict[str, object]] = []
+
+            async def poll(wait: float) -> None:
+                answers.append(await _events(feed, start, wait=wait))
+
+            # The tenancy store's own database is another process as far as origin knows:
+            # its commit wakes no signal there; origin's watcher sees the log's head move.
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(poll, 20)
+                await trio.sleep(0.2)
+                revoked_at = trio.current_time()
+                await tenants.store.revoke_token(parsed[1], time.time())
+            print(
+                "poll woken by another process's append after "
+                f"{(trio.current_time() - revoked_at) * 1000:.0f} ms"
+            )
+            events = answers.pop()["events"]
+            assert isinstance(events, list) and [e["kind"] for e in events] == ["token.revoked"]
+
+            # Shutting origin down answers a waiting poll now, not after its wait.
+            last = (await feed.get("/api/v1/events")).json()["last"]
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(lambda: _answer_within(feed, last, answers))
+                await trio.sleep(0.2)
+                tenants.origin.shutdown.set()
+            assert answers == [{"events": [], "last": last}]
+        tenants.store.close()
+
+
+async def _answer_within(
+    feed: httpx.AsyncClient, last: int, answers: list[dict[str, object]]
+) -> None:
+    with trio.fail_after(10):  # the poll asks to wait 50 s
+        answers.append(await _events(feed, last, wait=50))
