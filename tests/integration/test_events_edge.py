@@ -249,3 +249,54 @@ async def test_restarted_edge_catches_up_and_a_lost_one_revalidates(
 async def _prune_all(tenants: Tenants) -> int:
     """Prune origin's whole log, as retention would after a long outage of the edge."""
     return await EventLog(tenants.store.database).prune(older_than=time.time() + 1, keep_at_most=0)
+
+
+async def test_deleted_and_expired_builds_stop_resolving_at_the_edge(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        tenants = await start_tenants(
+            nursery,
+            tmp_path / "origin",
+            build_ttl_seconds=4,
+            events_housekeeping_interval_seconds=0.1,
+        )
+        edge = await _edge(nursery, tenants, tmp_path / "edge")
+        repo = f"acme/{tenants.project}"
+        builds = f"/api/v1/projects/{tenants.project}/builds"
+        async with (
+            edge_client(tenants.url, basic(tenants.acme)) as origin,
+            edge_client(edge.url) as http,
+        ):
+            pull = await bearer_for(http, tenants.acme_pull, f"repository:{repo}:pull")
+            saved = []
+            for _ in range(2):
+                created = await origin.post(builds, json={})
+                assert created.status_code == 201, created.text
+                image = new_image()
+                await push_manifest(origin, repo, image, created.json()["id"])
+                saved.append((created.json()["id"], image.digest))
+            paths = [
+                [f"/v2/{repo}/manifests/{build_id}", f"/v2/{repo}/manifests/{digest}"]
+                for build_id, digest in saved
+            ]
+            for path in (*paths[0], *paths[1]):
+                assert (await http.get(path, headers=pull)).status_code == 200  # cached
+
+            async def unresolved(which: list[str]) -> bool:
+                answers = [await http.get(path, headers=pull) for path in which]
+                return all(answer.status_code == 404 for answer in answers)
+
+            deleted = await origin.delete(f"{builds}/{saved[0][0]}")
+            assert deleted.status_code == 204, deleted.text
+            await acted_within("build deleted", lambda: unresolved(paths[0]))
+            # The other build expires (a clock passing: origin's housekeeping records it).
+            with trio.fail_after(ACT_WITHIN_SECONDS):
+                while (await http.get(paths[1][0], headers=pull)).status_code == 200:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            assert await unresolved(paths[1])
+            for path in paths[1]:
+                assert_error(await http.get(path, headers=pull), 404, "MANIFEST_UNKNOWN")
+        await edge.stop()
+        tenants.origin.shutdown.set()
+        tenants.store.close()
