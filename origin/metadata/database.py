@@ -2,8 +2,8 @@
 
 :class:`Database` owns the engines (``engine.py``), creates every table of the origin once
 (the registry's ``origin/metadata/schema.py``, the tenancy's ``origin/auth/schema.py``, the
-builds' ``origin/builds/schema.py``, the orgs' upstreams' ``origin/upstreams/schema.py``),
-and runs all SQL of the process:
+builds' ``origin/builds/schema.py``, the orgs' upstreams' ``origin/upstreams/schema.py``,
+the event log's ``origin/metadata/event_schema.py``), and runs all SQL of the process:
 
 * blocking calls run in worker threads through ``trio.to_thread.run_sync`` with one
   ``CapacityLimiter`` (:meth:`Database.read`, :meth:`Database.write`);
@@ -18,6 +18,9 @@ and runs all SQL of the process:
   readers never wait for writers, and only a lock such as crash recovery's can stall one).
   Anything else, a scan or a range, goes through the thread limiter. PostgreSQL lookups take
   the thread pool too.
+
+A write transaction that appended events (``origin/metadata/events.py``) sets
+:attr:`Database.events_committed` once it has committed: the event feed's long polls wake.
 
 Every SQLAlchemy error leaves as :class:`core.errors.DatabaseError` with the driver's message
 only (no SQL, no parameters): a locked file past the busy timeout, a lost connection, a full
