@@ -67,7 +67,8 @@ class EventActions:
         try:
             match kind:
                 case "tag.moved" | "tag.deleted":
-                    await self._cache.drop_tag(_repository(event), _tag(event.get("tag")))
+                    tag = _tag(event.get("tag"))
+                    await self._cache.forget_tag(_repository(event), tag, self._clock())
                 case "manifest.deleted":
                     await self._cache.drop_links(_repository(event), [_digest(event)])
                 case "blob.deleted":
@@ -110,7 +111,7 @@ class EventActions:
         repository = _repository(event)
         tags, manifests = event.get("tags"), event.get("manifests")
         for tag in tags if isinstance(tags, list) else []:
-            await self._cache.drop_tag(repository, _tag(tag))
+            await self._cache.forget_tag(repository, _tag(tag), self._clock())
         digests = [_parse_digest(d) for d in (manifests if isinstance(manifests, list) else [])]
         await self._cache.drop_links(repository, digests)
 

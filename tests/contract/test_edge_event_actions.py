@@ -34,6 +34,10 @@ class Orgs:
         self.forgotten.append(slug)
 
 
+def entry_missing() -> Any:
+    raise AssertionError("the tag entry is missing")
+
+
 def remembered(memory: TokenMemory, key: str, claims: dict[str, Any]) -> None:
     body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     assert memory.remember(key, json.dumps({"token": f"e30.{body}.s"}).encode(), time.time())
@@ -57,6 +61,12 @@ async def test_each_event_acts_on_origin_s_namespace_only(tmp_path: Path) -> Non
                                     "tag": "v1", "digest": str(digest(2))})  # fmt: skip
         assert await cache.get_tag(REPO, tag) is None
         assert await mirror.get_tag(REPO, tag) is not None
+        # A revalidation that asked origin before the event cannot store its older answer;
+        # one that began after it can.
+        await cache.put_tag(REPO, tag, digest(1), MT, now)
+        assert await cache.get_tag(REPO, tag) is None
+        await cache.put_tag(REPO, tag, digest(2), MT, time.time() + 1)
+        assert (await cache.get_tag(REPO, tag) or entry_missing()).digest == digest(2)
         assert await actions.apply(
             {
                 "seq": 2,
@@ -67,6 +77,9 @@ async def test_each_event_acts_on_origin_s_namespace_only(tmp_path: Path) -> Non
         )
         assert not await cache.has_link(REPO, digest(1)) and await cache.has_link(REPO, digest(2))
         assert await mirror.has_link(REPO, digest(1))
+        # A fill that fetched it before the deletion cannot link it again.
+        await cache.add_links(REPO, [digest(1), digest(5)])
+        assert not await cache.has_link(REPO, digest(1)) and await cache.has_link(REPO, digest(5))
 
         # A blob collected from the content store: its cached bytes go.
         data = b"layer bytes"
@@ -113,7 +126,7 @@ async def test_each_event_acts_on_origin_s_namespace_only(tmp_path: Path) -> Non
             assert not await actions.apply(bad)
 
         # Revalidating everything: origin's tags stale and links gone; the mirror's kept.
-        await cache.put_tag(REPO, tag, digest(1), MT, now)
+        await cache.put_tag(REPO, tag, digest(1), MT, time.time() + 2)
         await cache.add_links(REPO, [digest(4)])
         remembered(memory, "q3", {"access": []})
         await actions.revalidate_all()
