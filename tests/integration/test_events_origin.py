@@ -13,6 +13,7 @@ from origin.auth.token_format import parse_token
 from tests.integration.edges import edge_client
 from tests.integration.oci import assert_error, new_image, push_manifest
 from tests.integration.tenants import Tenants, basic, bearer_for, claims_of, start_tenants
+from tests.postgres import fresh_schema, require_postgres
 
 TIMEOUT = 30
 
@@ -247,3 +248,39 @@ async def _answer_within(
 ) -> None:
     with trio.fail_after(10):  # the poll asks to wait 50 s
         answers.append(await _events(feed, last, wait=50))
+
+
+async def test_the_feed_on_postgresql(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """The same feed on PostgreSQL: this origin's own commit wakes a poll at once, another
+    process's append (the tenancy store's own database) through the head watcher."""
+    with fresh_schema(require_postgres()) as url, trio.fail_after(TIMEOUT):
+        tenants = await start_tenants(nursery, tmp_path / "origin", database_url=url)
+        edge_token = await _edge_token(tenants)
+        parsed = parse_token(tenants.acme_pull)
+        assert parsed is not None
+        async with (
+            edge_client(tenants.url, basic(edge_token)) as feed,
+            edge_client(tenants.url, basic(tenants.acme)) as acme,
+        ):
+            start = (await feed.get("/api/v1/events")).json()["last"]
+            first, second = new_image(), new_image()
+            await push_manifest(acme, "acme/app", first, "v1")
+            answers: list[dict[str, object]] = []
+
+            async def poll(after: int) -> None:
+                answers.append(await _events(feed, after, wait=20))
+
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(poll, start)
+                await trio.sleep(0.2)
+                await push_manifest(acme, "acme/app", second, "v1")
+            (moved,) = answers.pop()["events"]  # type: ignore[misc]
+            assert moved["kind"] == "tag.moved" and moved["digest"] == second.digest
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(poll, moved["seq"])
+                await trio.sleep(0.2)
+                await tenants.store.revoke_token(parsed[1], time.time())
+            (revoked,) = answers.pop()["events"]  # type: ignore[misc]
+            assert revoked["kind"] == "token.revoked" and revoked["seq"] > moved["seq"]
+        tenants.origin.shutdown.set()
+        tenants.store.close()
