@@ -17,8 +17,19 @@ import trio
 
 from origin.auth.token_format import parse_token
 from origin.metadata.events import EventLog
-from tests.integration.edges import RunningEdge, edge_client, metric, metrics, start_edge
+from tests.integration.edges import (
+    EdgeFactory,
+    RunningEdge,
+    edge_client,
+    metric,
+    metrics,
+    start_edge,
+)
+from tests.integration.edges import edges_fixture as edges_fixture
+from tests.integration.edges import proxy_fixture as proxy_fixture
+from tests.integration.edges import tenants_fixture as tenants_fixture
 from tests.integration.oci import assert_error, new_image, push_manifest
+from tests.integration.origin_proxy import OriginProxy
 from tests.integration.tenants import Tenants, basic, bearer_for, start_tenants
 
 TIMEOUT = 60
@@ -48,7 +59,7 @@ async def acted_within(what: str, check: Callable[[], Awaitable[bool]]) -> float
             await trio.sleep(0.002)
     took = time.perf_counter() - began
     LATENCIES.setdefault(what, []).append(took)
-    print(f"edge acted on {what} {took * 1000:.1f} ms after origin answered")
+    print(f"edge acted on {what}: {took * 1000:.1f} ms")
     return took
 
 
@@ -300,3 +311,36 @@ async def test_deleted_and_expired_builds_stop_resolving_at_the_edge(
         await edge.stop()
         tenants.origin.shutdown.set()
         tenants.store.close()
+
+
+async def test_origin_unreachable_the_edge_serves_and_catches_up_when_it_returns(
+    tenants: Tenants, proxy: OriginProxy, edges: EdgeFactory
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        edge = await edges(events=True, tag_freshness_seconds=HOUR, events_wait_seconds=0.5)
+        path = "/v2/acme/app/manifests/v1"
+        first, second = new_image(), new_image()
+        async with (
+            edge_client(tenants.url, basic(tenants.acme)) as origin,
+            edge_client(edge.url) as http,
+        ):
+            pull = basic(tenants.acme_pull)
+            await push_manifest(origin, "acme/app", first, "v1")
+            assert await _digest_at(http, path, pull) == first.digest
+            proxy.down = True
+
+            async def feed_lost() -> bool:
+                return metric(await metrics(http), "depot_edge_events_connected") == 0
+
+            await acted_within("origin lost", feed_lost)
+            # Origin moves the tag while the edge cannot hear of it: the edge keeps serving
+            # what it holds (its grant and tag are cached).
+            await push_manifest(origin, "acme/app", second, "v1")
+            assert await _digest_at(http, path, pull) == first.digest
+            proxy.heal()
+
+            async def caught_up() -> bool:
+                return await _digest_at(http, path, pull) == second.digest
+
+            await acted_within("a change made while origin was unreachable", caught_up)
+            assert metric(await metrics(http), "depot_edge_events_revalidations") == 1  # start
