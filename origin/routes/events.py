@@ -9,6 +9,11 @@ newer than it has: 410 ``GONE`` (the follower revalidates everything it holds).
 Only an edge's credential reads it (:class:`core.auth.access.EventFeed`): Basic
 ``x-token:<dpe_…>`` or Bearer with that token; anything else 401/403. A malformed ``after``
 or ``wait`` is 400 ``INVALID_REQUEST``.
+
+The failed-credential limit counts wrong credentials here as everywhere (429 past it), but a
+valid one is served even from an address over its limit: an edge's address is where every
+login it forwards comes from (unless origin trusts it as a proxy), and its feed must not go
+dark because clients behind it mistyped their tokens.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from collections.abc import Callable
 from quart import Quart, request
 
 from core.auth.access import READ, EventFeed, decide
+from core.auth.credentials import parse_authorization
+from core.auth.principal import Principal
 from core.errors import BadRequest, Denied
 from core.web.response import RegistryResponse as Response
+from origin.auth import management
 from origin.auth.ratelimit import CredentialFailures
 from origin.auth.store import TenancyStore
 from origin.events.feed import EventFeed as Feed
@@ -55,7 +63,7 @@ class _EventsApi(ManagementApi):
         self._feed = feed
 
     async def events(self) -> Response:
-        principal = await self._principal()
+        principal = await self._valid_first()
         if READ not in decide(principal, {READ}, EventFeed()).granted:
             raise Denied("only an edge's credential reads the event feed")
         after = parse_after(request.args.get("after"))
@@ -65,6 +73,20 @@ class _EventsApi(ManagementApi):
         response = Response(json.dumps(document), content_type="application/json")
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    async def _valid_first(self) -> Principal:
+        credentials = parse_authorization(request.headers.get("Authorization"))
+        principal = None
+        if credentials is not None and credentials.scheme in ("bearer", "basic"):
+            if credentials.secret:
+                principal = await self._tenancy.authenticate(credentials.secret, self._clock())
+        if principal is None and credentials is not None and self._failures is not None:
+            client = self._failures.client(
+                request.remote_addr, request.headers.get("X-Forwarded-For")
+            )
+            self._failures.failed(client)
+            self._failures.check(client)
+        return management.require_principal(principal)
 
 
 def parse_after(text: str | None) -> int | None:

@@ -59,6 +59,14 @@ async def test_event_feed_access_and_input(nursery: trio.Nursery, tmp_path: Path
             gone = await http.get("/api/v1/events", params={"after": last + 1000}, headers=edge)
             entry = assert_error(gone, 410, "GONE")
             assert entry["detail"]["last"] == last
+            # Wrong credentials from one address are limited (429); the edge's valid one from
+            # the same address is still answered (its feed must not go dark).
+            statuses = set()
+            for _ in range(12):
+                answer = await http.get("/api/v1/events", headers=basic("dpe_" + "b" * 48))
+                statuses.add(answer.status_code)
+            assert statuses == {401, 429}
+            assert (await http.get("/api/v1/events", headers=edge)).status_code == 200
         tenants.origin.shutdown.set()
         tenants.store.close()
 
