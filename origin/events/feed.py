@@ -89,16 +89,18 @@ class EventFeed:
             nursery.start_soon(self._keep)
 
     async def _watch(self) -> None:
-        seen = -1
+        seen, failing = -1, False
         while True:
             try:
                 head = (await self.log.bounds()).last
             except Exception:  # the database is down: the next round retries
-                log.exception("reading the event log's head failed")
+                if not failing:  # once per outage, not twice a second
+                    log.exception("reading the event log's head failed")
+                failing = True
             else:
                 if seen >= 0 and head != seen:
                     self._signal.notify()
-                seen = head
+                seen, failing = head, False
             await trio.sleep(self._settings.events_poll_interval_seconds)
 
     async def _keep(self) -> None:

@@ -30,7 +30,7 @@ from tests.integration.edges import proxy_fixture as proxy_fixture
 from tests.integration.edges import tenants_fixture as tenants_fixture
 from tests.integration.oci import assert_error, new_image, push_manifest
 from tests.integration.origin_proxy import OriginProxy
-from tests.integration.tenants import Tenants, basic, bearer_for, start_tenants
+from tests.integration.tenants import Tenants, basic, bearer_for, exchange, start_tenants
 
 TIMEOUT = 60
 #: A change not acted on within this long fails the test (the freshness windows are 1 h).
@@ -344,3 +344,35 @@ async def test_origin_unreachable_the_edge_serves_and_catches_up_when_it_returns
 
             await acted_within("a change made while origin was unreachable", caught_up)
             assert metric(await metrics(http), "depot_edge_events_revalidations") == 1  # start
+
+
+async def test_token_memory_forgets_a_revoked_token(
+    tenants: Tenants, proxy: OriginProxy, edges: EdgeFactory
+) -> None:
+    """While origin is unreachable the edge answers /token from memory, but never for a
+    token origin revoked meanwhile."""
+    with trio.fail_after(TIMEOUT):
+        edge = await edges(events=True)
+        parsed = parse_token(tenants.acme_pull)
+        assert parsed is not None
+        async with (
+            edge_client(tenants.url, basic(tenants.acme)) as origin,
+            edge_client(edge.url) as http,
+        ):
+            await push_manifest(origin, "acme/app", new_image(), "v1")
+            scope = "repository:acme/app:pull"
+            for token in (tenants.acme_pull, tenants.acme):
+                await bearer_for(http, token, scope)  # remembered by the edge
+            position = metric(await metrics(http), "depot_edge_events_position")
+            assert (await origin.delete(f"/api/v1/orgs/acme/tokens/{parsed[1]}")).status_code == 204
+
+            async def heard() -> bool:
+                return metric(await metrics(http), "depot_edge_events_position") > position
+
+            await acted_within("token revoked (feed position)", heard)
+            proxy.down = True
+            # The other token is still answered from memory; the revoked one is not.
+            remembered = await exchange(http, tenants.acme, scope)
+            assert remembered.status_code == 200, remembered.text
+            forgotten = await exchange(http, tenants.acme_pull, scope)
+            assert_error(forgotten, 503, "UNAVAILABLE")
