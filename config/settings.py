@@ -201,5 +201,7 @@ class EdgeSettings:
     #: Follow origin's event feed (edge/events/): tags, deletions, revocations and
     #: visibility changes act at once instead of after their freshness windows.
     events: bool = True
-    #: How long one long poll of the feed waits at origin for an event.
-    events_wait_seconds: float = 20
+    #: How long one long poll of the feed waits at origin for an event. Below
+    #: ``upstream_deadline_seconds``: through a shield edge, the poll is a pass-through read
+    #: whose answer must start within that deadline.
+    events_wait_seconds: float = 8
