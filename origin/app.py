@@ -15,9 +15,11 @@ from origin.auth.keys import KeyRing
 from origin.auth.store import TenancyStore
 from origin.builds.metering import Metering
 from origin.builds.service import BuildService
+from origin.events.feed import EventFeed
 from origin.registry.registry import Registry
 from origin.routes.api import install_api_routes
 from origin.routes.builds import install_build_routes
+from origin.routes.events import install_event_routes
 from origin.routes.token import install_token_routes
 from origin.routes.upstreams import install_upstream_routes
 from origin.routes.v2 import install_v2_routes
@@ -36,6 +38,7 @@ def create_origin_app(
     builds: BuildService | None = None,
     metering: Metering | None = None,
     upstreams: UpstreamStore | None = None,
+    events: EventFeed | None = None,
 ) -> QuartTrio:
     """``issuer.failures`` (the failed-credential limit) is shared by ``/token``, ``/v2/``
     (through ``gate``, built with the same one) and ``/api/v1/``."""
@@ -66,4 +69,6 @@ def create_origin_app(
             clock,
             allow_private_addresses=settings.upstreams_allow_private_addresses,
         )
+    if events is not None:
+        install_event_routes(app, tenancy, events, clock, failures=issuer.failures)
     return app

@@ -31,6 +31,7 @@ from origin.auth.store import TenancyStore
 from origin.builds.metering import Metering
 from origin.builds.service import BuildService
 from origin.builds.store import BuildStore
+from origin.events.feed import EventFeed
 from origin.metadata.database import Database
 from origin.metadata.store import MetadataStore
 from origin.registry.registry import Registry
@@ -56,6 +57,7 @@ class Services:
     builds: BuildService
     metering: Metering
     upstreams: UpstreamStore
+    events: EventFeed
 
 
 def open_database(settings: OriginSettings) -> Database:
@@ -145,8 +147,18 @@ async def open_services(
                 price_per_gb_month=settings.storage_price_per_gb_month,
             )
             upstreams = UpstreamStore(database, open_upstream_cipher(settings))
+            events = EventFeed(database, settings, clock)
             yield Services(
-                database, registry, tenancy, keys, gate, issuer, builds, metering, upstreams
+                database,
+                registry,
+                tenancy,
+                keys,
+                gate,
+                issuer,
+                builds,
+                metering,
+                upstreams,
+                events,
             )
     finally:
         database.close()
@@ -231,8 +243,18 @@ async def serve(
             builds=services.builds,
             metering=services.metering,
             upstreams=services.upstreams,
+            events=services.events,
         )
+
+        async def trigger() -> None:
+            if shutdown_trigger is None:
+                await trio.sleep_forever()
+            else:
+                await shutdown_trigger()
+            services.events.close()  # long polls answer now instead of holding the drain
+
         async with trio.open_nursery() as nursery:
+            await nursery.start(services.events.run)
             nursery.start_soon(_sweep_uploads, registry, settings)
             if settings.gc_interval_seconds > 0:
                 nursery.start_soon(
@@ -251,7 +273,7 @@ async def serve(
                 graceful_timeout_seconds=settings.graceful_timeout_seconds,
                 body_idle_timeout_seconds=settings.body_idle_timeout_seconds,
                 send_idle_timeout_seconds=settings.send_idle_timeout_seconds,
-                shutdown_trigger=shutdown_trigger,
+                shutdown_trigger=trigger,
                 task_status=task_status,
             )
             nursery.cancel_scope.cancel()  # serving has drained: stop the sweepers too

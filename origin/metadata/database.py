@@ -2,8 +2,8 @@
 
 :class:`Database` owns the engines (``engine.py``), creates every table of the origin once
 (the registry's ``origin/metadata/schema.py``, the tenancy's ``origin/auth/schema.py``, the
-builds' ``origin/builds/schema.py``, the orgs' upstreams' ``origin/upstreams/schema.py``),
-and runs all SQL of the process:
+builds' ``origin/builds/schema.py``, the orgs' upstreams' ``origin/upstreams/schema.py``,
+the event log's ``origin/metadata/event_schema.py``), and runs all SQL of the process:
 
 * blocking calls run in worker threads through ``trio.to_thread.run_sync`` with one
   ``CapacityLimiter`` (:meth:`Database.read`, :meth:`Database.write`);
@@ -18,6 +18,9 @@ and runs all SQL of the process:
   readers never wait for writers, and only a lock such as crash recovery's can stall one).
   Anything else, a scan or a range, goes through the thread limiter. PostgreSQL lookups take
   the thread pool too.
+
+A write transaction that appended events (``origin/metadata/events.py``) sets
+:attr:`Database.events_committed` once it has committed: the event feed's long polls wake.
 
 Every SQLAlchemy error leaves as :class:`core.errors.DatabaseError` with the driver's message
 only (no SQL, no parameters): a locked file past the busy timeout, a lost connection, a full
@@ -38,6 +41,8 @@ from core.errors import DatabaseError
 from origin.auth.schema import tenancy_metadata
 from origin.builds.schema import builds_metadata
 from origin.metadata.engine import Engines, create_tables, open_engines
+from origin.metadata.event_schema import events_metadata
+from origin.metadata.event_signal import EventSignal
 from origin.metadata.schema import metadata as registry_metadata
 from origin.upstreams.schema import upstreams_metadata
 
@@ -50,7 +55,15 @@ DEFAULT_MAX_THREADS = 16
 #: How long a statement waits for a lock (SQLite's busy timeout, PostgreSQL's lock_timeout).
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
 #: Every table of the origin, created together by :meth:`Database.open`.
-TABLES = (registry_metadata, tenancy_metadata, builds_metadata, upstreams_metadata)
+TABLES = (
+    registry_metadata,
+    tenancy_metadata,
+    builds_metadata,
+    upstreams_metadata,
+    events_metadata,
+)
+#: Set in a write connection's ``info`` by ``events.append_event``: the commit wakes pollers.
+EVENTS_APPENDED = "depot.events_appended"
 
 
 def describe(exc: sa.exc.SQLAlchemyError) -> str:
@@ -78,6 +91,8 @@ class Database:
         self._limiter = trio.CapacityLimiter(max_threads)
         self._write_gate = trio.CapacityLimiter(1 if sqlite else max_threads)
         self._closed = False
+        #: Set after each commit that appended events (``origin/metadata/events.py``).
+        self.events_committed = EventSignal()
 
     @classmethod
     def open(
@@ -149,11 +164,17 @@ class Database:
         write gate."""
         self._check_open()
         async with self._write_gate:
-            return await self._in_thread(self._in_transaction, fn, *args)
+            result, appended = await self._in_thread(self._in_transaction, fn, *args)
+        if appended:
+            self.events_committed.notify()
+        return result
 
-    def _in_transaction(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
+    def _in_transaction(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> tuple[T, bool]:
         with self._engines.writer.begin() as conn:
-            return fn(conn, *args)
+            conn.info.pop(EVENTS_APPENDED, None)  # a failed transaction's leftover
+            result = fn(conn, *args)
+            appended = bool(conn.info.pop(EVENTS_APPENDED, False))
+        return result, appended
 
 
 # -- statement helpers, for functions run by read() and write() ------------------------------
