@@ -157,7 +157,7 @@ async def housekeeping(registry: Registry, settings: OriginSettings) -> None:
     abandoned (no other process serves it); on shared storage (an S3 bucket, several origins)
     only what the upload timeout already gave up is, so other origins' uploads survive."""
     shared = settings.storage_url.startswith("s3://")
-    temporary = await registry.storage.clean_temporary(
+    temporary = await registry.uploads.clean_storage(
         settings.upload_timeout_seconds if shared else 0
     )
     purged = await registry.uploads.purge(settings.upload_timeout_seconds, orphans=True)
@@ -170,7 +170,7 @@ async def _sweep_uploads(registry: Registry, settings: OriginSettings) -> None:
         await trio.sleep(settings.upload_sweep_interval_seconds)
         try:
             await registry.uploads.purge(settings.upload_timeout_seconds, orphans=False)
-            await registry.storage.clean_temporary(settings.upload_timeout_seconds)
+            await registry.uploads.clean_storage(settings.upload_timeout_seconds)
         except Exception:  # keep sweeping; the next round retries
             log.exception("upload sweep failed")
 
