@@ -156,7 +156,11 @@ async def housekeeping(registry: Registry, settings: OriginSettings) -> None:
     """Start-of-service cleanup. On a data directory of its own, everything temporary is
     abandoned (no other process serves it); on shared storage (an S3 bucket, several origins)
     only what the upload timeout already gave up is, so other origins' uploads survive."""
-    shared = settings.storage_url.startswith("s3://")
+    # A PostgreSQL database means other origins may share the storage (a bucket, or one
+    # directory mounted on every host).
+    shared = settings.storage_url.startswith("s3://") or settings.resolved_database_url.startswith(
+        "postgresql"
+    )
     temporary = await registry.uploads.clean_storage(
         settings.upload_timeout_seconds if shared else 0
     )
@@ -165,14 +169,47 @@ async def housekeeping(registry: Registry, settings: OriginSettings) -> None:
         log.info("cleaned %d temporary files and %d abandoned uploads", temporary, purged)
 
 
-async def _sweep_uploads(registry: Registry, settings: OriginSettings) -> None:
+async def once_across_origins(
+    database: Database | None, name: str, work: Callable[[], Awaitable[object]]
+) -> bool:
+    """Run one pass of background work unless another origin on the database is running
+    the same pass right now (then skip it: the next interval tries again). True if it ran."""
+    if database is None:
+        await work()
+        return True
+    async with database.exclusive(name) as mine:
+        if not mine:
+            log.info("%s: another origin is running this pass; skipped", name)
+            return False
+        await work()
+        return True
+
+
+async def _sweep_uploads(
+    registry: Registry, settings: OriginSettings, database: Database | None = None
+) -> None:
+    async def sweep() -> None:
+        await registry.uploads.purge(settings.upload_timeout_seconds, orphans=False)
+        await registry.uploads.clean_storage(settings.upload_timeout_seconds)
+
     while True:
         await trio.sleep(settings.upload_sweep_interval_seconds)
         try:
-            await registry.uploads.purge(settings.upload_timeout_seconds, orphans=False)
-            await registry.uploads.clean_storage(settings.upload_timeout_seconds)
+            await once_across_origins(database, "upload-sweep", sweep)
         except Exception:  # keep sweeping; the next round retries
             log.exception("upload sweep failed")
+
+
+async def _meter_periodically(
+    metering: Metering, settings: OriginSettings, database: Database | None = None
+) -> None:
+    """Accrue now and then every ``metering_interval_seconds``, one origin at a time."""
+    while True:
+        try:
+            await once_across_origins(database, "metering", metering.accrue)
+        except Exception:  # keep metering; the next round covers the gap
+            log.exception("metering round failed")
+        await trio.sleep(settings.metering_interval_seconds)
 
 
 async def collect_garbage_periodically(
@@ -182,22 +219,31 @@ async def collect_garbage_periodically(
     clock: Callable[[], float] = time.time,
     extra_roots: ExtraRoots | None = None,
     before: Callable[[], Awaitable[object]] | None = None,
+    database: Database | None = None,
 ) -> None:
     """Online garbage collection every ``gc_interval_seconds`` (safe beside other origins and
     ``depot-registry gc``: each deletion re-checks itself), abandoned uploads included.
-    ``extra_roots`` adds live saved builds as roots (``origin/retention/gc.py``)."""
+    ``extra_roots`` adds live saved builds as roots (``origin/retention/gc.py``). With
+    ``database``, one origin at a time runs a pass (the others skip theirs); the grace window
+    keeps what other origins are uploading right now (blobs not yet in a manifest, sessions
+    younger than the upload timeout: their rows are in the shared database)."""
+
+    async def one_pass() -> None:
+        if before is not None:
+            # e.g. retire expired builds' tags: they are not roots
+            await once_across_origins(database, "build-retirement", before)
+        await collect(
+            registry,
+            now=clock(),
+            grace_seconds=settings.gc_grace_seconds,
+            extra_roots=extra_roots,
+            upload_timeout_seconds=settings.upload_timeout_seconds,
+        )
+
     while True:
         await trio.sleep(settings.gc_interval_seconds)
         try:
-            if before is not None:
-                await before()  # e.g. retire expired builds' tags: they are not roots
-            await collect(
-                registry,
-                now=clock(),
-                grace_seconds=settings.gc_grace_seconds,
-                extra_roots=extra_roots,
-                upload_timeout_seconds=settings.upload_timeout_seconds,
-            )
+            await once_across_origins(database, "garbage-collection", one_pass)
         except Exception:  # keep collecting; the next round retries
             log.exception("garbage collection failed")
 
@@ -233,7 +279,7 @@ async def serve(
             upstreams=services.upstreams,
         )
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_sweep_uploads, registry, settings)
+            nursery.start_soon(_sweep_uploads, registry, settings, services.database)
             if settings.gc_interval_seconds > 0:
                 nursery.start_soon(
                     partial(
@@ -242,9 +288,10 @@ async def serve(
                         settings,
                         clock=clock,
                         before=services.builds.retire_expired,
+                        database=services.database,
                     )
                 )
-            nursery.start_soon(services.metering.run, settings.metering_interval_seconds)
+            nursery.start_soon(_meter_periodically, services.metering, settings, services.database)
             await serve_app(
                 app,
                 sock,
