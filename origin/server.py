@@ -24,7 +24,7 @@ from core.web.serving import serve_app
 from origin.app import create_origin_app
 from origin.auth.gate import Gate
 from origin.auth.issuer import TokenIssuer
-from origin.auth.keys import KeyRing
+from origin.auth.keys import KeyRing, shared_key_ring
 from origin.auth.oidc import OidcVerifier
 from origin.auth.ratelimit import CredentialFailures
 from origin.auth.store import TenancyStore
@@ -67,6 +67,17 @@ def open_database(settings: OriginSettings) -> Database:
         settings.resolved_database_url,
         busy_timeout_seconds=settings.database_busy_timeout_seconds,
     )
+
+
+async def _key_ring(
+    database: Database, settings: OriginSettings, clock: Callable[[], float]
+) -> KeyRing:
+    """Token-signing keys: in the data directory on SQLite (one host); in the database on
+    PostgreSQL, the same for every origin sharing it."""
+    directory = settings.data_dir / "keys"
+    if database.dialect != "postgresql":
+        return KeyRing.load(directory)
+    return await shared_key_ring(database, open_upstream_cipher(settings), directory, clock())
 
 
 def open_upstream_cipher(settings: OriginSettings) -> CredentialCipher:
@@ -120,7 +131,7 @@ async def open_services(
             registry = registry_on(database, storage, clock, settings)
             tenancy = TenancyStore(database)
             build_store = BuildStore(database)
-            keys = KeyRing.load(settings.data_dir / "keys")
+            keys = await _key_ring(database, settings, clock)
             # One failed-credential limit for /token, /v2/ and /api/v1/.
             failures = CredentialFailures(
                 settings.token_failures_allowed,
