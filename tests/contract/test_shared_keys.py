@@ -62,7 +62,7 @@ async def test_the_first_origin_seeds_its_file_keys_and_a_wrong_cipher_key_is_re
 ) -> None:
     (tmp_path / "keys").mkdir()
     older = rotate(tmp_path / "keys")
-    time.sleep(0.002)  # key files are named by the millisecond they were made
+    await trio.sleep(0.002)  # key files are named by the millisecond they were made
     newer = rotate(tmp_path / "keys")
     with trio.fail_after(30):
         ring = await shared_key_ring(open_database(), cipher(), tmp_path / "keys", time.time())
