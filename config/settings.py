@@ -94,6 +94,10 @@ class OriginSettings:
     aws_session_token: str = field(
         default="", repr=False, metadata={"environ": "AWS_SESSION_TOKEN"}
     )
+    #: ``redis://HOST:PORT/DB``: failed-credential limits per client shared by every origin
+    #: using it (``--redis-url``, ``DEPOT_ORIGIN_REDIS_URL``); empty: per process. Redis
+    #: down: per process again, logged.
+    redis_url: str = ""
 
     @property
     def resolved_database_url(self) -> str:

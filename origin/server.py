@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import httpx
 import trio
@@ -27,6 +28,7 @@ from origin.auth.issuer import TokenIssuer
 from origin.auth.keys import KeyRing, shared_key_ring
 from origin.auth.oidc import OidcVerifier
 from origin.auth.ratelimit import CredentialFailures
+from origin.auth.shared_failures import RedisFailureLog
 from origin.auth.store import TenancyStore
 from origin.builds.metering import Metering
 from origin.builds.service import BuildService
@@ -39,6 +41,9 @@ from origin.retention.gc import ExtraRoots, collect
 from origin.storage import open_storage
 from origin.upstreams.cipher import DEFAULT_KEY_FILE, CredentialCipher
 from origin.upstreams.store import UpstreamStore
+
+if TYPE_CHECKING:
+    import coredis
 
 log = logging.getLogger("depot.origin")
 
@@ -118,8 +123,33 @@ async def open_registry(
 
 
 @asynccontextmanager
+async def open_redis(url: str) -> AsyncIterator[coredis.Redis[bytes] | None]:
+    """The process's one Redis client (None without ``redis_url``), entered here, in the
+    process's own main around serving: never inside quart-trio's lifespan. Unreachable at
+    start: None (per-process limits), logged."""
+    if not url:
+        yield None
+        return
+    import coredis  # only origins configured with Redis need it
+
+    client: coredis.Redis[bytes] = coredis.Redis.from_url(url, decode_responses=False)
+    entered = False
+    try:
+        async with client:
+            entered = True
+            yield client
+    except Exception as exc:
+        if entered:
+            raise
+        log.warning("Redis at %s unreachable at start (%s): limits per process", url, exc)
+        yield None
+
+
+@asynccontextmanager
 async def open_services(
-    settings: OriginSettings, clock: Callable[[], float] = time.time
+    settings: OriginSettings,
+    clock: Callable[[], float] = time.time,
+    redis: coredis.Redis[bytes] | None = None,
 ) -> AsyncIterator[Services]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = open_database(settings)
@@ -138,6 +168,9 @@ async def open_services(
                 settings.token_failure_window_seconds,
                 trusted_proxies=settings.trusted_proxies,
                 clock=clock,
+                shared=None
+                if redis is None
+                else RedisFailureLog(redis, settings.token_failure_window_seconds),
             )
             gate = Gate(settings, tenancy, keys, clock, failures=failures)
             oidc = OidcVerifier(
@@ -273,7 +306,10 @@ async def serve(
     ``task_status.started`` receives the bound URLs once hypercorn is accepting. ``clock``
     is what every service reads the time from (tests drive it forward).
     """
-    async with open_services(settings, clock) as services:
+    async with (
+        open_redis(settings.redis_url) as redis,
+        open_services(settings, clock, redis) as services,
+    ):
         registry = services.registry
         if clean_at_start:
             await housekeeping(registry, settings)
