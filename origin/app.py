@@ -47,6 +47,9 @@ def create_origin_app(
         max_manifest_bytes=settings.max_manifest_bytes,
         chunk_min_length=settings.chunk_min_length_bytes,
         base_domain=settings.base_domain,
+        storage_redirect_seconds=int(settings.storage_redirect_seconds)
+        if settings.storage_redirect
+        else 0,
     )
     install_token_routes(app, issuer, keys)
     install_api_routes(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from core.errors import PathNotFound, StorageError
 
@@ -127,6 +127,16 @@ class StorageDriver(Protocol):
         ``in_use(path)`` is True for the appendable objects whose state the caller keeps
         and still needs (open upload sessions, from the database): their staged parts are
         spared whatever their age, whichever process wrote them."""
+        ...
+
+
+@runtime_checkable
+class PresignedReads(Protocol):
+    """A driver whose objects a client can fetch itself, by a short-lived URL (S3)."""
+
+    def presigned_get_url(self, path: str, expires_seconds: int) -> str:
+        """A URL that GETs the (plain, committed) object at ``path`` without credentials
+        until it expires. No request is made: the caller checked the object exists."""
         ...
 
 
