@@ -63,9 +63,15 @@ def shared_backends(root: Path) -> Iterator[tuple[str, S3Server, str]]:
 
 
 @asynccontextmanager
-async def cluster(root: Path, settings: Sequence[str] = ()) -> AsyncIterator[Cluster]:
-    """Shared backends and a settings file; ``settings`` are extra TOML lines."""
+async def cluster(
+    root: Path, settings: Sequence[str] = (), *, storage: str = "s3"
+) -> AsyncIterator[Cluster]:
+    """Shared backends and a settings file; ``settings`` are extra TOML lines. ``storage``:
+    ``s3`` (the moto bucket) or ``file`` (one directory every origin uses, as a volume
+    mounted on every host would be)."""
     with shared_backends(root) as (database_url, s3, bucket):
+        if storage == "file":
+            settings = [f'storage_url = "file://{root / "shared-storage"}"', *settings]
         config = _write_settings(root, database_url, s3, bucket, settings)
         yield Cluster(root, config, database_url)
 
@@ -80,7 +86,11 @@ def _write_settings(
     key.chmod(0o600)
     lines = [
         f'database_url = "{database_url}"',
-        f'storage_url = "s3://{bucket}?endpoint={s3.endpoint}&region=us-east-1"',
+        *(
+            []
+            if any(line.startswith("storage_url") for line in settings)
+            else [f'storage_url = "s3://{bucket}?endpoint={s3.endpoint}&region=us-east-1"']
+        ),
         f'storage_access_key_id_file = "{root / "s3-key-id"}"',
         f'storage_secret_access_key_file = "{root / "s3-secret"}"',
         f'upstream_credentials_key_file = "{key}"',

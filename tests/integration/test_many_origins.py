@@ -167,3 +167,27 @@ async def test_kill_9_mid_upload_and_resume_on_the_other_origin(tmp_path: Path) 
 
             async with origins.origin("origin-b") as restarted, client(restarted) as http:
                 assert await blob_digest(http, "acme/app", digest) == digest
+
+
+async def test_chunked_upload_alternating_origins_on_a_shared_directory(tmp_path: Path) -> None:
+    """The same database state serves the filesystem driver on one directory all origins
+    mount: each chunk appended by whichever origin gets it, the digest computed once."""
+    chunks = [payload(3 * MiB, 21), payload(100_000, 22), payload(2 * MiB, 23)]
+    digest = sha256_digest(b"".join(chunks))
+    with trio.fail_after(TEST_SECONDS):
+        async with (
+            cluster(tmp_path, storage="file") as origins,
+            origins.origin() as one,
+            origins.origin() as two,
+            client(one) as first,
+            client(two) as second,
+        ):
+            location = upload_url(await start_upload(second, "acme/app"))
+            offset = 0
+            for index, chunk in enumerate(chunks):
+                await patch((first, second)[index % 2], location, offset, chunk)
+                offset += len(chunk)
+            done = await second.put(location, params={"digest": digest})
+            assert done.status_code == 201, done.text
+            for http in (first, second):
+                assert await blob_digest(http, "acme/app", digest) == digest
