@@ -42,9 +42,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import httpx  # noqa: E402
 from registry_bench import (  # noqa: E402
     LISTENING_PREFIX,
     LOOPBACK,
+    REPOSITORY,
     START_SECONDS,
     Blob,
     Target,
@@ -83,7 +85,7 @@ storage:
   delete:
     enabled: true
   redirect:
-    disable: true
+    disable: {no_redirect}
   maintenance:
     uploadpurging:
       enabled: false
@@ -93,11 +95,18 @@ http:
 
 
 @asynccontextmanager
-async def run_origin(tmp: Path, label: str, storage_url: str | None) -> AsyncIterator[Target]:
-    data_dir = tmp / f"{label}-data"
-    data_dir.mkdir()
+async def run_origin(
+    tmp: Path,
+    label: str,
+    storage_url: str | None,
+    *,
+    data: str | None = None,
+    redirect: bool = False,
+) -> AsyncIterator[Target]:
+    data_dir = tmp / f"{data or label}-data"
+    data_dir.mkdir(exist_ok=True)
     config = tmp / f"{label}.toml"
-    lines = []
+    lines = ["storage_redirect = true"] if redirect else []
     if storage_url:
         (tmp / "id").write_text(TEST_CREDENTIALS[0])
         (tmp / "secret").write_text(TEST_CREDENTIALS[1])
@@ -140,12 +149,15 @@ async def run_origin(tmp: Path, label: str, storage_url: str | None) -> AsyncIte
 
 
 @asynccontextmanager
-async def run_distribution_s3(tmp: Path, s3: S3Server, bucket: str) -> AsyncIterator[Target]:
+async def run_distribution_s3(
+    tmp: Path, s3: S3Server, bucket: str, *, redirect: bool = False
+) -> AsyncIterator[Target]:
     program = shutil.which("docker-registry")
     if program is None:
         raise SystemExit("docker-registry not found (apt-get install docker-registry)")
     addr = f"{LOOPBACK}:{free_port()}"
-    config = tmp / "distribution-s3.yml"
+    label = "distribution-s3-redirect" if redirect else "distribution-s3"
+    config = tmp / f"{label}.yml"
     config.write_text(
         DISTRIBUTION_S3_CONFIG.format(
             key=TEST_CREDENTIALS[0],
@@ -153,9 +165,10 @@ async def run_distribution_s3(tmp: Path, s3: S3Server, bucket: str) -> AsyncIter
             endpoint=s3.endpoint,
             bucket=bucket,
             addr=addr,
+            no_redirect="false" if redirect else "true",
         )
     )
-    log = tmp / "distribution-s3.log"
+    log = tmp / f"{label}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "AWS_"))}
     with log.open("wb") as output:
         process = await trio.lowlevel.open_process(
@@ -167,11 +180,31 @@ async def run_distribution_s3(tmp: Path, s3: S3Server, bucket: str) -> AsyncIter
         )
     try:
         if not await _answers_v2(process, f"http://{addr}/v2/"):
-            raise SystemExit(f"distribution-s3 did not start:\n{tail(log)}")
-        yield Target("distribution-s3", f"http://{addr}", process, log)
+            raise SystemExit(f"{label} did not start:\n{tail(log)}")
+        yield Target(label, f"http://{addr}", process, log)
     finally:
         with trio.CancelScope(shield=True):
             await stop(process)
+
+
+async def measure_redirected_pull(target: Target, blob: Blob) -> float:
+    """One GET that must be a redirect, followed (the registry's credentials-free hop to the
+    store), the body read in 1 MiB pieces; MB/s."""
+    url = f"{target.base_url}/v2/{REPOSITORY}/blobs/{blob.digest}"
+    async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
+        with trio.fail_after(600):
+            start = trio.current_time()
+            first = await client.get(url)
+            if first.status_code != 307:
+                raise RuntimeError(f"{target.label}: {first.status_code}, expected a redirect")
+            received = 0
+            async with client.stream("GET", first.headers["Location"]) as response:
+                async for chunk in response.aiter_raw(1024 * 1024):
+                    received += len(chunk)
+            elapsed = trio.current_time() - start
+    if received != blob.size:
+        raise RuntimeError(f"{target.label}: {received} bytes of {blob.size}")
+    return blob.size / elapsed / 1e6
 
 
 async def main_async(args: argparse.Namespace, tmp: Path, s3: S3Server) -> None:
@@ -185,6 +218,16 @@ async def main_async(args: argparse.Namespace, tmp: Path, s3: S3Server) -> None:
             await stack.enter_async_context(run_origin(tmp, "origin-fs", None)),
             await stack.enter_async_context(run_distribution_s3(tmp, s3, "distribution")),
         ]
+        # Redirect mode: the same storage (and, for the origin, the same database) served by
+        # a second process with redirects on; pull only, following the 307 to moto.
+        redirecting = [
+            await stack.enter_async_context(
+                run_origin(tmp, "origin-s3-redirect", storage, data="origin-s3", redirect=True)
+            ),
+            await stack.enter_async_context(
+                run_distribution_s3(tmp, s3, "distribution", redirect=True)
+            ),
+        ]
         for round_number in range(args.repeat):
             print(f"round {round_number + 1}: writing {human_size(args.size)} ...", file=sys.stderr)
             blob: Blob = write_random_blob(tmp / "blob.bin", args.size)
@@ -197,6 +240,10 @@ async def main_async(args: argparse.Namespace, tmp: Path, s3: S3Server) -> None:
                 figures = results.setdefault(target.label, {"push": [], "pull": []})
                 figures["push"].append(push)
                 figures["pull"].append(pull)
+            for target in redirecting:
+                pull = await measure_redirected_pull(target, blob)
+                print(f"  {target.label}: pull {pull:.0f} MB/s", file=sys.stderr)
+                results.setdefault(target.label, {"pull": []})["pull"].append(pull)
             blob.path.unlink()
 
     median = {
@@ -207,15 +254,18 @@ async def main_async(args: argparse.Namespace, tmp: Path, s3: S3Server) -> None:
         f"\n{human_size(args.size)} blob, {os.cpu_count()} cores, median of {args.repeat}; "
         "MB/s (10^6 B/s)"
     )
-    print(f"{'target':<18}{'push':>10}{'pull':>10}")
+    print(f"{'target':<26}{'push':>10}{'pull':>10}")
     for label, figures in median.items():
-        print(f"{label:<18}{figures['push']:>10.0f}{figures['pull']:>10.0f}")
+        push = f"{figures['push']:>10.0f}" if "push" in figures else f"{'-':>10}"
+        print(f"{label:<26}{push}{figures['pull']:>10.0f}")
     s3_, fs, dist = median["origin-s3"], median["origin-fs"], median["distribution-s3"]
     for what in ("push", "pull"):
         print(
             f"{what}: origin-s3 / distribution-s3 = {s3_[what] / dist[what]:.2f}, "
             f"origin-s3 / origin-fs = {s3_[what] / fs[what]:.2f}"
         )
+    redirected = median["origin-s3-redirect"]["pull"] / median["distribution-s3-redirect"]["pull"]
+    print(f"pull, redirect mode: origin / distribution = {redirected:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
