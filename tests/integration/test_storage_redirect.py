@@ -24,9 +24,9 @@ from core.client.credentials import x_token_credentials
 from core.client.registry import RegistryClient
 from core.digest import parse_digest
 from core.reference import parse_repository_name
-from tests.integration.oci import Blob, guarded, push_blob_raw
+from tests.integration.oci import Blob, guarded, push_blob_raw, sha256_digest
 from tests.integration.tenants import basic
-from tests.processes import origin_command, origin_process
+from tests.processes import edge_process, origin_command, origin_process
 from tests.s3server import TEST_CREDENTIALS, create_bucket, moto_server, require_moto
 
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ async def cli(data_dir: Path, config: Path, *args: str) -> str:
         [*command, "--json"], capture_stdout=True, capture_stderr=True, stdin=subprocess.DEVNULL
     )
 
-    return str(json.loads(result.stdout)["token"])
+    return str(json.loads(result.stdout)["token"])  # what `org create` and `token create` print
 
 
 async def test_blob_get_redirects_to_the_store_and_the_client_drops_its_credentials(
@@ -131,6 +131,23 @@ async def test_blob_get_redirects_to_the_store_and_the_client_drops_its_credenti
                         async for chunk in stream.chunks:
                             hasher.update(chunk)
                     assert f"sha256:{hasher.hexdigest()}" == blob.digest
+
+                # An edge in front fills its cache through the redirect.
+                edge_token = await cli(data_dir, config, "token", "create", "--kind", "edge")
+                token_file = tmp_path / "edge.token"
+                token_file.write_text(edge_token + "\n")
+                token_file.chmod(0o600)
+                before = len(relay.sent)
+                async with (
+                    edge_process(
+                        origin.url, token_file, tmp_path / "cache", tmp_path / "edge.log"
+                    ) as edge,
+                    guarded(httpx.AsyncClient(base_url=edge.url, headers=basic(token))) as via_edge,
+                ):
+                    pulled = await via_edge.get(f"/v2/acme/app/blobs/{blob.digest}")
+                    assert pulled.status_code == 200, pulled.text
+                    assert sha256_digest(pulled.content) == blob.digest
+                assert any(b"X-Amz-Signature=" in r for r in relay.sent[before:])
 
             presigned = [r for r in relay.sent if b"X-Amz-Signature=" in r.partition(b"\r\n")[0]]
             assert presigned, [r[:120] for r in relay.sent]
