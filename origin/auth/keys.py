@@ -87,28 +87,32 @@ _KEYS_LOCK = "signing-keys"
 
 
 async def shared_key_ring(
-    database: Database, cipher: CredentialCipher, seed_directory: Path, now: float
+    database: Database, cipher: CredentialCipher, key_directory: Path, now: float
 ) -> KeyRing:
-    """The keys every origin on ``database`` signs and verifies with. The first origin to
-    start creates them, under a transaction-scoped advisory lock (two origins starting
-    together agree on one set): the keys of its ``seed_directory`` if it has any (an origin
-    moving from SQLite keeps its tokens valid), else a new one. DatabaseError when a key is
-    sealed with another upstream credentials key than this origin's."""
-    seeds = _keys_in(seed_directory)
-    if not seeds:
+    """The keys every origin on ``database`` signs and verifies with, newest signing.
+
+    Under a transaction-scoped advisory lock (origins starting together agree on one set),
+    the key files of ``key_directory`` the database lacks are added, dated by their file
+    name: the first origin to start stores its keys (an origin moving from SQLite keeps its
+    tokens valid; a deployment's key Secret copied into the directory becomes the fleet's),
+    and a newer file added later (a rotation) joins at the next start. With no key anywhere,
+    a new one is made. DatabaseError when a key is sealed with another upstream credentials
+    key than this origin's."""
+    files = _keys_in(key_directory)
+    fresh = None
+    if not files:
         private_key, kid = generate_signing_key()
-        seeds = [SigningKey(kid, private_key)]
-    sealed = [
-        (
-            key.kid,
-            cipher.encrypt(
-                dump_private_pem(key.private_key).decode(), username=key.kid, **_SEALED_AS
-            ),
-            now + index * 1e-6,
-        )
-        for index, key in enumerate(seeds)
-    ]
-    rows = await database.write(_load_or_seed, sealed)
+        fresh = (SigningKey(kid, private_key), now)
+
+    def sealed(key: SigningKey, created: float) -> tuple[str, str, float]:
+        pem = dump_private_pem(key.private_key).decode()
+        return key.kid, cipher.encrypt(pem, username=key.kid, **_SEALED_AS), created
+
+    rows = await database.write(
+        _merge_keys,
+        [sealed(key, created) for key, created in files],
+        None if fresh is None else sealed(*fresh),
+    )
     keys = [
         SigningKey(kid, load_private_pem(cipher.decrypt(text, username=kid, **_SEALED_AS).encode()))
         for kid, text in rows
@@ -116,29 +120,36 @@ async def shared_key_ring(
     return KeyRing(keys)
 
 
-def _keys_in(directory: Path) -> list[SigningKey]:
-    """The keys of a key directory, oldest first (start-up only: blocking reads)."""
+def _keys_in(directory: Path) -> list[tuple[SigningKey, float]]:
+    """The keys of a key directory with their creation times (from ``<ms>-<kid>.pem``),
+    oldest first (start-up only: blocking reads)."""
     if not directory.is_dir():
         return []
-    return [
-        SigningKey(path.stem.split("-", 1)[1], load_private_pem(path.read_bytes()))
-        for path in sorted(directory.glob("*.pem"))
-    ]
+    found = []
+    for path in sorted(directory.glob("*.pem")):
+        stamp, _, kid = path.stem.partition("-")
+        created = int(stamp) / 1000 if stamp.isdigit() else 0.0
+        found.append((SigningKey(kid, load_private_pem(path.read_bytes())), created))
+    return found
 
 
-def _load_or_seed(
-    conn: sa.Connection, sealed: list[tuple[str, str, float]]
+def _merge_keys(
+    conn: sa.Connection,
+    files: list[tuple[str, str, float]],
+    fresh: tuple[str, str, float] | None,
 ) -> list[tuple[str, str]]:
     if conn.dialect.name == "postgresql":
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(advisory_key(_KEYS_LOCK))))
+    known = {str(kid) for (kid,) in conn.execute(sa.select(signing_keys.c.kid))}
+    added = [row for row in files if row[0] not in known]
+    if not known and not added and fresh is not None:
+        added = [fresh]
+    if added:
+        conn.execute(
+            sa.insert(signing_keys),
+            [{"kid": kid, "sealed_pem": text, "created_at": at} for kid, text, at in added],
+        )
     query = sa.select(signing_keys.c.kid, signing_keys.c.sealed_pem).order_by(
         signing_keys.c.created_at, signing_keys.c.kid
     )
-    found = [(str(kid), str(text)) for kid, text in conn.execute(query)]
-    if found:
-        return found
-    conn.execute(
-        sa.insert(signing_keys),
-        [{"kid": kid, "sealed_pem": text, "created_at": at} for kid, text, at in sealed],
-    )
-    return [(kid, text) for kid, text, _ in sealed]
+    return [(str(kid), str(text)) for kid, text in conn.execute(query)]

@@ -57,7 +57,7 @@ async def test_origins_starting_together_agree_on_one_key(
     assert verified.subject == "u"
 
 
-async def test_the_first_origin_seeds_its_file_keys_and_a_wrong_cipher_key_is_refused(
+async def test_key_files_join_the_shared_ring_and_a_wrong_cipher_key_is_refused(
     open_database: Callable[[], Database], tmp_path: Path
 ) -> None:
     (tmp_path / "keys").mkdir()
@@ -68,6 +68,15 @@ async def test_the_first_origin_seeds_its_file_keys_and_a_wrong_cipher_key_is_re
         ring = await shared_key_ring(open_database(), cipher(), tmp_path / "keys", time.time())
         assert ring.current.kid == newer.kid
         assert [key["kid"] for key in ring.jwks()["keys"]] == [older.kid, newer.kid]
+        # A newer key file (a rotation) joins at the next start, and signs from then on.
+        await trio.sleep(0.002)
+        rotated = rotate(tmp_path / "keys")
+        ring = await shared_key_ring(open_database(), cipher(), tmp_path / "keys", time.time())
+        assert ring.current.kid == rotated.kid
+        assert [key["kid"] for key in ring.jwks()["keys"]] == [older.kid, newer.kid, rotated.kid]
+        # Another origin without the file reads the same ring from the database.
+        elsewhere = await shared_key_ring(open_database(), cipher(), tmp_path / "x", time.time())
+        assert elsewhere.jwks() == ring.jwks()
         other = CredentialCipher(base64.b64decode(base64.b64encode(secrets.token_bytes(32))))
         with pytest.raises(DatabaseError, match="another key"):
             await shared_key_ring(open_database(), other, tmp_path / "none", time.time())
