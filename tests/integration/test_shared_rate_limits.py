@@ -87,6 +87,15 @@ async def test_two_origins_share_the_limit_and_fall_back_when_redis_dies(tmp_pat
                 assert await status_with_bad_credentials(to_b) == 429
                 assert (await to_b.get("/v2/")).status_code == 401  # anonymous: a challenge
                 assert await b.stop() == 0  # a clean exit, Redis still gone
+
+            # An origin starting while Redis is down serves, limiting per process.
+            async with (
+                origin_process(tmp_path / "c", tmp_path / "c.log", args) as c,
+                guarded(httpx.AsyncClient(base_url=c.url)) as to_c,
+            ):
+                assert await status_with_bad_credentials(to_c) == 401
+            started = (tmp_path / "c.log").read_text()
+            assert "limits per process" in started or "limited per process" in started, started
             log = (tmp_path / "b.log").read_text()
             assert "failed credentials limited per process" in log, tail(tmp_path / "b.log")
             assert "Traceback" not in log, tail(tmp_path / "b.log")
