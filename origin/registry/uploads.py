@@ -16,8 +16,9 @@ process that received its bytes. A chunk arriving at a process without that hash
 moved, or the process restarted) is not hashed at all; the digest is then computed once, at
 the end, by reading the staged bytes back. Re-hashing on every move instead would read the
 whole upload back at each chunk of a client alternating between origins (quadratic); a hash
-checkpointed at piece boundaries would need a serialisable sha256 (a pure-Python one is ~100x
-slower than hashlib's). So a session that moves costs one read-back of its bytes, at commit.
+checkpointed at piece boundaries would need a serialisable sha256 (a pure-Python one hashed
+0.46 MB/s here, hashlib 1.7 GB/s). So a session that moves costs one read-back of its bytes,
+at commit.
 
 Abandoned sessions hold staged bytes until the upload timeout purges them, so each org may
 have only so many sessions open and so many bytes staged (:class:`UploadLimits`): past
