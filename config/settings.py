@@ -103,6 +103,15 @@ class OriginSettings:
     #: How often a process looks for events other origin processes appended (its own wake
     #: its long polls at once).
     events_poll_interval_seconds: float = 0.5
+    #: ``redis://HOST:PORT/DB``: failed-credential limits per client shared by every origin
+    #: using it (``--redis-url``, ``DEPOT_ORIGIN_REDIS_URL``); empty: per process. Redis
+    #: down: per process again, logged.
+    redis_url: str = ""
+    #: Redirect mode (off by default): a blob GET that a client is allowed to make is
+    #: answered 307 to a presigned URL of the S3 store, valid ``storage_redirect_seconds``;
+    #: the client (an edge) fetches the bytes from the store. Ignored on the filesystem.
+    storage_redirect: bool = False
+    storage_redirect_seconds: float = 300
 
     @property
     def resolved_database_url(self) -> str:

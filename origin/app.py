@@ -8,6 +8,7 @@ from collections.abc import Callable
 from quart_trio import QuartTrio
 
 from config.settings import OriginSettings
+from core.errors import ConfigError
 from core.web.app import create_app
 from origin.auth.gate import Gate
 from origin.auth.issuer import TokenIssuer
@@ -50,6 +51,7 @@ def create_origin_app(
         max_manifest_bytes=settings.max_manifest_bytes,
         chunk_min_length=settings.chunk_min_length_bytes,
         base_domain=settings.base_domain,
+        storage_redirect_seconds=_redirect_seconds(settings),
     )
     install_token_routes(app, issuer, keys)
     install_api_routes(
@@ -72,3 +74,14 @@ def create_origin_app(
     if events is not None:
         install_event_routes(app, tenancy, events, clock, failures=issuer.failures)
     return app
+
+
+def _redirect_seconds(settings: OriginSettings) -> int:
+    """How long redirect mode's presigned URLs live (0: the mode is off). SigV4 allows up
+    to 7 days: anything else is refused at start, not by a 500 on every blob GET."""
+    if not settings.storage_redirect:
+        return 0
+    seconds = int(settings.storage_redirect_seconds)
+    if not 1 <= seconds <= 7 * 24 * 3600:
+        raise ConfigError("storage_redirect_seconds must be between 1 s and 7 days")
+    return seconds

@@ -106,12 +106,12 @@ class Gate:
             return rules.Presented(rules.BEARER, grant)
         if credentials.scheme == rules.BASIC:
             client = self._failures.client(view.remote_addr, view.forwarded_for)
-            self._failures.check(client)
+            await self._failures.check(client)
             principal = None
             if credentials.secret:
                 principal = await self._tenancy.authenticate(credentials.secret, self._clock())
             if principal is None:
-                self._failures.failed(client)
+                await self._failures.failed(client)
                 raise rules.invalid_credentials()
             return rules.Presented(rules.BASIC, principal)
         return rules.Presented(rules.NONE, ANONYMOUS)

@@ -82,10 +82,10 @@ class TokenIssuer:
         now = self._clock()
         principal = ANONYMOUS
         if password is not None:
-            self.failures.check(client)
+            await self.failures.check(client)
             found = await self._principal(password)
             if found is None:
-                self.failures.failed(client)
+                await self.failures.failed(client)
                 raise Unauthorized("invalid credentials")
             principal = found
         return await self._issue(principal, host, scopes, now)

@@ -30,8 +30,9 @@ those with 503 ``UNAVAILABLE`` and ``Retry-After``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar, TypeVarTuple
 
 import sqlalchemy as sa
@@ -93,6 +94,7 @@ class Database:
         self._closed = False
         #: Set after each commit that appended events (``origin/metadata/events.py``).
         self.events_committed = EventSignal()
+        self._running_here: set[str] = set()  # SQLite: the passes this process runs
 
     @classmethod
     def open(
@@ -155,6 +157,56 @@ class Database:
         with _translated(), inline.connect() as conn:
             return first(conn, stmt, params or {})
 
+    # -- background work that runs once across processes -----------------------------------
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        """Try to become the one process running ``name`` (a GC pass, a sweep): yields True
+        to the one that holds it until the block ends, False (at once, no waiting) to the
+        others, which skip their pass.
+
+        PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) on a pooled connection
+        held for the block, so every origin on the database competes; if that connection
+        dies, the server releases the lock. SQLite means one host and, in practice, one
+        serving process per data directory: a lock of this process is enough.
+        """
+        self._check_open()
+        if self.dialect != "postgresql":
+            await trio.lowlevel.checkpoint()
+            if name in self._running_here:
+                yield False
+                return
+            self._running_here.add(name)
+            try:
+                yield True
+            finally:
+                self._running_here.discard(name)
+            return
+        key = advisory_key(name)
+        conn, held = await self._in_thread(self._try_advisory_lock, key)
+        try:
+            yield held
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._in_thread(self._advisory_unlock, conn, key, held)
+
+    def _try_advisory_lock(self, key: int) -> tuple[sa.Connection, bool]:
+        conn = self._engines.reader.connect()
+        try:
+            held = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
+        except BaseException:
+            conn.close()
+            raise
+        return conn, held
+
+    @staticmethod
+    def _advisory_unlock(conn: sa.Connection, key: int, held: bool) -> None:
+        try:
+            if held:
+                conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+        finally:
+            conn.close()
+
     # -- writes ---------------------------------------------------------------------------
 
     async def write(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
@@ -175,6 +227,12 @@ class Database:
             result = fn(conn, *args)
             appended = bool(conn.info.pop(EVENTS_APPENDED, False))
         return result, appended
+
+
+def advisory_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (signed 64-bit) for a pass's name, the same in every
+    process (Python's ``hash`` of a string is salted per process)."""
+    return int.from_bytes(hashlib.sha256(f"depot:{name}".encode()).digest()[:8], signed=True)
 
 
 # -- statement helpers, for functions run by read() and write() ------------------------------

@@ -49,6 +49,7 @@ from origin.metadata.schema import (
     repo_blobs,
     repositories,
     tags,
+    upload_states,
     uploads,
 )
 from origin.metadata.sql_store import SqlStore
@@ -506,23 +507,60 @@ class MetadataStore(SqlStore):
             size=int(row.size),
             created_at=float(row.created_at),
             updated_at=float(row.updated_at),
+            state=None if row.state is None else bytes(row.state),
         )
 
     async def advance_upload(
-        self, upload_id: str, expected_size: int, new_size: int, now: float
+        self,
+        upload_id: str,
+        expected_size: int,
+        new_size: int,
+        now: float,
+        state: bytes | None = None,
     ) -> bool:
-        """Compare-and-set the received size: False if it is no longer ``expected_size`` (a
-        concurrent PATCH won) or the upload is gone."""
+        """Compare-and-set the received size, and with it the storage driver's ``state`` of
+        the staged bytes (one transaction: size and state never disagree). False if the size
+        is no longer ``expected_size`` (a concurrent PATCH won) or the upload is gone."""
+        return await self._write(
+            self._advance_upload, upload_id, expected_size, new_size, now, state
+        )
+
+    @staticmethod
+    def _advance_upload(
+        conn: sa.Connection,
+        upload_id: str,
+        expected_size: int,
+        new_size: int,
+        now: float,
+        state: bytes | None,
+    ) -> bool:
         stmt = (
             sa.update(uploads)
             .where(uploads.c.id == upload_id, uploads.c.size == expected_size)
             .values(size=new_size, updated_at=now)
         )
-        return await self._change(stmt) > 0
+        if execute(conn, stmt, {}) == 0:
+            return False
+        if state is not None:
+            # The row's size changed under this transaction's lock: no other writer races
+            # us for the state row, so delete-then-insert is an upsert on both backends.
+            execute(
+                conn, sa.delete(upload_states).where(upload_states.c.upload_id == upload_id), {}
+            )
+            execute(conn, sa.insert(upload_states), {"upload_id": upload_id, "state": state})
+        return True
 
     async def delete_upload(self, upload_id: str) -> bool:
-        stmt = sa.delete(uploads).where(uploads.c.id == upload_id)
-        return await self._change(stmt) > 0
+        return await self._write(self._delete_upload, upload_id)
+
+    @staticmethod
+    def _delete_upload(conn: sa.Connection, upload_id: str) -> bool:
+        execute(conn, sa.delete(upload_states).where(upload_states.c.upload_id == upload_id), {})
+        return execute(conn, sa.delete(uploads).where(uploads.c.id == upload_id), {}) > 0
+
+    async def upload_ids(self) -> set[str]:
+        """Every open upload session's id: what the storage sweep must spare."""
+        return {str(row[0]) for row in await self._all(sa.select(uploads.c.id))}
 
     async def expired_uploads(self, updated_before: float) -> list[str]:
         """Ids of uploads last advanced before ``updated_before``, oldest first."""
