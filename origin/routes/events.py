@@ -84,8 +84,8 @@ class _EventsApi(ManagementApi):
             client = self._failures.client(
                 request.remote_addr, request.headers.get("X-Forwarded-For")
             )
-            self._failures.failed(client)
-            self._failures.check(client)
+            await self._failures.failed(client)
+            await self._failures.check(client)
         return management.require_principal(principal)
 
 
