@@ -95,6 +95,11 @@ class OriginSettings:
         default="", repr=False, metadata={"environ": "AWS_SESSION_TOKEN"}
     )
 
+    #: Serve HTTPS (``--tls-cert``/``--tls-key``, ``DEPOT_ORIGIN_TLS_CERT_FILE``...): the
+    #: certificate chain and its private key, PEM. Neither: plain HTTP.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -189,3 +194,9 @@ class EdgeSettings:
     #: it; it stays open 1 s, doubling after each failed probe up to the max.
     breaker_failures: int = 3
     breaker_max_interval_seconds: float = 30
+    #: Serve HTTPS (``--tls-cert``/``--tls-key``): the certificate chain and its key, PEM.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: CA bundle (PEM) that origin's certificate must chain to when ``upstream`` is https
+    #: (``--upstream-ca``); none: the system's trust store.
+    upstream_ca_file: Path | None = None

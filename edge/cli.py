@@ -21,7 +21,9 @@ import trio
 
 from config.loader import ConfigError, load
 from config.settings import EdgeSettings
+from core.client.trust import verifying_context
 from core.web.serving import bind_socket, bound_url, serve_until_signal
+from core.web.tls import add_tls_flags, server_tls_context
 from edge.cache.store import EdgeCache
 from edge.mirror.config import site_specs, with_flags
 from edge.server import read_upstream_token, serve
@@ -63,6 +65,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="authenticated (default: tokens of this system's orgs) or anonymous (anyone)",
     )
     serve_cmd.add_argument("--config", type=Path, help="TOML settings file")
+    add_tls_flags(serve_cmd)
+    serve_cmd.add_argument(
+        "--upstream-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA bundle (PEM) origin's certificate must chain to, for an https --upstream "
+        "(default: the system's trust store)",
+    )
     serve_cmd.set_defaults(handler=_run_serve)
 
     cache = edge_commands.add_parser("cache", help="inspect or empty an edge's cache")
@@ -87,6 +97,9 @@ def _settings(args: argparse.Namespace) -> EdgeSettings:
         "base_domain": args.base_domain,
         "insecure_registries": ",".join(args.insecure_registries or []) or None,
         "relay_max_jobs": args.relay_max_jobs,
+        "tls_cert_file": args.tls_cert,
+        "tls_key_file": args.tls_key,
+        "upstream_ca_file": args.upstream_ca,
     }
     settings = load(
         EdgeSettings, file=args.config, environ=os.environ, prefix=ENV_PREFIX, overrides=overrides
@@ -103,13 +116,16 @@ def _run_serve(args: argparse.Namespace) -> int:
             raise ConfigError("--upstream is required (the origin's URL)")
         read_upstream_token(settings)
         site_specs(settings)  # mirrors checked (and their password files read) before binding
+        server_tls_context(settings.tls_cert_file, settings.tls_key_file)
+        verifying_context(settings.upstream_ca_file)
         sock = bind_socket(settings.listen)
     except (ConfigError, OSError, ValueError) as exc:
         print(f"depot-registry: {exc}", file=sys.stderr)
         return 2
 
     def announce() -> None:
-        print(f"depot-registry edge listening on {bound_url(sock)}", flush=True)
+        url = bound_url(sock, tls=settings.tls_cert_file is not None)
+        print(f"depot-registry edge listening on {url}", flush=True)
 
     trio.run(partial(serve_until_signal, partial(serve, settings, sock), announce=announce))
     return 0

@@ -22,6 +22,7 @@ from core.cli import main as cli_main
 from core.errors import BackendError, InputError
 from core.exceptiongroups import single_exception
 from core.web.serving import bind_socket, bound_url, is_loopback, serve_until_signal
+from core.web.tls import add_tls_flags, server_tls_context
 from origin import cli_gc, cli_tenancy
 from origin.server import housekeeping, open_registry, serve
 
@@ -47,6 +48,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="anonymous push and pull, for local experiments; loopback addresses only",
     )
+    add_tls_flags(serve_cmd)
 
     worker = origin_commands.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("--fd", type=int, required=True)
@@ -54,6 +56,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     worker.add_argument("--config", type=Path)
     worker.add_argument("--storage-url")
     worker.add_argument("--no-auth", action="store_true")
+    add_tls_flags(worker)
     cli_tenancy.add_commands(commands)
     for name in cli_tenancy.COMPONENTS:
         commands.choices[name].set_defaults(
@@ -70,6 +73,8 @@ def _settings(args: argparse.Namespace) -> OriginSettings:
         "workers": getattr(args, "workers", None),
         "storage_url": getattr(args, "storage_url", None),
         "auth": False if getattr(args, "no_auth", False) else None,
+        "tls_cert_file": getattr(args, "tls_cert", None),
+        "tls_key_file": getattr(args, "tls_key", None),
     }
     return load(
         OriginSettings,
@@ -87,11 +92,12 @@ def _announce(url: str) -> None:
 def _serve_until_signal(
     settings: OriginSettings, sock: socket.socket, *, clean_at_start: bool, announce: bool
 ) -> None:
+    url = bound_url(sock, tls=settings.tls_cert_file is not None)
     trio.run(
         partial(
             serve_until_signal,
             partial(serve, settings, sock, clean_at_start=clean_at_start),
-            announce=partial(_announce, bound_url(sock)) if announce else None,
+            announce=partial(_announce, url) if announce else None,
         )
     )
 
@@ -110,10 +116,14 @@ def _serve_many(settings: OriginSettings, sock: socket.socket, args: argparse.Na
         command += ["--storage-url", args.storage_url]
     if not settings.auth:
         command += ["--no-auth"]
+    if getattr(args, "tls_cert", None):
+        command += ["--tls-cert", str(args.tls_cert)]
+    if getattr(args, "tls_key", None):
+        command += ["--tls-key", str(args.tls_key)]
     children = [
         subprocess.Popen(command, pass_fds=[sock.fileno()]) for _ in range(settings.workers)
     ]
-    _announce(bound_url(sock))
+    _announce(bound_url(sock, tls=settings.tls_cert_file is not None))
     received: list[int] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, _frame: received.append(s))
@@ -157,6 +167,11 @@ def _serve(settings: OriginSettings, args: argparse.Namespace) -> int:
         sock = socket.socket(fileno=args.fd)
         _serve_until_signal(settings, sock, clean_at_start=False, announce=False)
         return 0
+    try:
+        server_tls_context(settings.tls_cert_file, settings.tls_key_file)  # fail before binding
+    except ConfigError as exc:
+        print(f"depot-registry: {exc}", file=sys.stderr)
+        return 2
     if not settings.auth and not is_loopback(settings.listen):
         print(
             f"depot-registry: --no-auth refuses to listen on {settings.listen}: "

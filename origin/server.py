@@ -21,6 +21,7 @@ import trio
 from config.settings import OriginSettings
 from core.storage.driver import StorageDriver
 from core.web.serving import serve_app
+from core.web.tls import server_tls_context
 from origin.app import create_origin_app
 from origin.auth.gate import Gate
 from origin.auth.issuer import TokenIssuer
@@ -216,6 +217,7 @@ async def serve(
     ``task_status.started`` receives the bound URLs once hypercorn is accepting. ``clock``
     is what every service reads the time from (tests drive it forward).
     """
+    tls = server_tls_context(settings.tls_cert_file, settings.tls_key_file)
     async with open_services(settings, clock) as services:
         registry = services.registry
         if clean_at_start:
@@ -251,6 +253,7 @@ async def serve(
                 graceful_timeout_seconds=settings.graceful_timeout_seconds,
                 body_idle_timeout_seconds=settings.body_idle_timeout_seconds,
                 send_idle_timeout_seconds=settings.send_idle_timeout_seconds,
+                tls=tls,
                 shutdown_trigger=shutdown_trigger,
                 task_status=task_status,
             )

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -56,9 +57,10 @@ def bind_socket(listen: str) -> socket.socket:
     return sock
 
 
-def bound_url(sock: socket.socket) -> str:
+def bound_url(sock: socket.socket, *, tls: bool = False) -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 #: glibc's mallopt parameter number for M_MMAP_THRESHOLD.
@@ -104,6 +106,7 @@ async def serve_app(
     shutdown_trigger: Callable[[], Awaitable[None]] | None,
     body_idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS,
     send_idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS,
+    tls: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns, then drain in-flight requests for up to
@@ -112,6 +115,7 @@ async def serve_app(
     A request body that sends no byte for ``body_idle_timeout_seconds`` gets a 408 (see
     core/web/connection.py); a response the client accepts no byte of for
     ``send_idle_timeout_seconds`` is cut and its connection closed (core/web/transport.py).
+    With ``tls`` (core/web/tls.py) every connection is TLS; the announced URL is https.
     """
     keep_large_buffers_mapped()
     set_body_idle_timeout(app, body_idle_timeout_seconds)
@@ -119,8 +123,9 @@ async def serve_app(
         wrap_app(app, 0, "asgi"),
         server_config(graceful_timeout_seconds),
         sock,
-        bound_url(sock),
+        bound_url(sock, tls=tls is not None),
         send_idle_timeout_seconds=send_idle_timeout_seconds,
+        tls=tls,
         shutdown_trigger=shutdown_trigger,
         task_status=task_status,
     )
