@@ -232,6 +232,7 @@ async def serve(
                 body_idle_timeout_seconds=settings.body_idle_timeout_seconds,
                 send_idle_timeout_seconds=settings.send_idle_timeout_seconds,
                 tls=tls,
+                trusted_proxies=settings.trusted_proxies,
                 shutdown_trigger=shutdown_trigger,
                 task_status=task_status,
             )

@@ -48,6 +48,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="anonymous push and pull, for local experiments; loopback addresses only",
     )
+    serve_cmd.add_argument(
+        "--base-domain",
+        help="e.g. registry.example: ORG_ID.registry.example addresses that org's repositories",
+    )
     add_tls_flags(serve_cmd)
 
     worker = origin_commands.add_parser("worker", help=argparse.SUPPRESS)
@@ -56,6 +60,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     worker.add_argument("--config", type=Path)
     worker.add_argument("--storage-url")
     worker.add_argument("--no-auth", action="store_true")
+    worker.add_argument("--base-domain")
     add_tls_flags(worker)
     cli_tenancy.add_commands(commands)
     for name in cli_tenancy.COMPONENTS:
@@ -73,6 +78,7 @@ def _settings(args: argparse.Namespace) -> OriginSettings:
         "workers": getattr(args, "workers", None),
         "storage_url": getattr(args, "storage_url", None),
         "auth": False if getattr(args, "no_auth", False) else None,
+        "base_domain": getattr(args, "base_domain", None),
         "tls_cert_file": getattr(args, "tls_cert", None),
         "tls_key_file": getattr(args, "tls_key", None),
     }
@@ -116,6 +122,8 @@ def _serve_many(settings: OriginSettings, sock: socket.socket, args: argparse.Na
         command += ["--storage-url", args.storage_url]
     if not settings.auth:
         command += ["--no-auth"]
+    if getattr(args, "base_domain", None):
+        command += ["--base-domain", args.base_domain]
     if getattr(args, "tls_cert", None):
         command += ["--tls-cert", str(args.tls_cert)]
     if getattr(args, "tls_key", None):

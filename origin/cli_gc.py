@@ -21,6 +21,7 @@ import trio
 from config.settings import OriginSettings
 from config.units import parse_duration
 from core.errors import BackendError, InputError
+from origin.cli_tenancy import require_registry
 from origin.retention.gc import GcReport, collect
 from origin.server import open_services
 
@@ -60,8 +61,10 @@ def run(
         settings = load_settings(args)
     except InputError as exc:
         return _fail(exc, 2)
-    if not settings.database_url and not (settings.data_dir / "registry.db").exists():
-        return _fail(f"no registry in {settings.data_dir}", 2)
+    try:
+        require_registry(settings)
+    except InputError as exc:
+        return _fail(exc, 2)
     grace = settings.gc_grace_seconds if args.grace is None else args.grace
     try:
         report = trio.run(_collect, settings, grace, args.dry_run)

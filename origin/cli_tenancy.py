@@ -28,7 +28,7 @@ from core.errors import BackendError, InputError, UnknownObject
 from origin.auth.records import TokenRecord
 from origin.auth.store import TenancyStore
 from origin.auth.token_format import KINDS, parse_token
-from origin.server import open_database
+from origin.server import REGISTRY_FILE, open_database
 
 COMPONENTS = frozenset({"org", "project", "user", "token"})
 _PROG = "depot-registry"
@@ -57,6 +57,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     org_create = command(org, "create", _org_create, "create an org and its first org token")
     org_create.add_argument("name", help="the org's slug: a-z, 0-9 and '-'; never changes")
+    org_create.add_argument(
+        "--init",
+        action="store_true",
+        help="create the registry's database in --data-dir if it holds none yet "
+        "(otherwise a data dir without one is refused: a typo would make a second registry)",
+    )
     command(org, "list", _org_list, "list orgs")
 
     project = commands.add_parser("project", help="projects").add_subparsers(
@@ -97,7 +103,10 @@ def run(
 ) -> int:
     """Run a parsed tenancy command; the exit status."""
     try:
-        database = open_database(load_settings(args))
+        settings = load_settings(args)
+        if not getattr(args, "init", False):
+            require_registry(settings)
+        database = open_database(settings)
     except InputError as exc:  # settings included (ConfigError)
         return _fail(exc, 2)
     except (BackendError, OSError) as exc:
@@ -111,6 +120,19 @@ def run(
     finally:
         database.close()
     return 0
+
+
+def require_registry(settings: OriginSettings) -> None:
+    """Refuse a data directory that holds no registry database (with a ``database_url`` the
+    database is elsewhere: nothing to check here). Without this, a mistyped ``--data-dir``
+    silently made a new, empty registry whose tokens the running one refuses."""
+    if settings.database_url or (settings.data_dir / REGISTRY_FILE).exists():
+        return
+    raise InputError(
+        f"no registry in {settings.data_dir} ({REGISTRY_FILE} not found): give the data "
+        "directory the origin serves (./scripts/run uses ./data/origin), or create a new "
+        "registry there with 'org create --init'"
+    )
 
 
 def _fail(exc: BaseException, status: int) -> int:

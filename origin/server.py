@@ -42,6 +42,8 @@ from origin.upstreams.cipher import DEFAULT_KEY_FILE, CredentialCipher
 from origin.upstreams.store import UpstreamStore
 
 log = logging.getLogger("depot.origin")
+#: The SQLite database in the data directory (when no ``database_url`` names another).
+REGISTRY_FILE = "registry.db"
 
 
 @dataclass
@@ -254,6 +256,7 @@ async def serve(
                 body_idle_timeout_seconds=settings.body_idle_timeout_seconds,
                 send_idle_timeout_seconds=settings.send_idle_timeout_seconds,
                 tls=tls,
+                trusted_proxies=settings.trusted_proxies,
                 shutdown_trigger=shutdown_trigger,
                 task_status=task_status,
             )

@@ -63,8 +63,11 @@ async def authenticate(data_dir: Path, token: str) -> Any:
 
 
 async def test_org_project_and_token_lifecycle(tmp_path: Path) -> None:
-    data = tmp_path / "data"  # created by the first command
-    created = ok_json("org", "create", "acme", data_dir=data)
+    data = tmp_path / "data"  # created by the first command, asked to
+    assert "no registry in" in refused("org", "create", "acme", data_dir=data)
+    assert "no registry in" in refused("token", "list", data_dir=data)
+    assert not data.exists()  # refusing made nothing
+    created = ok_json("org", "create", "acme", "--init", data_dir=data)
     assert set(created) == {"org_id", "name", "token"}
     assert created["name"] == "acme"
     assert re.fullmatch(r"org[a-z0-9]{16}", created["org_id"])  # a DNS label: a subdomain
@@ -162,7 +165,7 @@ REFUSALS = [
 
 def test_refusals_are_one_line_and_exit_2(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    ok("org", "create", "acme", data_dir=data)
+    ok("org", "create", "acme", "--init", data_dir=data)
     for args, message in REFUSALS:
         stderr = refused(*args, data_dir=data)
         assert stderr.startswith("depot-registry: ")

@@ -19,6 +19,7 @@ from core.errors import ConfigError
 from core.web.serving import bind_socket
 from core.web.tls import server_tls_context
 from origin.server import serve
+from tests.integration.conftest import start_origin
 from tests.integration.edges import start_edge
 from tests.integration.oci import new_image, push_blob, push_manifest, random_blob
 from tests.integration.tenants import Tenants, basic, bearer_for, start_tenants
@@ -176,3 +177,21 @@ async def test_origin_serve_refuses_half_a_tls_setting(tmp_path: Path, tls: TlsF
     sock = bind_socket("127.0.0.1:0")
     with sock, pytest.raises(ConfigError, match="both"):
         await serve(settings, sock)
+
+
+async def test_a_trusted_tls_terminating_proxy_sets_the_scheme_of_the_challenge(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Behind a load balancer that terminates TLS, the realm clients are sent to must be
+    https; only a trusted proxy's X-Forwarded-Proto is believed."""
+    behind = await start_origin(nursery, tmp_path / "behind", trusted_proxies="127.0.0.1")
+    exposed = await start_origin(nursery, tmp_path / "exposed")
+    with trio.fail_after(TIMEOUT):
+        for origin, scheme in ((behind, "https"), (exposed, "http")):
+            async with client(origin.url, False, **{"X-Forwarded-Proto": "https"}) as http:
+                answer = await http.get("/v2/", headers={"Host": "registry.example"})
+                assert answer.status_code == 401
+                challenge = answer.headers["WWW-Authenticate"]
+                assert f'realm="{scheme}://registry.example/token"' in challenge, challenge
+        behind.shutdown.set()
+        exposed.shutdown.set()
