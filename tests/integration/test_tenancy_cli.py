@@ -198,3 +198,39 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     result = cli("token", "create", "--kind", "root", data_dir=tmp_path / "data")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_trust_relationships_create_list_delete(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    ok("org", "create", "acme", "--init", data_dir=data)
+    issuer = "https://token.actions.githubusercontent.com"
+    created = ok_json(
+        "trust", "create", "--org", "acme", "--issuer", issuer, "--audience", "depot-registry",
+        "--condition", "repository=acme/app", "--condition", "ref=refs/heads/main",
+        "--action", "pull", "--action", "push", "--description", "gha main", data_dir=data,
+    )  # fmt: skip
+    assert created["issuer"] == issuer and created["audience"] == "depot-registry"
+    assert created["conditions"] == {"repository": "acme/app", "ref": "refs/heads/main"}
+    assert created["actions"] == ["pull", "push"] and created["project_id"] is None
+    assert created["id"].startswith("trust_")
+    listed = ok_json("trust", "list", "--org", "acme", data_dir=data)
+    assert [t["id"] for t in listed] == [created["id"]]
+    line = ok("trust", "list", "--org", "acme", data_dir=data)
+    assert created["id"] in line and "repository=acme/app" in line and "pull,push" in line
+
+    for args, message in (
+        (["--issuer", "http://issuer.example", "--condition", "a=b"], "https"),
+        (["--issuer", issuer, "--condition", "no-equals-sign"], "CLAIM=VALUE"),
+    ):
+        stderr = refused(
+            "trust", "create", "--org", "acme", "--audience", "x", "--action", "pull", *args,
+            data_dir=data,
+        )  # fmt: skip
+        assert message in stderr, stderr
+    assert "no trust relationship" in refused(
+        "trust", "delete", "--org", "acme", "trust_nope", data_dir=data
+    )
+    ok("trust", "delete", "--org", "acme", created["id"], data_dir=data)
+    assert ok_json("trust", "list", "--org", "acme", data_dir=data) == []
+    deleted = ok_json("trust", "list", "--org", "acme", "--all", data_dir=data)
+    assert deleted[0]["revoked_at"] is not None
