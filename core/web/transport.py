@@ -168,13 +168,13 @@ class HandshakeLoggingTLSListener(anyio.streams.tls.TLSListener):
 
     @staticmethod
     async def handle_handshake_error(exc: BaseException, stream: anyio.abc.AnyByteStream) -> None:
-        await anyio.aclose_forcefully(stream)
-        if isinstance(exc, anyio.get_cancelled_exc_class()) or not isinstance(exc, Exception):
-            raise exc
         try:
             peer = stream.extra(anyio.abc.SocketAttribute.remote_address)
         except Exception:  # the socket may be gone already
             peer = "?"
+        await anyio.aclose_forcefully(stream)
+        if isinstance(exc, anyio.get_cancelled_exc_class()) or not isinstance(exc, Exception):
+            raise exc
         reason = getattr(exc, "reason", None) or type(exc).__name__
         log.info("TLS handshake with %s failed: %s", peer, reason)
 
