@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import diskcache.core
 import trio
 
 from config.loader import ConfigError, load
@@ -131,7 +132,25 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _holds_cache(directory: Path) -> bool:
+    """Whether an edge has used ``directory`` as its cache (its index file exists)."""
+    index: str = diskcache.core.DBNAME
+    return (directory / "cache" / index).is_file()
+
+
+def _refuse_no_cache(directory: Path) -> int:
+    """A mistyped --cache-dir must not become an empty cache that reports zeros."""
+    print(
+        f"depot-registry: no edge cache in {directory} (give the directory an edge serves "
+        "with --cache-dir)",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def _run_stats(args: argparse.Namespace) -> int:
+    if not _holds_cache(args.cache_dir):
+        return _refuse_no_cache(args.cache_dir)
     cache = EdgeCache.open(args.cache_dir, recover=False)
     try:
         stats = trio.run(cache.stats)
@@ -146,6 +165,8 @@ def _run_stats(args: argparse.Namespace) -> int:
 
 
 def _run_purge(args: argparse.Namespace) -> int:
+    if not _holds_cache(args.cache_dir):
+        return _refuse_no_cache(args.cache_dir)
     cache = EdgeCache.open(args.cache_dir, recover=False)
     try:
         removed = trio.run(cache.purge)

@@ -33,7 +33,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     """Add ``origin serve``, the tenancy commands (org, project, user, token) and ``gc``."""
     origin = commands.add_parser("origin", help="the authoritative registry")
     origin.set_defaults(handler=_run_origin)
-    origin_commands = origin.add_subparsers(dest="command", required=True)
+    origin_commands = origin.add_subparsers(dest="command", required=True, metavar="{serve}")
 
     serve_cmd = origin_commands.add_parser("serve", help="serve the OCI Distribution API")
     serve_cmd.add_argument("--listen", help="HOST:PORT (port 0 picks a free port)")
@@ -54,7 +54,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     add_tls_flags(serve_cmd)
 
-    worker = origin_commands.add_parser("worker", help=argparse.SUPPRESS)
+    # Internal (started by `serve --workers N`): no help, so it is not listed.
+    worker = origin_commands.add_parser("worker")
     worker.add_argument("--fd", type=int, required=True)
     worker.add_argument("--data-dir", type=Path)
     worker.add_argument("--config", type=Path)

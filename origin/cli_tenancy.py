@@ -88,7 +88,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         dest="command", required=True
     )
     token_create = command(token, "create", _token_create, "create a token (printed once)")
-    token_create.add_argument("--kind", required=True, choices=sorted(KINDS))
+    token_create.add_argument(
+        "--kind",
+        required=True,
+        choices=sorted(KINDS),
+        help="org: push and pull in --org; pull: read-only in --org or --project; project: "
+        "one --project's repository; user: the orgs --user is a member of; edge: an edge's "
+        "credential at origin",
+    )
     token_create.add_argument("--org", help="org slug (org and pull tokens)")
     token_create.add_argument("--project", help="project id (project and pull tokens)")
     token_create.add_argument("--user", help="user name (user tokens)")
@@ -289,7 +296,14 @@ async def _token_create(store: TenancyStore, args: argparse.Namespace, now: floa
 async def _token_list(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
     org_id = None if args.org is None else await _org_id(store, args.org)
     records = await store.list_tokens(org_id, include_revoked=args.all)
-    _print(args, [_token_document(r) for r in records], "\n".join(map(_token_line, records)))
+    users = await store.users_by_id(r.user_id for r in records if r.user_id is not None)
+    names = {user_id: user.name for user_id, user in users.items()}
+    org = {org_id: args.org} if org_id is not None else {}
+    _print(
+        args,
+        [_token_document(r, names) for r in records],
+        "\n".join(_token_line(r, names, org) for r in records),
+    )
 
 
 async def _token_revoke(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
@@ -381,13 +395,14 @@ def _time(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _token_document(record: TokenRecord) -> dict[str, Any]:
+def _token_document(record: TokenRecord, user_names: dict[str, str]) -> dict[str, Any]:
     return {
         "token_id": record.token_id,
         "kind": record.kind,
         "org_id": record.org_id,
         "project_id": record.project_id,
         "user_id": record.user_id,
+        "user": user_names.get(record.user_id) if record.user_id else None,
         "description": record.description,
         "created_at": record.created_at,
         "expires_at": record.expires_at,
@@ -396,8 +411,16 @@ def _token_document(record: TokenRecord) -> dict[str, Any]:
     }
 
 
-def _token_line(record: TokenRecord) -> str:
-    scope = record.project_id or record.user_id or record.org_id or "-"
+def _token_line(record: TokenRecord, user_names: dict[str, str], org_slugs: dict[str, str]) -> str:
+    """One tab-separated line; the scope by name (project id, user name, org slug)."""
+    if record.project_id:
+        scope = f"project {record.project_id}"
+    elif record.user_id:
+        scope = f"user {user_names.get(record.user_id, record.user_id)}"
+    elif record.org_id:
+        scope = f"org {org_slugs.get(record.org_id, record.org_id)}"
+    else:
+        scope = "-"
     state = "revoked " + _time(record.revoked_at) if record.revoked_at else "active"
     return "\t".join(
         [

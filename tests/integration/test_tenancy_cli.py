@@ -234,3 +234,18 @@ def test_trust_relationships_create_list_delete(tmp_path: Path) -> None:
     assert ok_json("trust", "list", "--org", "acme", data_dir=data) == []
     deleted = ok_json("trust", "list", "--org", "acme", "--all", data_dir=data)
     assert deleted[0]["revoked_at"] is not None
+
+
+def test_token_list_names_users_orgs_and_projects(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    ok("org", "create", "acme", "--init", data_dir=data)
+    ok("user", "create", "alice", "--org", "acme", data_dir=data)
+    made = ok_json("token", "create", "--kind", "user", "--user", "alice", data_dir=data)
+    lines = ok("token", "list", data_dir=data).splitlines()
+    line = next(x for x in lines if x.startswith(made["token_id"]))
+    assert "\tuser alice\t" in line, line
+    assert "user_" not in line  # the name, not the id
+    listed = ok_json("token", "list", data_dir=data)
+    assert [t["user"] for t in listed if t["token_id"] == made["token_id"]] == ["alice"]
+    org_line = ok("token", "list", "--org", "acme", data_dir=data)
+    assert "\torg acme\t" in org_line, org_line
