@@ -9,12 +9,14 @@ from quart_trio import QuartTrio
 
 from config.settings import OriginSettings
 from core.web.app import create_app
+from origin.access import install_access
 from origin.auth.gate import Gate
 from origin.auth.issuer import TokenIssuer
 from origin.auth.keys import KeyRing
 from origin.auth.store import TenancyStore
 from origin.builds.metering import Metering
 from origin.builds.service import BuildService
+from origin.metrics import OriginMetrics
 from origin.registry.registry import Registry
 from origin.routes.api import install_api_routes
 from origin.routes.builds import install_build_routes
@@ -36,6 +38,7 @@ def create_origin_app(
     builds: BuildService | None = None,
     metering: Metering | None = None,
     upstreams: UpstreamStore | None = None,
+    metrics: OriginMetrics | None = None,
 ) -> QuartTrio:
     """``issuer.failures`` (the failed-credential limit) is shared by ``/token``, ``/v2/``
     (through ``gate``, built with the same one) and ``/api/v1/``."""
@@ -66,4 +69,5 @@ def create_origin_app(
             clock,
             allow_private_addresses=settings.upstreams_allow_private_addresses,
         )
+    install_access(app, metrics if metrics is not None else OriginMetrics())
     return app

@@ -34,6 +34,7 @@ from origin.builds.service import BuildService
 from origin.builds.store import BuildStore
 from origin.metadata.database import Database
 from origin.metadata.store import MetadataStore
+from origin.metrics import OriginMetrics
 from origin.registry.registry import Registry
 from origin.registry.uploads import UploadLimits
 from origin.retention.gc import ExtraRoots, collect
@@ -185,6 +186,7 @@ async def collect_garbage_periodically(
     clock: Callable[[], float] = time.time,
     extra_roots: ExtraRoots | None = None,
     before: Callable[[], Awaitable[object]] | None = None,
+    metrics: OriginMetrics | None = None,
 ) -> None:
     """Online garbage collection every ``gc_interval_seconds`` (safe beside other origins and
     ``depot-registry gc``: each deletion re-checks itself), abandoned uploads included.
@@ -194,7 +196,7 @@ async def collect_garbage_periodically(
         try:
             if before is not None:
                 await before()  # e.g. retire expired builds' tags: they are not roots
-            await collect(
+            report = await collect(
                 registry,
                 now=clock(),
                 grace_seconds=settings.gc_grace_seconds,
@@ -203,6 +205,23 @@ async def collect_garbage_periodically(
             )
         except Exception:  # keep collecting; the next round retries
             log.exception("garbage collection failed")
+            if metrics is not None:
+                metrics.gc_runs.labels("failed").inc()
+        else:
+            if metrics is not None:
+                metrics.collected(report)
+
+
+@dataclass
+class _UploadGauge:
+    """Open upload sessions, counted when /metrics is scraped (bounded: see OriginMetrics)."""
+
+    registry: Registry
+    sessions: int = 0
+
+    async def refresh(self) -> None:
+        # Every session last advanced before a time far ahead: all of them.
+        self.sessions = len(await self.registry.metadata.expired_uploads(time.time() + 1e9))
 
 
 async def serve(
@@ -224,6 +243,15 @@ async def serve(
         registry = services.registry
         if clean_at_start:
             await housekeeping(registry, settings)
+        metrics = OriginMetrics()
+        services.database.observe = metrics.observe_database
+        uploads = _UploadGauge(registry)
+        metrics.gauge(
+            "depot_origin_upload_sessions",
+            "Upload sessions open (all orgs)",
+            lambda: float(uploads.sessions),
+            refresh=uploads.refresh,
+        )
         app = create_origin_app(
             registry,
             settings,
@@ -235,6 +263,7 @@ async def serve(
             builds=services.builds,
             metering=services.metering,
             upstreams=services.upstreams,
+            metrics=metrics,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_sweep_uploads, registry, settings)
@@ -246,6 +275,7 @@ async def serve(
                         settings,
                         clock=clock,
                         before=services.builds.retire_expired,
+                        metrics=metrics,
                     )
                 )
             nursery.start_soon(services.metering.run, settings.metering_interval_seconds)
