@@ -195,3 +195,25 @@ async def test_a_trusted_tls_terminating_proxy_sets_the_scheme_of_the_challenge(
                 assert f'realm="{scheme}://registry.example/token"' in challenge, challenge
         behind.shutdown.set()
         exposed.shutdown.set()
+
+
+async def test_depot_saves_and_lists_builds_over_tls_with_its_ca_file(
+    tenants: Tenants, tls: TlsFiles, tmp_path: Path
+) -> None:
+    """``DEPOT_CA_FILE`` makes the depot CLI trust a private CA; without it, it refuses."""
+    from depot.image_source import DOCKER_ARCHIVE
+    from tests.integration.test_depot_cli import Depot, make_source
+
+    home = tmp_path / "home"
+    home.mkdir()
+    path, _, _ = make_source(DOCKER_ARCHIVE, tmp_path)
+    untrusting = Depot(home, tenants.url, tenants.acme)
+    refused = await untrusting.run("builds", "list", "--project", tenants.project, check=False)
+    assert refused.returncode != 0
+    assert b"certificate is not trusted" in refused.stderr, refused.stderr
+    assert b"DEPOT_CA_FILE" in refused.stderr
+    depot = Depot(home, tenants.url, tenants.acme, {"DEPOT_CA_FILE": str(tls.ca_cert)})
+    saved = await depot.run("save", path, "--project", tenants.project, "--save-tag", "main")
+    build = saved.stdout.decode().strip()
+    listed = (await depot.run("builds", "list", "--project", tenants.project)).stdout.decode()
+    assert build in listed and "main" in listed, listed
