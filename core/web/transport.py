@@ -195,7 +195,7 @@ async def serve_connections(
     and give in-flight requests ``config.graceful_timeout`` seconds.
 
     With ``tls`` each accepted connection does its handshake in its own task (bounded by
-    ``HANDSHAKE_TIMEOUT_SECONDS``; a failed one is logged by anyio and closed) before
+    ``HANDSHAKE_TIMEOUT_SECONDS``; a failed one is closed and logged as one line) before
     anycorn sees it; ALPN picks HTTP/2 or HTTP/1.1. anycorn sets no sendfile socket on a
     TLS stream, so the zero-copy extension is not offered there and bodies are streamed."""
     lifespan_state: dict[str, Any] = {}
