@@ -194,6 +194,16 @@ class EdgeSettings:
     #: it; it stays open 1 s, doubling after each failed probe up to the max.
     breaker_failures: int = 3
     breaker_max_interval_seconds: float = 30
+    #: Redis shared by the edges of a region (``redis://HOST:PORT/DB``); with ``region`` set,
+    #: edges fetch each cold digest from upstream once per region (edge/region/). Empty:
+    #: every edge on its own, as without Redis.
+    redis_url: str = ""
+    region: str = ""
+    #: The URL the region's other edges reach this edge at (empty: the bound address).
+    advertise_url: str = ""
+    #: A region's fill lock on a digest expires this long after its holder last renewed it
+    #: (a dead leader's fills are taken over after it).
+    region_lock_seconds: float = 5
     #: Serve HTTPS (``--tls-cert``/``--tls-key``): the certificate chain and its key, PEM.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None

@@ -16,7 +16,7 @@ from quart_trio import QuartTrio
 from config.settings import EdgeSettings
 from core.auth.request import RequestView
 from core.endpoints import BaseEndpoint, BlobEndpoint, ManifestEndpoint
-from core.errors import NotFound, Unsupported
+from core.errors import NotFound, Unavailable, Unsupported
 from core.reference import Tag
 from core.web.app import create_app
 from core.web.blobs import BlobInfo, blob_response
@@ -38,6 +38,7 @@ from edge.fill import BlobStream, Fills
 from edge.metrics import CONTENT_TYPE_LATEST, EdgeMetrics
 from edge.passthrough import PassThrough
 from edge.pullthrough import STALE_WARNING, PullThrough
+from edge.region.upstream import FROM_PEER, PEER_HEADER
 from edge.relay.routes import install_relay
 from edge.relay.service import RelayService
 
@@ -58,6 +59,9 @@ class EdgeServices:
     #: Given origin's ``/v2/`` routes, what chooses the routes per request (the mirrors'
     #: router, edge/mirror/routing.py); None: origin's routes answer everything.
     route_v2: Callable[[V2Routes], Chooser] | None = None
+    #: A line for ``/readyz`` on the region's coordination (None: not in a region). Redis
+    #: down does not make the edge unready: it serves from its own cache meanwhile.
+    region_status: Callable[[], str] | None = None
 
 
 def create_edge_app(services: EdgeServices) -> QuartTrio:
@@ -78,13 +82,23 @@ def _install_ops(app: Quart, services: EdgeServices) -> None:
 
     @app.route("/readyz", methods=["GET"])
     async def readyz() -> Response:
+        region = "" if services.region_status is None else services.region_status() + "\n"
         if services.ready():
-            return Response(b"ready\n", content_type="text/plain")
-        return Response(b"not ready\n", status=503, content_type="text/plain")
+            return Response(f"ready\n{region}".encode(), content_type="text/plain")
+        return Response(f"not ready\n{region}".encode(), status=503, content_type="text/plain")
 
     @app.route("/metrics", methods=["GET"])
     async def metrics() -> Response:
         return Response(services.metrics.render(), content_type=CONTENT_TYPE_LATEST)
+
+    @app.route("/.well-known/jwks.json", methods=["GET"])
+    async def jwks() -> Response:
+        # Edges below this one (tiered edges) load origin's keys from here.
+        g.route = "jwks"
+        document = services.gate.jwks
+        if document is None:
+            raise Unavailable("this edge has not loaded origin's token keys yet")
+        return Response(json.dumps(document), content_type="application/json")
 
     @app.route("/token", methods=["GET", "POST"])
     async def token() -> Response:
@@ -249,6 +263,8 @@ def _install_access_log(app: Quart, services: EdgeServices) -> None:
     async def start() -> None:
         g.started = time.monotonic()
         g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+        if PEER_HEADER in request.headers:
+            FROM_PEER.set(True)  # fills this request starts ask no other peer (no loops)
         g.route, g.digest, g.cache = "other", None, None
 
     @app.after_request

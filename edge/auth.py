@@ -142,6 +142,13 @@ class EdgeGate:
     # -- origin's keys -------------------------------------------------------------------
 
     @property
+    def jwks(self) -> dict[str, Any] | None:
+        """Origin's token keys as last loaded (None before the first load): what an edge
+        below this one (a tier) verifies bearer tokens with, so it keeps working from this
+        edge's copy while origin is down."""
+        return self._jwks
+
+    @property
     def ready(self) -> bool:
         """True once origin's keys are loaded (always, with auth off): for ``/readyz``."""
         return not self._auth or self._jwks is not None

@@ -65,6 +65,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="NAME=MODE",
         help="authenticated (default: tokens of this system's orgs) or anonymous (anyone)",
     )
+    serve_cmd.add_argument("--redis-url", help="Redis shared by the region's edges")
+    serve_cmd.add_argument("--region", help="this edge's region (with --redis-url)")
+    serve_cmd.add_argument("--advertise-url", help="the URL the region's other edges use")
     serve_cmd.add_argument("--config", type=Path, help="TOML settings file")
     add_tls_flags(serve_cmd)
     serve_cmd.add_argument(
@@ -98,6 +101,9 @@ def _settings(args: argparse.Namespace) -> EdgeSettings:
         "base_domain": args.base_domain,
         "insecure_registries": ",".join(args.insecure_registries or []) or None,
         "relay_max_jobs": args.relay_max_jobs,
+        "redis_url": args.redis_url,
+        "region": args.region,
+        "advertise_url": args.advertise_url,
         "tls_cert_file": args.tls_cert,
         "tls_key_file": args.tls_key,
         "upstream_ca_file": args.upstream_ca,

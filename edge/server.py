@@ -15,7 +15,7 @@ import trio
 from config.settings import EdgeSettings
 from core.client.trust import verifying_context
 from core.errors import ConfigError
-from core.web.serving import serve_app
+from core.web.serving import bound_url, serve_app
 from core.web.tls import server_tls_context
 from core.web.v2 import Chooser, V2Routes
 from edge.app import EdgeServices, create_edge_app
@@ -32,9 +32,12 @@ from edge.mirror.site import MirrorSite, open_site
 from edge.origin_control import OriginControl
 from edge.passthrough import Limits, PassThrough
 from edge.pullthrough import PullThrough
+from edge.region.membership import Region, open_region
+from edge.region.upstream import RegionalUpstream
 from edge.relay.service import RelayService
 from edge.relay.source import BuildReader
 from edge.upstream import OriginUpstream
+from edge.upstream_types import Upstream
 
 log = logging.getLogger("depot.edge")
 STATS_INTERVAL_SECONDS = 5.0
@@ -69,6 +72,30 @@ async def _refresh_stats(cache: EdgeCache, gauges: _CacheGauges) -> None:
         except Exception:  # a scrape shows the last good figures; the next round retries
             log.exception("reading cache statistics failed")
         await trio.sleep(STATS_INTERVAL_SECONDS)
+
+
+def _region_gauges(metrics: EdgeMetrics, region: Region, regional: RegionalUpstream) -> None:
+    directory, counters = region.directory, regional.counters
+    metrics.gauge(
+        "depot_edge_region_redis_up",
+        "1 while Redis answers (the region's fills are coordinated)",
+        lambda: float(directory.healthy),
+    )
+    metrics.gauge(
+        "depot_edge_region_peer_fetches",
+        "Blob streams this edge took from a peer edge of its region",
+        lambda: float(counters.peer_fetches),
+    )
+    metrics.gauge(
+        "depot_edge_region_upstream_fetches",
+        "Blob streams this edge took from its own upstream",
+        lambda: float(counters.upstream_fetches),
+    )
+    metrics.gauge(
+        "depot_edge_region_takeovers",
+        "Broken peer streams this edge continued from elsewhere",
+        lambda: float(counters.takeovers),
+    )
 
 
 async def serve(
@@ -115,6 +142,7 @@ async def serve(
                 trusted_proxies=settings.trusted_proxies,
                 clock=clock,
             ) as passthrough,
+            open_region(settings, token, bound_url(sock, tls=tls is not None)) as region,
             trio.open_nursery() as root,
         ):
             gate = EdgeGate(
@@ -126,9 +154,16 @@ async def serve(
                 jwks_refresh_seconds=settings.jwks_refresh_seconds,
             )
             await root.start(gate.run)
+            # In a region, blob bytes come from a peer edge or, once per region, upstream.
+            fill_upstream: Upstream = upstream
+            if region is not None:
+                regional = RegionalUpstream(upstream, region.directory, region.peers)
+                fill_upstream = regional
+                await root.start(region.directory.run)
+                _region_gauges(metrics, region, regional)
             fills = Fills(
                 cache,
-                upstream,
+                fill_upstream,
                 root,
                 fill_deadline_seconds=settings.fill_deadline_seconds,
                 clock=clock,
@@ -176,7 +211,7 @@ async def serve(
                 lambda: gauges.read("evictions"),
             )
             pullthrough = PullThrough(
-                settings, cache, fills, upstream, metrics, clock, breaker=breaker, nursery=root
+                settings, cache, fills, fill_upstream, metrics, clock, breaker=breaker, nursery=root
             )
             reader = BuildReader(
                 pullthrough, upstream, deadline_seconds=settings.upstream_deadline_seconds
@@ -224,6 +259,7 @@ async def serve(
                 ready=lambda: gate.ready,
                 relay=relay,
                 route_v2=router,
+                region_status=None if region is None else region.status,
             )
             await serve_app(
                 create_edge_app(services),

@@ -65,6 +65,19 @@ class OriginUpstream:
                 finally:
                     await chunks.aclose()
 
+    @asynccontextmanager
+    async def open_blob_from(
+        self, repository: RepositoryName, digest: Digest, offset: int
+    ) -> AsyncIterator[UpstreamBlob]:
+        """The blob from ``offset`` on (by ``Range``); its ``size`` is the bytes left."""
+        with _as_upstream_errors(f"GET blob {digest} from {offset}"):
+            async with self._client.open_blob(repository, digest, offset=offset) as blob:
+                chunks = _mapped(blob.chunks)
+                try:
+                    yield UpstreamBlob(blob.length, chunks)
+                finally:
+                    await chunks.aclose()
+
     async def blob_size(self, repository: RepositoryName, digest: Digest) -> int | None:
         with _as_upstream_errors(f"HEAD blob {digest}"):
             return await self._client.blob_size(repository, digest)

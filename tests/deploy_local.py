@@ -110,10 +110,20 @@ def local_container(
     paths = dict(sorted(paths.items(), key=lambda item: -len(item[0])))
 
     argv = [*spec_container.get("command", [ENTRYPOINT]), *spec_container.get("args", [])]
-    env = {}
+    env: dict[str, str] = {}
     for variable in spec_container.get("env", []):
         if "value" in variable:
-            env[variable["name"]] = rewrite(variable["value"], paths)
+            # Kubernetes expands $(NAME) from the variables defined before this one.
+            value = re.sub(
+                r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                lambda m: env.get(m.group(1), m.group(0)),
+                variable["value"],
+            )
+            env[variable["name"]] = rewrite(value, paths)
+        elif "fieldRef" in variable["valueFrom"]:
+            field = variable["valueFrom"]["fieldRef"]["fieldPath"]
+            assert field == "status.podIP", f"no local stand-in for {field}"
+            env[variable["name"]] = "127.0.0.1"
         else:
             ref = variable["valueFrom"]["secretKeyRef"]
             env[variable["name"]] = secrets[ref["name"]][ref["key"]]

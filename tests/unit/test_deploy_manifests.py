@@ -426,6 +426,22 @@ def test_region_runs_scaled_out_origins_several_edges_and_redis() -> None:
     find(objects, "Deployment", "depot-redis")
 
 
+def test_the_region_overlays_edges_form_one_region(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = rendered("region")
+    edges = find(objects, "Deployment", "depot-edge")
+    (spec_container,) = edges["spec"]["template"]["spec"]["containers"]
+    command = local_container(edges, spec_container, objects, tmp_path, SECRETS)
+    settings = load_settings(command, monkeypatch)
+    assert isinstance(settings, EdgeSettings)
+    assert settings.redis_url == "redis://depot-redis:6379/0"
+    assert settings.region
+    # Peers reach each pod at its own address, on the port the edge listens on.
+    port = settings.listen.rsplit(":", 1)[1]
+    assert settings.advertise_url == f"http://127.0.0.1:{port}"  # the pod IP, locally
+
+
 def test_region_daemonset_swaps_the_edge_deployment_for_node_local_edges() -> None:
     objects = rendered("region-daemonset")
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}

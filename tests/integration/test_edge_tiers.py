@@ -1,0 +1,85 @@
+"""Tiered edges: an edge whose upstream is another edge (a regional shield), not origin.
+
+origin ← proxy (counts requests) ← shield edge ← leaf edge ← client. A pull through the leaf
+is authorised the same way (bearer tokens from origin's issuer, verified at each tier), filled
+once through the shield however many leaves ask, and served stale by the leaf when both tiers
+above it are gone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from tests.integration.edges import (
+    EdgeFactory,
+    edge_client,
+    fetch,
+    start_edge,
+    upstream_gets,
+)
+from tests.integration.edges import edges_fixture as edges_fixture
+from tests.integration.edges import proxy_fixture as proxy_fixture
+from tests.integration.edges import tenants_fixture as tenants_fixture
+from tests.integration.oci import new_image, push_manifest
+from tests.integration.origin_proxy import OriginProxy
+from tests.integration.tenants import Tenants, basic, bearer_for
+
+TIMEOUT = 60
+
+
+async def test_a_pull_through_a_shield_fetches_from_origin_once(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    tenants: Tenants,
+    proxy: OriginProxy,
+    edges: EdgeFactory,
+) -> None:
+    image = new_image(layers=2)
+    with trio.fail_after(TIMEOUT):
+        async with edge_client(tenants.url, basic(tenants.acme)) as origin:
+            await push_manifest(origin, "acme/app", image, "v1")
+        shield = await edges("shield")
+        leaves = [
+            await start_edge(
+                nursery,
+                tenants,
+                tmp_path / f"leaf{i}",
+                upstream=shield.url,
+                graceful_timeout_seconds=2,
+            )
+            for i in range(2)
+        ]
+        for leaf in leaves:
+            async with edge_client(leaf.url) as http:
+                # Unauthenticated: the leaf's own challenge, naming the leaf's /token.
+                refused = await http.get("/v2/acme/app/manifests/v1")
+                assert refused.status_code == 401
+                assert leaf.url.removeprefix("http://") in refused.headers["WWW-Authenticate"]
+                # A pull token, exchanged through both tiers, reads the image.
+                http.headers.update(
+                    await bearer_for(http, tenants.acme_pull, "repository:acme/app:pull")
+                )
+                got = await http.get("/v2/acme/app/manifests/v1")
+                assert got.status_code == 200, got.text
+                assert got.content == image.payload
+                for blob in image.blobs:
+                    fetched = await fetch(http, f"/v2/acme/app/blobs/{blob.digest}")
+                    assert (fetched.status, fetched.digest) == (200, blob.digest)
+                # Another org's repository stays closed through the tiers.
+                other = await http.get("/v2/globex/app/manifests/v1")
+                assert other.status_code in (401, 403, 404), other.text
+        # Two leaves, one shield: origin sent each blob once.
+        for blob in image.blobs:
+            assert upstream_gets(proxy, blob.digest) == 1, blob.digest
+
+        # Origin gone: the leaf still serves what the tiers cached.
+        await proxy.disconnect()
+        async with edge_client(leaves[0].url) as http:
+            http.headers.update(
+                await bearer_for(http, tenants.acme_pull, "repository:acme/app:pull")
+            )
+            for blob in image.blobs:
+                fetched = await fetch(http, f"/v2/acme/app/blobs/{blob.digest}")
+                assert (fetched.status, fetched.digest) == (200, blob.digest)
