@@ -217,3 +217,30 @@ async def test_depot_saves_and_lists_builds_over_tls_with_its_ca_file(
     build = saved.stdout.decode().strip()
     listed = (await depot.run("builds", "list", "--project", tenants.project)).stdout.decode()
     assert build in listed and "main" in listed, listed
+
+
+@pytest.mark.parametrize("kind", ["origin", "edge"])
+def test_serve_refuses_bad_tls_flags_before_binding(
+    kind: str, tls: TlsFiles, tmp_path: Path
+) -> None:
+    import subprocess
+
+    from tests.processes import origin_command
+
+    token = tmp_path / "edge.token"
+    token.write_text("dpe_x\n")
+    common = ["--listen", "127.0.0.1:0", "--tls-cert", str(tls.cert)]  # no --tls-key
+    extra = (
+        ["--data-dir", str(tmp_path / "data")]
+        if kind == "origin"
+        else ["--upstream", "https://origin.example", "--upstream-token-file", str(token)]
+    )
+    done = subprocess.run(
+        [*origin_command(), kind, "serve", *common, *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done
+    assert "--tls-cert and --tls-key" in done.stderr, done.stderr
