@@ -113,6 +113,11 @@ class OriginSettings:
     storage_redirect: bool = False
     storage_redirect_seconds: float = 300
 
+    #: Serve HTTPS (``--tls-cert``/``--tls-key``, ``DEPOT_ORIGIN_TLS_CERT_FILE``...): the
+    #: certificate chain and its private key, PEM. Neither: plain HTTP.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -224,3 +229,9 @@ class EdgeSettings:
     #: ``upstream_deadline_seconds``: through a shield edge, the poll is a pass-through read
     #: whose answer must start within that deadline.
     events_wait_seconds: float = 8
+    #: Serve HTTPS (``--tls-cert``/``--tls-key``): the certificate chain and its key, PEM.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: CA bundle (PEM) that origin's certificate must chain to when ``upstream`` is https
+    #: (``--upstream-ca``); none: the system's trust store.
+    upstream_ca_file: Path | None = None

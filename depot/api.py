@@ -10,7 +10,10 @@ envelope), never with request headers.
 from __future__ import annotations
 
 import json
+import os
+import ssl
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -19,6 +22,7 @@ import httpx
 from core.client.credentials import x_token_credentials
 from core.client.http import open_http_client, request_with_retry, x_token_auth
 from core.client.registry import RegistryClient
+from core.client.trust import verifying_context
 from core.errors import DepotError, RegistryError, Unauthorized, Unavailable
 
 MAX_CONNECTIONS = 8
@@ -33,9 +37,21 @@ class ApiError(DepotError):
         self.code = code
 
 
+#: A CA bundle (PEM) to verify the registry's certificate with instead of the default
+#: bundle: a registry whose certificate a private CA signed (README, TLS).
+CA_FILE_VARIABLE = "DEPOT_CA_FILE"
+
+
+def trust() -> ssl.SSLContext | bool:
+    """How the registry's certificate is verified: ``$DEPOT_CA_FILE``, else httpx's
+    default bundle."""
+    ca_file = os.environ.get(CA_FILE_VARIABLE)
+    return verifying_context(Path(ca_file)) if ca_file else True
+
+
 def open_client(registry: str, token: str) -> httpx.AsyncClient:
     return open_http_client(
-        registry, auth_header=x_token_auth(token), max_connections=MAX_CONNECTIONS
+        registry, auth_header=x_token_auth(token), max_connections=MAX_CONNECTIONS, verify=trust()
     )
 
 
@@ -46,6 +62,7 @@ def open_registry(registry: str, token: str) -> AbstractAsyncContextManager[Regi
         x_token_credentials(token),
         preemptive_basic=True,
         max_connections=MAX_CONNECTIONS,
+        verify=trust(),
     )
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import ssl
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,7 +45,7 @@ import trio
 from core.client.registry import RegistryClient
 from core.errors import DepotError, InputError
 from depot import api, builds, credentials, docker_source, orgs, pull, push, push_command, upstreams
-from depot.api import ApiError
+from depot.api import CA_FILE_VARIABLE, ApiError
 from depot.credentials import CredentialsError
 from depot.humanize import human_size, human_time, is_number
 from depot.image_source import Blob, ImageSourceError, SourceImage, load_image
@@ -294,6 +295,21 @@ def _expiry(build: dict[str, Any]) -> str:
     return f"{moment} (expired)" if builds.is_expired(build) else moment
 
 
+def unreachable(exc: BaseException) -> str:
+    """Why the registry could not be reached, in words a person can act on."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"its TLS certificate is not trusted ({cause.verify_message}); if a private CA "
+                f"signed it, set {CA_FILE_VARIABLE} to that CA's certificate (PEM)"
+            )
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS failed ({cause.reason or cause}); is it a plain-HTTP registry (http://)?"
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__}: {exc}"
+
+
 def main(
     argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
@@ -308,7 +324,7 @@ def main(
     except DepotError as exc:
         print(f"depot: error: {exc}", file=err)
     except httpx.HTTPError as exc:
-        print(f"depot: error: cannot reach the registry: {type(exc).__name__}: {exc}", file=err)
+        print(f"depot: error: cannot reach the registry: {unreachable(exc)}", file=err)
     except OSError as exc:
         print(f"depot: error: {exc}", file=err)
     except KeyboardInterrupt:

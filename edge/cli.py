@@ -17,11 +17,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import diskcache.core
 import trio
 
 from config.loader import ConfigError, load
 from config.settings import EdgeSettings
+from core.client.trust import verifying_context
 from core.web.serving import bind_socket, bound_url, serve_until_signal
+from core.web.tls import add_tls_flags, server_tls_context
 from edge.cache.store import EdgeCache
 from edge.mirror.config import site_specs, with_flags
 from edge.server import read_upstream_token, serve
@@ -66,6 +69,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve_cmd.add_argument("--region", help="this edge's region (with --redis-url)")
     serve_cmd.add_argument("--advertise-url", help="the URL the region's other edges use")
     serve_cmd.add_argument("--config", type=Path, help="TOML settings file")
+    add_tls_flags(serve_cmd)
+    serve_cmd.add_argument(
+        "--upstream-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA bundle (PEM) origin's certificate must chain to, for an https --upstream "
+        "(default: the system's trust store)",
+    )
     serve_cmd.set_defaults(handler=_run_serve)
 
     cache = edge_commands.add_parser("cache", help="inspect or empty an edge's cache")
@@ -93,6 +104,9 @@ def _settings(args: argparse.Namespace) -> EdgeSettings:
         "redis_url": args.redis_url,
         "region": args.region,
         "advertise_url": args.advertise_url,
+        "tls_cert_file": args.tls_cert,
+        "tls_key_file": args.tls_key,
+        "upstream_ca_file": args.upstream_ca,
     }
     settings = load(
         EdgeSettings, file=args.config, environ=os.environ, prefix=ENV_PREFIX, overrides=overrides
@@ -109,19 +123,40 @@ def _run_serve(args: argparse.Namespace) -> int:
             raise ConfigError("--upstream is required (the origin's URL)")
         read_upstream_token(settings)
         site_specs(settings)  # mirrors checked (and their password files read) before binding
+        server_tls_context(settings.tls_cert_file, settings.tls_key_file)
+        verifying_context(settings.upstream_ca_file)
         sock = bind_socket(settings.listen)
     except (ConfigError, OSError, ValueError) as exc:
         print(f"depot-registry: {exc}", file=sys.stderr)
         return 2
 
     def announce() -> None:
-        print(f"depot-registry edge listening on {bound_url(sock)}", flush=True)
+        url = bound_url(sock, tls=settings.tls_cert_file is not None)
+        print(f"depot-registry edge listening on {url}", flush=True)
 
     trio.run(partial(serve_until_signal, partial(serve, settings, sock), announce=announce))
     return 0
 
 
+def _holds_cache(directory: Path) -> bool:
+    """Whether an edge has used ``directory`` as its cache (its index file exists)."""
+    index: str = diskcache.core.DBNAME
+    return (directory / "cache" / index).is_file()
+
+
+def _refuse_no_cache(directory: Path) -> int:
+    """A mistyped --cache-dir must not become an empty cache that reports zeros."""
+    print(
+        f"depot-registry: no edge cache in {directory} (give the directory an edge serves "
+        "with --cache-dir)",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def _run_stats(args: argparse.Namespace) -> int:
+    if not _holds_cache(args.cache_dir):
+        return _refuse_no_cache(args.cache_dir)
     cache = EdgeCache.open(args.cache_dir, recover=False)
     try:
         stats = trio.run(cache.stats)
@@ -136,6 +171,8 @@ def _run_stats(args: argparse.Namespace) -> int:
 
 
 def _run_purge(args: argparse.Namespace) -> int:
+    if not _holds_cache(args.cache_dir):
+        return _refuse_no_cache(args.cache_dir)
     cache = EdgeCache.open(args.cache_dir, recover=False)
     try:
         removed = trio.run(cache.purge)

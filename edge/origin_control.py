@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -92,9 +93,12 @@ class OriginControl:
         *,
         max_connections: int = 4,
         breaker: CircuitBreaker | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> AsyncIterator[OriginControl]:
         """A control-plane client with its own connection pool, closed on exit."""
-        http = open_http_client(origin_url, auth_header=None, max_connections=max_connections)
+        http = open_http_client(
+            origin_url, auth_header=None, max_connections=max_connections, verify=verify
+        )
         async with http:
             yield cls(http, edge_token, breaker=breaker)
 

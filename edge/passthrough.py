@@ -25,6 +25,7 @@ is open they are answered at once (``/token`` from memory when it can be: see
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
@@ -191,13 +192,18 @@ class PassThrough:
         breaker: CircuitBreaker,
         trusted_proxies: str = "",
         clock: Callable[[], float] = time.time,
+        verify: ssl.SSLContext | bool = True,
     ) -> AsyncIterator[PassThrough]:
         async with AsyncExitStack() as stack:
             reads = await stack.enter_async_context(
-                open_http_client(origin_url, auth_header=None, max_connections=limits.reads)
+                open_http_client(
+                    origin_url, auth_header=None, max_connections=limits.reads, verify=verify
+                )
             )
             writes = await stack.enter_async_context(
-                open_http_client(origin_url, auth_header=None, max_connections=limits.writes)
+                open_http_client(
+                    origin_url, auth_header=None, max_connections=limits.writes, verify=verify
+                )
             )
             yield cls(
                 reads,

@@ -13,8 +13,10 @@ from functools import partial
 import trio
 
 from config.settings import EdgeSettings
+from core.client.trust import verifying_context
 from core.errors import ConfigError
 from core.web.serving import bound_url, serve_app
+from core.web.tls import server_tls_context
 from core.web.v2 import Chooser, V2Routes
 from edge.app import EdgeServices, create_edge_app
 from edge.auth import EdgeGate
@@ -138,6 +140,9 @@ async def serve(
 ) -> None:
     """Serve the edge on a bound, listening socket until shutdown."""
     token = read_upstream_token(settings)
+    tls = server_tls_context(settings.tls_cert_file, settings.tls_key_file)
+    # Origin's certificate is checked against --upstream-ca, else the system's trust store.
+    trust = verifying_context(settings.upstream_ca_file)
     specs = site_specs(settings)
     log_access(specs)
     cache = EdgeCache.open(settings.cache_dir, settings.cache_size_bytes)
@@ -159,17 +164,20 @@ async def serve(
     )
     try:
         async with (
-            OriginUpstream.open(settings.upstream, token) as upstream,
-            OriginControl.open(settings.upstream, token, breaker=breaker) as control,
+            OriginUpstream.open(settings.upstream, token, verify=trust) as upstream,
+            OriginControl.open(settings.upstream, token, breaker=breaker, verify=trust) as control,
             PassThrough.open(
                 settings.upstream,
+                verify=trust,
                 limits=limits,
                 breaker=breaker,
                 trusted_proxies=settings.trusted_proxies,
                 clock=clock,
             ) as passthrough,
-            open_region(settings, token, bound_url(sock)) as region,
-            FeedClient.open(settings.upstream, token) as feed,
+            open_region(
+                settings, token, bound_url(sock, tls=tls is not None), verify=trust
+            ) as region,
+            FeedClient.open(settings.upstream, token, verify=trust) as feed,
             trio.open_nursery() as root,
         ):
             revocations = Revocations()  # what origin's event feed says, for the gate
@@ -309,6 +317,8 @@ async def serve(
                 graceful_timeout_seconds=settings.graceful_timeout_seconds,
                 body_idle_timeout_seconds=settings.body_idle_timeout_seconds,
                 send_idle_timeout_seconds=settings.send_idle_timeout_seconds,
+                tls=tls,
+                trusted_proxies=settings.trusted_proxies,
                 shutdown_trigger=shutdown_trigger,
                 task_status=task_status,
             )

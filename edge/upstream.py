@@ -13,6 +13,7 @@ Origin's control plane (JWKS, projects, token exchange) is :mod:`edge.origin_con
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
@@ -35,7 +36,12 @@ class OriginUpstream:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, origin_url: str, edge_token: str, *, max_connections: int = 16
+        cls,
+        origin_url: str,
+        edge_token: str,
+        *,
+        max_connections: int = 16,
+        verify: ssl.SSLContext | bool = True,
     ) -> AsyncIterator[OriginUpstream]:
         """An upstream with its own connection pool, closed on exit."""
         async with RegistryClient.open(
@@ -43,6 +49,7 @@ class OriginUpstream:
             x_token_credentials(edge_token),
             preemptive_basic=True,
             max_connections=max_connections,
+            verify=verify,
         ) as client:
             yield cls(client)
 

@@ -10,6 +10,7 @@ from quart_trio import QuartTrio
 from config.settings import OriginSettings
 from core.errors import ConfigError
 from core.web.app import create_app
+from origin.access import install_access
 from origin.auth.gate import Gate
 from origin.auth.issuer import TokenIssuer
 from origin.auth.keys import KeyRing
@@ -17,6 +18,7 @@ from origin.auth.store import TenancyStore
 from origin.builds.metering import Metering
 from origin.builds.service import BuildService
 from origin.events.feed import EventFeed
+from origin.metrics import OriginMetrics
 from origin.registry.registry import Registry
 from origin.routes.api import install_api_routes
 from origin.routes.builds import install_build_routes
@@ -40,6 +42,7 @@ def create_origin_app(
     metering: Metering | None = None,
     upstreams: UpstreamStore | None = None,
     events: EventFeed | None = None,
+    metrics: OriginMetrics | None = None,
 ) -> QuartTrio:
     """``issuer.failures`` (the failed-credential limit) is shared by ``/token``, ``/v2/``
     (through ``gate``, built with the same one) and ``/api/v1/``."""
@@ -73,6 +76,7 @@ def create_origin_app(
         )
     if events is not None:
         install_event_routes(app, tenancy, events, clock, failures=issuer.failures)
+    install_access(app, metrics if metrics is not None else OriginMetrics())
     return app
 
 

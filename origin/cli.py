@@ -22,6 +22,7 @@ from core.cli import main as cli_main
 from core.errors import BackendError, InputError
 from core.exceptiongroups import single_exception
 from core.web.serving import bind_socket, bound_url, is_loopback, serve_until_signal
+from core.web.tls import add_tls_flags, server_tls_context
 from origin import cli_gc, cli_tenancy
 from origin.server import housekeeping, open_registry, serve
 
@@ -32,7 +33,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     """Add ``origin serve``, the tenancy commands (org, project, user, token) and ``gc``."""
     origin = commands.add_parser("origin", help="the authoritative registry")
     origin.set_defaults(handler=_run_origin)
-    origin_commands = origin.add_subparsers(dest="command", required=True)
+    origin_commands = origin.add_subparsers(dest="command", required=True, metavar="{serve}")
 
     serve_cmd = origin_commands.add_parser("serve", help="serve the OCI Distribution API")
     serve_cmd.add_argument("--listen", help="HOST:PORT (port 0 picks a free port)")
@@ -50,14 +51,22 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="anonymous push and pull, for local experiments; loopback addresses only",
     )
+    serve_cmd.add_argument(
+        "--base-domain",
+        help="e.g. registry.example: ORG_ID.registry.example addresses that org's repositories",
+    )
+    add_tls_flags(serve_cmd)
 
-    worker = origin_commands.add_parser("worker", help=argparse.SUPPRESS)
+    # Internal (started by `serve --workers N`): no help, so it is not listed.
+    worker = origin_commands.add_parser("worker")
     worker.add_argument("--fd", type=int, required=True)
     worker.add_argument("--data-dir", type=Path)
     worker.add_argument("--config", type=Path)
     worker.add_argument("--storage-url")
     worker.add_argument("--redis-url")
     worker.add_argument("--no-auth", action="store_true")
+    worker.add_argument("--base-domain")
+    add_tls_flags(worker)
     cli_tenancy.add_commands(commands)
     for name in cli_tenancy.COMPONENTS:
         commands.choices[name].set_defaults(
@@ -75,6 +84,9 @@ def _settings(args: argparse.Namespace) -> OriginSettings:
         "storage_url": getattr(args, "storage_url", None),
         "redis_url": getattr(args, "redis_url", None),
         "auth": False if getattr(args, "no_auth", False) else None,
+        "base_domain": getattr(args, "base_domain", None),
+        "tls_cert_file": getattr(args, "tls_cert", None),
+        "tls_key_file": getattr(args, "tls_key", None),
     }
     return load(
         OriginSettings,
@@ -92,11 +104,12 @@ def _announce(url: str) -> None:
 def _serve_until_signal(
     settings: OriginSettings, sock: socket.socket, *, clean_at_start: bool, announce: bool
 ) -> None:
+    url = bound_url(sock, tls=settings.tls_cert_file is not None)
     trio.run(
         partial(
             serve_until_signal,
             partial(serve, settings, sock, clean_at_start=clean_at_start),
-            announce=partial(_announce, bound_url(sock)) if announce else None,
+            announce=partial(_announce, url) if announce else None,
         )
     )
 
@@ -117,10 +130,16 @@ def _serve_many(settings: OriginSettings, sock: socket.socket, args: argparse.Na
         command += ["--redis-url", args.redis_url]
     if not settings.auth:
         command += ["--no-auth"]
+    if getattr(args, "base_domain", None):
+        command += ["--base-domain", args.base_domain]
+    if getattr(args, "tls_cert", None):
+        command += ["--tls-cert", str(args.tls_cert)]
+    if getattr(args, "tls_key", None):
+        command += ["--tls-key", str(args.tls_key)]
     children = [
         subprocess.Popen(command, pass_fds=[sock.fileno()]) for _ in range(settings.workers)
     ]
-    _announce(bound_url(sock))
+    _announce(bound_url(sock, tls=settings.tls_cert_file is not None))
     received: list[int] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, _frame: received.append(s))
@@ -164,6 +183,11 @@ def _serve(settings: OriginSettings, args: argparse.Namespace) -> int:
         sock = socket.socket(fileno=args.fd)
         _serve_until_signal(settings, sock, clean_at_start=False, announce=False)
         return 0
+    try:
+        server_tls_context(settings.tls_cert_file, settings.tls_key_file)  # fail before binding
+    except ConfigError as exc:
+        print(f"depot-registry: {exc}", file=sys.stderr)
+        return 2
     if not settings.auth and not is_loopback(settings.listen):
         print(
             f"depot-registry: --no-auth refuses to listen on {settings.listen}: "

@@ -10,6 +10,7 @@ stderr: bad settings or arguments exit 2, a failing database or storage exits 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -21,8 +22,9 @@ import trio
 from config.settings import OriginSettings
 from config.units import parse_duration
 from core.errors import BackendError, InputError
+from origin.cli_tenancy import require_registry
 from origin.retention.gc import GcReport, collect
-from origin.server import open_services
+from origin.server import Services, open_services
 
 _PROG = "depot-registry"
 
@@ -60,8 +62,10 @@ def run(
         settings = load_settings(args)
     except InputError as exc:
         return _fail(exc, 2)
-    if not settings.database_url and not (settings.data_dir / "registry.db").exists():
-        return _fail(f"no registry in {settings.data_dir}", 2)
+    try:
+        require_registry(settings)
+    except InputError as exc:
+        return _fail(exc, 2)
     grace = settings.gc_grace_seconds if args.grace is None else args.grace
     try:
         report = trio.run(_collect, settings, grace, args.dry_run)
@@ -78,12 +82,8 @@ def run(
 
 async def _collect(settings: OriginSettings, grace: float, dry_run: bool) -> GcReport:
     async with open_services(settings) as services:
-        if not dry_run:
-            # Expired builds' tags are not roots: remove them first (a dry run changes
-            # nothing, so it does not count what they alone keep).
-            await services.builds.retire_expired()
-        return await collect(
-            services.registry,
+        return await collect_with_builds(
+            services,
             now=time.time(),
             grace_seconds=grace,
             dry_run=dry_run,
@@ -91,11 +91,41 @@ async def _collect(settings: OriginSettings, grace: float, dry_run: bool) -> GcR
         )
 
 
+async def collect_with_builds(
+    services: Services,
+    *,
+    now: float,
+    grace_seconds: float,
+    dry_run: bool,
+    upload_timeout_seconds: float | None = None,
+) -> GcReport:
+    """What the origin's periodic collection does: retire expired builds' tags (they are
+    not roots), then collect. A dry run changes nothing and plans as if those tags were gone,
+    so it reports what the real run would free."""
+    if dry_run:
+        retired, untagged = await services.builds.retirable()
+    else:
+        retired, untagged = await services.builds.retire_expired(), []
+    report = await collect(
+        services.registry,
+        now=now,
+        grace_seconds=grace_seconds,
+        dry_run=dry_run,
+        upload_timeout_seconds=upload_timeout_seconds,
+        untagged=untagged,
+    )
+    return dataclasses.replace(report, builds_retired=retired)
+
+
 def describe(report: GcReport) -> str:
     """The report as lines of text: one per deletion, then the totals."""
     verb = "would delete" if report.dry_run else "deleted"
+    retire = "would retire" if report.dry_run else "retired"
     unlink = "would unlink" if report.dry_run else "unlinked"
-    lines = [f"{verb} manifest {repository}@{digest}" for repository, digest in report.manifests]
+    lines = []
+    if report.builds_retired:
+        lines.append(f"{retire} the tags of {report.builds_retired} expired or deleted builds")
+    lines += [f"{verb} manifest {repository}@{digest}" for repository, digest in report.manifests]
     lines += [f"{unlink} blob {digest} from {repository}" for repository, digest in report.links]
     lines += [f"{verb} blob {digest} ({size} bytes)" for digest, size in report.blobs]
     uploads = "expired upload sessions" if report.dry_run else "abandoned upload sessions purged"

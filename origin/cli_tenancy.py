@@ -1,4 +1,5 @@
-"""``depot-registry org|project|user|token``: tenancy administration on the origin's database.
+"""``depot-registry org|project|user|token|trust``: tenancy administration on the origin's
+database.
 
 Works on the database the origin serves from (``registry.db`` in the data directory, or
 ``database_url`` from the config file or ``DEPOT_ORIGIN_DATABASE_URL``), with settings loaded
@@ -24,13 +25,15 @@ import trio
 
 from config.settings import OriginSettings
 from config.units import parse_duration
+from core.auth.principal import ALL_ACTIONS
 from core.errors import BackendError, InputError, UnknownObject
-from origin.auth.records import TokenRecord
+from origin.auth.issuer_url import check_issuer
+from origin.auth.records import TokenRecord, TrustRecord
 from origin.auth.store import TenancyStore
 from origin.auth.token_format import KINDS, parse_token
-from origin.server import open_database
+from origin.server import REGISTRY_FILE, open_database
 
-COMPONENTS = frozenset({"org", "project", "user", "token"})
+COMPONENTS = frozenset({"org", "project", "user", "token", "trust"})
 _PROG = "depot-registry"
 
 Command = Callable[[TenancyStore, argparse.Namespace, float], Awaitable[None]]
@@ -57,6 +60,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     org_create = command(org, "create", _org_create, "create an org and its first org token")
     org_create.add_argument("name", help="the org's slug: a-z, 0-9 and '-'; never changes")
+    org_create.add_argument(
+        "--init",
+        action="store_true",
+        help="create the registry's database in --data-dir if it holds none yet "
+        "(otherwise a data dir without one is refused: a typo would make a second registry)",
+    )
     command(org, "list", _org_list, "list orgs")
 
     project = commands.add_parser("project", help="projects").add_subparsers(
@@ -79,7 +88,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         dest="command", required=True
     )
     token_create = command(token, "create", _token_create, "create a token (printed once)")
-    token_create.add_argument("--kind", required=True, choices=sorted(KINDS))
+    token_create.add_argument(
+        "--kind",
+        required=True,
+        choices=sorted(KINDS),
+        help="org: push and pull in --org; pull: read-only in --org or --project; project: "
+        "one --project's repository; user: the orgs --user is a member of; edge: an edge's "
+        "credential at origin",
+    )
     token_create.add_argument("--org", help="org slug (org and pull tokens)")
     token_create.add_argument("--project", help="project id (project and pull tokens)")
     token_create.add_argument("--user", help="user name (user tokens)")
@@ -91,18 +107,66 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     token_revoke = command(token, "revoke", _token_revoke, "revoke a token")
     token_revoke.add_argument("token_id", help="the token's id (or the token itself)")
 
+    trust = commands.add_parser(
+        "trust", help="OIDC trust relationships: CI jobs log in with their ID tokens"
+    ).add_subparsers(dest="command", required=True)
+    trust_create = command(
+        trust,
+        "create",
+        _trust_create,
+        "trust ID tokens of an issuer whose claims match, to act in an org (or one project)",
+    )
+    trust_create.add_argument("--org", required=True, help="org slug")
+    trust_create.add_argument(
+        "--issuer",
+        required=True,
+        help="the ID tokens' iss, e.g. https://token.actions.githubusercontent.com",
+    )
+    trust_create.add_argument(
+        "--audience", required=True, help="the aud the ID tokens must carry, e.g. depot-registry"
+    )
+    trust_create.add_argument(
+        "--condition",
+        action="append",
+        default=[],
+        metavar="CLAIM=VALUE",
+        required=True,
+        help="a claim the ID token must have with exactly this value (repeatable; all must "
+        "match), e.g. repository=acme/app",
+    )
+    trust_create.add_argument(
+        "--action",
+        action="append",
+        choices=sorted(ALL_ACTIONS),
+        default=[],
+        required=True,
+        help="what a matching job may do (repeatable)",
+    )
+    trust_create.add_argument("--project", help="project id: only that project's repository")
+    trust_create.add_argument("--description", default="")
+    trust_list = command(trust, "list", _trust_list, "list an org's trust relationships")
+    trust_list.add_argument("--org", required=True, help="org slug")
+    trust_list.add_argument("--all", action="store_true", help="include deleted ones")
+    trust_delete = command(trust, "delete", _trust_delete, "delete (revoke) a trust relationship")
+    trust_delete.add_argument("--org", required=True, help="org slug")
+    trust_delete.add_argument("trust_id", help="the id 'trust list' shows (trust_...)")
+
 
 def run(
     args: argparse.Namespace, load_settings: Callable[[argparse.Namespace], OriginSettings]
 ) -> int:
     """Run a parsed tenancy command; the exit status."""
     try:
-        database = open_database(load_settings(args))
+        settings = load_settings(args)
+        if not getattr(args, "init", False):
+            require_registry(settings)
+        database = open_database(settings)
     except InputError as exc:  # settings included (ConfigError)
         return _fail(exc, 2)
     except (BackendError, OSError) as exc:
         return _fail(exc, 1)
     try:
+        args.settings = settings  # what a command needs of them (trust create: OIDC policy)
         trio.run(args.tenancy_handler, TenancyStore(database), args, time.time())
     except InputError as exc:
         return _fail(exc, 2)
@@ -111,6 +175,19 @@ def run(
     finally:
         database.close()
     return 0
+
+
+def require_registry(settings: OriginSettings) -> None:
+    """Refuse a data directory that holds no registry database (with a ``database_url`` the
+    database is elsewhere: nothing to check here). Without this, a mistyped ``--data-dir``
+    silently made a new, empty registry whose tokens the running one refuses."""
+    if settings.database_url or (settings.data_dir / REGISTRY_FILE).exists():
+        return
+    raise InputError(
+        f"no registry in {settings.data_dir} ({REGISTRY_FILE} not found): give the data "
+        "directory the origin serves (./scripts/run uses ./data/origin), or create a new "
+        "registry there with 'org create --init'"
+    )
 
 
 def _fail(exc: BaseException, status: int) -> int:
@@ -219,7 +296,14 @@ async def _token_create(store: TenancyStore, args: argparse.Namespace, now: floa
 async def _token_list(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
     org_id = None if args.org is None else await _org_id(store, args.org)
     records = await store.list_tokens(org_id, include_revoked=args.all)
-    _print(args, [_token_document(r) for r in records], "\n".join(map(_token_line, records)))
+    users = await store.users_by_id(r.user_id for r in records if r.user_id is not None)
+    names = {user_id: user.name for user_id, user in users.items()}
+    org = {org_id: args.org} if org_id is not None else {}
+    _print(
+        args,
+        [_token_document(r, names) for r in records],
+        "\n".join(_token_line(r, names, org) for r in records),
+    )
 
 
 async def _token_revoke(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
@@ -230,7 +314,79 @@ async def _token_revoke(store: TenancyStore, args: argparse.Namespace, now: floa
     _print(args, {"token_id": token_id, "revoked_at": now}, f"revoked token {token_id}")
 
 
+async def _trust_create(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
+    settings: OriginSettings = args.settings
+    try:
+        check_issuer(args.issuer, allow_insecure_loopback=settings.oidc_allow_insecure_loopback)
+    except ValueError as exc:
+        raise InputError(f"--issuer: {exc}") from exc
+    conditions: dict[str, str] = {}
+    for condition in args.condition:
+        claim, sep, value = condition.partition("=")
+        if not sep or not claim:
+            raise InputError(f"--condition must be CLAIM=VALUE, not {condition!r}")
+        conditions[claim] = value
+    trust = await store.create_trust(
+        await _org_id(store, args.org),
+        issuer=args.issuer,
+        audience=args.audience,
+        conditions=conditions,
+        actions=args.action,
+        project_id=args.project,
+        description=args.description,
+        now=now,
+    )
+    _print(args, _trust_document(trust), f"created trust relationship {trust.id}")
+
+
+async def _trust_list(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
+    trusts = await store.list_trusts(await _org_id(store, args.org), include_revoked=args.all)
+    _print(args, [_trust_document(t) for t in trusts], "\n".join(map(_trust_line, trusts)))
+
+
+async def _trust_delete(store: TenancyStore, args: argparse.Namespace, now: float) -> None:
+    org_id = await _org_id(store, args.org)
+    known = await store.list_trusts(org_id)
+    if not any(t.id == args.trust_id for t in known) or not await store.revoke_trust(
+        args.trust_id, now
+    ):
+        raise _Refused(f"no trust relationship {args.trust_id[:40]!r} in {args.org}")
+    _print(args, {"id": args.trust_id, "revoked_at": now}, f"deleted trust {args.trust_id}")
+
+
 # -- formatting -------------------------------------------------------------------------------
+
+
+def _trust_document(trust: TrustRecord) -> dict[str, Any]:
+    return {
+        "id": trust.id,
+        "org_id": trust.org_id,
+        "issuer": trust.issuer,
+        "audience": trust.audience,
+        "conditions": dict(trust.conditions),
+        "actions": sorted(trust.actions),
+        "project_id": trust.project_id,
+        "description": trust.description,
+        "created_at": trust.created_at,
+        "revoked_at": trust.revoked_at,
+    }
+
+
+def _trust_line(trust: TrustRecord) -> str:
+    conditions = ",".join(f"{k}={v}" for k, v in sorted(trust.conditions.items()))
+    state = "deleted " + _time(trust.revoked_at) if trust.revoked_at else "active"
+    return "\t".join(
+        [
+            trust.id,
+            trust.issuer,
+            f"aud={trust.audience}",
+            conditions,
+            ",".join(sorted(trust.actions)),
+            trust.project_id or "whole org",
+            state,
+            trust.description,
+        ]
+    )
 
 
 def _time(timestamp: float | None) -> str:
@@ -239,13 +395,14 @@ def _time(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _token_document(record: TokenRecord) -> dict[str, Any]:
+def _token_document(record: TokenRecord, user_names: dict[str, str]) -> dict[str, Any]:
     return {
         "token_id": record.token_id,
         "kind": record.kind,
         "org_id": record.org_id,
         "project_id": record.project_id,
         "user_id": record.user_id,
+        "user": user_names.get(record.user_id) if record.user_id else None,
         "description": record.description,
         "created_at": record.created_at,
         "expires_at": record.expires_at,
@@ -254,8 +411,16 @@ def _token_document(record: TokenRecord) -> dict[str, Any]:
     }
 
 
-def _token_line(record: TokenRecord) -> str:
-    scope = record.project_id or record.user_id or record.org_id or "-"
+def _token_line(record: TokenRecord, user_names: dict[str, str], org_slugs: dict[str, str]) -> str:
+    """One tab-separated line; the scope by name (project id, user name, org slug)."""
+    if record.project_id:
+        scope = f"project {record.project_id}"
+    elif record.user_id:
+        scope = f"user {user_names.get(record.user_id, record.user_id)}"
+    elif record.org_id:
+        scope = f"org {org_slugs.get(record.org_id, record.org_id)}"
+    else:
+        scope = "-"
     state = "revoked " + _time(record.revoked_at) if record.revoked_at else "active"
     return "\t".join(
         [

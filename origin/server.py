@@ -22,6 +22,7 @@ import trio
 from config.settings import OriginSettings
 from core.storage.driver import StorageDriver
 from core.web.serving import serve_app
+from core.web.tls import server_tls_context
 from origin.app import create_origin_app
 from origin.auth.gate import Gate
 from origin.auth.issuer import TokenIssuer
@@ -36,9 +37,10 @@ from origin.builds.store import BuildStore
 from origin.events.feed import EventFeed
 from origin.metadata.database import Database
 from origin.metadata.store import MetadataStore
+from origin.metrics import OriginMetrics
 from origin.registry.registry import Registry
 from origin.registry.uploads import UploadLimits
-from origin.retention.gc import ExtraRoots, collect
+from origin.retention.gc import ExtraRoots, GcReport, collect
 from origin.storage import open_storage
 from origin.upstreams.cipher import DEFAULT_KEY_FILE, CredentialCipher
 from origin.upstreams.store import UpstreamStore
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
     import coredis
 
 log = logging.getLogger("depot.origin")
+#: The SQLite database in the data directory (when no ``database_url`` names another).
+REGISTRY_FILE = "registry.db"
 
 
 @dataclass
@@ -276,6 +280,7 @@ async def collect_garbage_periodically(
     extra_roots: ExtraRoots | None = None,
     before: Callable[[], Awaitable[object]] | None = None,
     database: Database | None = None,
+    metrics: OriginMetrics | None = None,
 ) -> None:
     """Online garbage collection every ``gc_interval_seconds`` (safe beside other origins and
     ``depot-registry gc``: each deletion re-checks itself), abandoned uploads included.
@@ -284,24 +289,45 @@ async def collect_garbage_periodically(
     keeps what other origins are uploading right now (blobs not yet in a manifest, sessions
     younger than the upload timeout: their rows are in the shared database)."""
 
-    async def one_pass() -> None:
+    async def one_pass(reports: list[GcReport]) -> None:
         if before is not None:
             # e.g. retire expired builds' tags: they are not roots
             await once_across_origins(database, "build-retirement", before)
-        await collect(
-            registry,
-            now=clock(),
-            grace_seconds=settings.gc_grace_seconds,
-            extra_roots=extra_roots,
-            upload_timeout_seconds=settings.upload_timeout_seconds,
+        reports.append(
+            await collect(
+                registry,
+                now=clock(),
+                grace_seconds=settings.gc_grace_seconds,
+                extra_roots=extra_roots,
+                upload_timeout_seconds=settings.upload_timeout_seconds,
+            )
         )
 
     while True:
         await trio.sleep(settings.gc_interval_seconds)
         try:
-            await once_across_origins(database, "garbage-collection", one_pass)
+            reports: list[GcReport] = []
+            await once_across_origins(database, "garbage-collection", partial(one_pass, reports))
+            report = reports[0] if reports else None
         except Exception:  # keep collecting; the next round retries
             log.exception("garbage collection failed")
+            if metrics is not None:
+                metrics.gc_runs.labels("failed").inc()
+        else:
+            if metrics is not None and report is not None:  # None: another origin ran it
+                metrics.collected(report)
+
+
+@dataclass
+class _UploadGauge:
+    """Open upload sessions, counted when /metrics is scraped (bounded: see OriginMetrics)."""
+
+    registry: Registry
+    sessions: int = 0
+
+    async def refresh(self) -> None:
+        # Every session last advanced before a time far ahead: all of them.
+        self.sessions = len(await self.registry.metadata.expired_uploads(time.time() + 1e9))
 
 
 async def serve(
@@ -318,6 +344,7 @@ async def serve(
     ``task_status.started`` receives the bound URLs once hypercorn is accepting. ``clock``
     is what every service reads the time from (tests drive it forward).
     """
+    tls = server_tls_context(settings.tls_cert_file, settings.tls_key_file)
     async with (
         open_redis(settings.redis_url) as redis,
         open_services(settings, clock, redis) as services,
@@ -325,6 +352,15 @@ async def serve(
         registry = services.registry
         if clean_at_start:
             await housekeeping(registry, settings)
+        metrics = OriginMetrics()
+        services.database.observe = metrics.observe_database
+        uploads = _UploadGauge(registry)
+        metrics.gauge(
+            "depot_origin_upload_sessions",
+            "Upload sessions open (all orgs)",
+            lambda: float(uploads.sessions),
+            refresh=uploads.refresh,
+        )
         app = create_origin_app(
             registry,
             settings,
@@ -337,6 +373,7 @@ async def serve(
             metering=services.metering,
             upstreams=services.upstreams,
             events=services.events,
+            metrics=metrics,
         )
 
         async def trigger() -> None:
@@ -358,6 +395,7 @@ async def serve(
                         clock=clock,
                         before=services.builds.retire_expired,
                         database=services.database,
+                        metrics=metrics,
                     )
                 )
             nursery.start_soon(_meter_periodically, services.metering, settings, services.database)
@@ -367,6 +405,8 @@ async def serve(
                 graceful_timeout_seconds=settings.graceful_timeout_seconds,
                 body_idle_timeout_seconds=settings.body_idle_timeout_seconds,
                 send_idle_timeout_seconds=settings.send_idle_timeout_seconds,
+                tls=tls,
+                trusted_proxies=settings.trusted_proxies,
                 shutdown_trigger=trigger,
                 task_status=task_status,
             )

@@ -59,12 +59,12 @@ def tail(path: Path, lines: int = 40) -> str:
 @dataclass
 class OriginProcess:
     process: trio.Process
-    url: str  # http://127.0.0.1:PORT
+    url: str  # http://127.0.0.1:PORT (https:// when it serves TLS)
     log: Path
 
     @property
     def host(self) -> str:
-        return self.url.removeprefix("http://")
+        return self.url.partition("://")[2]
 
     async def stop(self) -> int:
         return await stop_process(self.process)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -68,11 +69,14 @@ def open_http_client(
     auth_header: str | None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     transport: httpx.AsyncBaseTransport | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> httpx.AsyncClient:
     """A client for ``base_url`` sending ``auth_header`` (when given) as ``Authorization``.
 
     The caller closes it (``async with`` or ``aclose()``). ``transport`` replaces the network
     (e.g. ``httpx.MockTransport`` in tests); ``max_connections`` then does not apply.
+    ``verify``: how an https server's certificate is checked (core/client/trust.py makes
+    a context for a private CA); True is httpx's default bundle.
     """
     headers = {"Accept-Encoding": "identity", "User-Agent": USER_AGENT}
     if auth_header is not None:
@@ -89,6 +93,7 @@ def open_http_client(
         trust_env=False,
         follow_redirects=False,
         transport=transport,
+        verify=verify,
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from dataclasses import dataclass
@@ -113,10 +114,16 @@ class RegistryClient:
         preemptive_basic: bool = False,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> AsyncIterator[RegistryClient]:
-        """A client with its own connection pool, closed on exit."""
+        """A client with its own connection pool, closed on exit (``verify``: see
+        :func:`core.client.http.open_http_client`)."""
         http = open_http_client(
-            base_url, auth_header=None, max_connections=max_connections, transport=transport
+            base_url,
+            auth_header=None,
+            max_connections=max_connections,
+            transport=transport,
+            verify=verify,
         )
         async with http:
             yield cls(http, credentials, preemptive_basic=preemptive_basic)

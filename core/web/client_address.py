@@ -29,6 +29,11 @@ def client_address(
     return hops[-1]
 
 
+def is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    """Whether ``address`` (an IP address as text) is one of the ``trusted`` proxies."""
+    return _is_trusted(address, trusted)
+
+
 def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)

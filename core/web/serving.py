@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +22,9 @@ import trio
 from anycorn.config import Config
 from anycorn.utils import wrap_app
 
+from core.web.client_address import parse_networks
 from core.web.connection import set_body_idle_timeout
+from core.web.forwarded import ForwardedScheme
 from core.web.transport import DEFAULT_IDLE_TIMEOUT_SECONDS, serve_connections
 
 
@@ -56,9 +59,10 @@ def bind_socket(listen: str) -> socket.socket:
     return sock
 
 
-def bound_url(sock: socket.socket) -> str:
+def bound_url(sock: socket.socket, *, tls: bool = False) -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 #: glibc's mallopt parameter number for M_MMAP_THRESHOLD.
@@ -104,6 +108,8 @@ async def serve_app(
     shutdown_trigger: Callable[[], Awaitable[None]] | None,
     body_idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS,
     send_idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS,
+    tls: ssl.SSLContext | None = None,
+    trusted_proxies: str = "",
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns, then drain in-flight requests for up to
@@ -112,15 +118,21 @@ async def serve_app(
     A request body that sends no byte for ``body_idle_timeout_seconds`` gets a 408 (see
     core/web/connection.py); a response the client accepts no byte of for
     ``send_idle_timeout_seconds`` is cut and its connection closed (core/web/transport.py).
+    With ``tls`` (core/web/tls.py) every connection is TLS; the announced URL is https.
+    ``trusted_proxies``: their ``X-Forwarded-Proto`` is the request's scheme (a TLS-terminating
+    load balancer in front: core/web/forwarded.py).
     """
     keep_large_buffers_mapped()
     set_body_idle_timeout(app, body_idle_timeout_seconds)
+    trusted = parse_networks(trusted_proxies)
+    asgi = ForwardedScheme(app, trusted) if trusted else app
     await serve_connections(
-        wrap_app(app, 0, "asgi"),
+        wrap_app(asgi, 0, "asgi"),
         server_config(graceful_timeout_seconds),
         sock,
-        bound_url(sock),
+        bound_url(sock, tls=tls is not None),
         send_idle_timeout_seconds=send_idle_timeout_seconds,
+        tls=tls,
         shutdown_trigger=shutdown_trigger,
         task_status=task_status,
     )

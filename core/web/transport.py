@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from importlib.metadata import version
@@ -39,6 +40,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.streams.tls
 import trio
 from anycorn.config import Config
 from anycorn.events import Closed, Event, RawData, SendFile
@@ -48,6 +50,7 @@ from anycorn.typing import AppWrapper, ConnectionState
 from anycorn.worker_context import WorkerContext
 
 from core.web.socket_send import SendStalled, send_bytes, send_file
+from core.web.tls import HANDSHAKE_TIMEOUT_SECONDS
 
 log = logging.getLogger("depot.server")
 
@@ -159,6 +162,23 @@ class GuardedTCPServer(TCPServer):
                 await super()._close()
 
 
+class HandshakeLoggingTLSListener(anyio.streams.tls.TLSListener):
+    """anyio's TLS listener, logging a failed handshake as one line instead of a traceback:
+    a plain-HTTP client or a port scanner on the TLS port is routine, not a server error."""
+
+    @staticmethod
+    async def handle_handshake_error(exc: BaseException, stream: anyio.abc.AnyByteStream) -> None:
+        try:
+            peer = stream.extra(anyio.abc.SocketAttribute.remote_address)
+        except Exception:  # the socket may be gone already
+            peer = "?"
+        await anyio.aclose_forcefully(stream)
+        if isinstance(exc, anyio.get_cancelled_exc_class()) or not isinstance(exc, Exception):
+            raise exc
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        log.info("TLS handshake with %s failed: %s", peer, reason)
+
+
 async def serve_connections(
     app: AppWrapper,
     config: Config,
@@ -167,16 +187,22 @@ async def serve_connections(
     *,
     send_idle_timeout_seconds: float,
     shutdown_trigger: Callable[[], Awaitable[None]] | None,
+    tls: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the listening ``sock`` (reachable at ``url``) until
     ``shutdown_trigger`` returns; then stop accepting, close idle keep-alive connections
-    and give in-flight requests ``config.graceful_timeout`` seconds."""
+    and give in-flight requests ``config.graceful_timeout`` seconds.
+
+    With ``tls`` each accepted connection does its handshake in its own task (bounded by
+    ``HANDSHAKE_TIMEOUT_SECONDS``; a failed one is closed and logged as one line) before
+    anycorn sees it; ALPN picks HTTP/2 or HTTP/1.1. anycorn sets no sendfile socket on a
+    TLS stream, so the zero-copy extension is not offered there and bodies are streamed."""
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(app, config, lifespan_state)
     context = WorkerContext(None)
 
-    async def handle(stream: anyio.abc.SocketStream) -> None:
+    async def handle(stream: Any) -> None:  # a SocketStream, or a TLSStream over one
         connection = GuardedTCPServer(
             app,
             config,
@@ -191,7 +217,14 @@ async def serve_connections(
         await lifespan_group.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         async with anyio.create_task_group() as connections:
-            listener = await anyio.abc.SocketListener.from_socket(sock)
+            listener: anyio.abc.Listener[Any] = await anyio.abc.SocketListener.from_socket(sock)
+            if tls is not None:
+                listener = HandshakeLoggingTLSListener(
+                    listener,
+                    tls,
+                    standard_compatible=True,
+                    handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS,
+                )
             async with listener, anyio.create_task_group() as accepting:
                 accepting.start_soon(listener.serve, handle, connections)
                 task_status.started([url])

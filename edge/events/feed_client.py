@@ -13,6 +13,7 @@ credential included) as ``Unavailable`` too.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -48,8 +49,12 @@ class FeedClient:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, origin_url: str, edge_token: str) -> AsyncIterator[FeedClient]:
-        async with open_http_client(origin_url, auth_header=None, max_connections=1) as http:
+    async def open(
+        cls, origin_url: str, edge_token: str, *, verify: ssl.SSLContext | bool = True
+    ) -> AsyncIterator[FeedClient]:
+        async with open_http_client(
+            origin_url, auth_header=None, max_connections=1, verify=verify
+        ) as http:
             yield cls(http, edge_token)
 
     async def poll(self, after: int | None, wait: float) -> Batch:

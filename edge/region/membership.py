@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,7 +32,11 @@ class Region:
 
 @asynccontextmanager
 async def open_region(
-    settings: EdgeSettings, edge_token: str, bound_url: str
+    settings: EdgeSettings,
+    edge_token: str,
+    bound_url: str,
+    *,
+    verify: ssl.SSLContext | bool = True,
 ) -> AsyncIterator[Region | None]:
     """The region this edge belongs to, or None when it has no Redis (a lone edge).
 
@@ -52,7 +57,7 @@ async def open_region(
             url=url,
             lock_seconds=settings.region_lock_seconds,
         )
-        peers = PeerUpstreams(edge_token, edge_id)
+        peers = PeerUpstreams(edge_token, edge_id, verify=verify)
         log.info("edge %s joins region %s as %s", edge_id, region, url)
         try:
             yield Region(directory, peers)

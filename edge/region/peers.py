@@ -7,6 +7,8 @@ the peer does not send the request on to yet another peer.
 
 from __future__ import annotations
 
+import ssl
+
 import httpx
 
 from core.client.credentials import x_token_credentials
@@ -17,7 +19,16 @@ from edge.upstream import OriginUpstream
 
 
 class PeerUpstreams:
-    def __init__(self, edge_token: str, edge_id: str, *, max_connections: int = 16) -> None:
+    def __init__(
+        self,
+        edge_token: str,
+        edge_id: str,
+        *,
+        max_connections: int = 16,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        """``verify``: how a peer's https certificate is checked (the edge's upstream trust)."""
+        self._verify = verify
         self._token = edge_token
         self._edge_id = edge_id
         self._max_connections = max_connections
@@ -27,7 +38,12 @@ class PeerUpstreams:
     def __call__(self, url: str) -> OriginUpstream:
         upstream = self._upstreams.get(url)
         if upstream is None:
-            http = open_http_client(url, auth_header=None, max_connections=self._max_connections)
+            http = open_http_client(
+                url,
+                auth_header=None,
+                max_connections=self._max_connections,
+                verify=self._verify,
+            )
             http.headers[PEER_HEADER] = self._edge_id
             self._clients[url] = http
             client = RegistryClient(http, x_token_credentials(self._token), preemptive_basic=True)

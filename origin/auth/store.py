@@ -220,6 +220,17 @@ class TenancyStore(SqlStore):
         row = await self._first(stmt)
         return None if row is None else UserRecord(row.id, row.name, float(row.created_at))
 
+    async def users_by_id(self, user_ids: Iterable[str]) -> dict[str, UserRecord]:
+        """The users with these ids (unknown ids are left out), by id."""
+        wanted = sorted(set(user_ids))
+        if not wanted:
+            return {}
+        stmt = sa.select(users.c.id, users.c.name, users.c.created_at).where(users.c.id.in_(wanted))
+        return {
+            row.id: UserRecord(row.id, row.name, float(row.created_at))
+            for row in await self._all(stmt)
+        }
+
     async def add_member(self, user_id: str, org_id: str) -> None:
         """Make the user a member of the org (idempotent)."""
         await self._write(self._add_member, user_id, org_id)

@@ -169,20 +169,47 @@ class BuildService:
         now = self._clock()
         retired = 0
         for build in await self.store.dead_unretired(now):
-            if build.digest is not None:
-                name = parse_repository_name(build.repository)
-                await self._manifests.untag(name, parse_tag(build.id))
-                for tag in build.save_tags:
-                    record = await self._manifests.lookup(name, parse_tag(tag))
-                    if record is not None and not await self._tag_live(
-                        build.repository, tag, record.digest, now
-                    ):
-                        await self._manifests.untag(name, parse_tag(tag))
+            for name, tag, _ in await self._retirable(build, now):
+                await self._manifests.untag(name, tag)
             await self.store.mark_retired(build.id, now)
             retired += 1
         if retired:
             log.info("retired the tags of %d expired or deleted builds", retired)
         return retired
+
+    async def retirable(self) -> tuple[int, list[tuple[str, str]]]:
+        """What :meth:`retire_expired` would do now, changing nothing: how many builds it
+        would retire and the (repository, manifest digest) of each tag it would remove (a
+        dry-run garbage collection leaves those tags out of its roots)."""
+        now = self._clock()
+        dead = await self.store.dead_unretired(now)
+        tags = [
+            (name.value, digest)
+            for build in dead
+            for name, _, digest in await self._retirable(build, now)
+        ]
+        return len(dead), tags
+
+    async def _retirable(
+        self, build: BuildRecord, now: float
+    ) -> list[tuple[RepositoryName, Tag, str]]:
+        """The tags of a dead build to remove: its own (the build id) and each save-tag no
+        live build holds; with the manifest digest each points at."""
+        if build.digest is None:
+            return []
+        name = parse_repository_name(build.repository)
+        found = []
+        for text in (build.id, *build.save_tags):
+            tag = parse_tag(text)
+            record = await self._manifests.lookup(name, tag)
+            if record is None:
+                continue
+            if text != build.id and await self._tag_live(
+                build.repository, text, record.digest, now
+            ):
+                continue
+            found.append((name, tag, record.digest))
+        return found
 
     async def visible(self, name: RepositoryName, reference: Tag | Digest, digest: str) -> bool:
         """Whether a manifest found by ``reference`` may be served: False when only dead

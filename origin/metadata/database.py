@@ -31,6 +31,7 @@ those with 503 ``UNAVAILABLE`` and ``Retry-After``.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar, TypeVarTuple
@@ -95,6 +96,8 @@ class Database:
         #: Set after each commit that appended events (``origin/metadata/events.py``).
         self.events_committed = EventSignal()
         self._running_here: set[str] = set()  # SQLite: the passes this process runs
+        #: Told ``(operation, seconds)`` after each lookup, read and write (the metrics).
+        self.observe: Callable[[str, float], None] | None = None
 
     @classmethod
     def open(
@@ -140,7 +143,19 @@ class Database:
     async def read(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
         """``fn(conn, *args)`` on an autocommit reader connection, in a worker thread: each
         statement reads the latest committed state."""
-        return await self._in_thread(self._read_with, fn, *args)
+        with self._timed("read"):
+            return await self._in_thread(self._read_with, fn, *args)
+
+    @contextmanager
+    def _timed(self, operation: str) -> Iterator[None]:
+        if self.observe is None:
+            yield
+            return
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.observe(operation, time.perf_counter() - started)
 
     def _read_with(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
         with self._engines.reader.connect() as conn:
@@ -154,7 +169,7 @@ class Database:
             return await self.read(first, stmt, params or {})
         self._check_open()
         await trio.lowlevel.checkpoint()
-        with _translated(), inline.connect() as conn:
+        with self._timed("lookup"), _translated(), inline.connect() as conn:
             return first(conn, stmt, params or {})
 
     # -- background work that runs once across processes -----------------------------------
@@ -215,8 +230,9 @@ class Database:
         ``trio.from_thread.run`` but must not call back into this database: it holds the
         write gate."""
         self._check_open()
-        async with self._write_gate:
-            result, appended = await self._in_thread(self._in_transaction, fn, *args)
+        with self._timed("write"):
+            async with self._write_gate:
+                result, appended = await self._in_thread(self._in_transaction, fn, *args)
         if appended:
             self.events_committed.notify()
         return result

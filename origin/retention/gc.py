@@ -25,6 +25,7 @@ returned (and their tags removed by their owner).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from typing import Any, TypeVar
 from core.digest import parse_digest
 from core.errors import DatabaseError
 from origin.registry.registry import Registry
-from origin.retention.mark import plan
+from origin.retention.mark import Graph, plan
 
 log = logging.getLogger("depot.gc")
 T = TypeVar("T")
@@ -56,6 +57,8 @@ class GcReport:
     uploads: int = 0
     #: Planned deletions refused on re-check: the database changed since the mark.
     refused: int = 0
+    #: Expired or deleted builds whose tags were removed first (with ``dry_run``: would be).
+    builds_retired: int = 0
 
     @property
     def manifests_deleted(self) -> int:
@@ -82,10 +85,26 @@ class GcReport:
             "bytes_freed": self.bytes_freed,
             "uploads_purged": self.uploads,
             "refused": self.refused,
+            "builds_retired": self.builds_retired,
             "manifests": [{"repository": r, "digest": d} for r, d in self.manifests],
             "links": [{"repository": r, "digest": d} for r, d in self.links],
             "blobs": [{"digest": d, "size": size} for d, size in self.blobs],
         }
+
+
+def _without_tags(
+    graph: Graph, names: dict[int, str], untagged: Iterable[tuple[str, str]]
+) -> Graph:
+    """``graph`` with one tag removed per (repository, digest) in ``untagged``."""
+    ids = {name: repository_id for repository_id, name in names.items()}
+    tags = list(graph.tags)
+    for repository, digest in untagged:
+        key = (ids.get(repository, -1), digest)
+        if key in tags:
+            tags.remove(key)
+    if len(tags) == len(graph.tags):
+        return graph
+    return dataclasses.replace(graph, tags=tags)
 
 
 async def collect(
@@ -96,15 +115,19 @@ async def collect(
     dry_run: bool = False,
     extra_roots: ExtraRoots | None = None,
     upload_timeout_seconds: float | None = None,
+    untagged: Iterable[tuple[str, str]] = (),
 ) -> GcReport:
     """Collect garbage as of ``now`` (POSIX seconds): anything created before
     ``now - grace_seconds`` that nothing live reaches. With ``upload_timeout_seconds``, also
-    purge upload sessions idle that long (by the registry's clock)."""
+    purge upload sessions idle that long (by the registry's clock). ``untagged``: tags, as
+    (repository, manifest digest), to plan as if already removed (a dry run of a collection
+    that first retires expired builds' tags)."""
     if grace_seconds < 0:
         raise ValueError(f"grace period must not be negative: {grace_seconds}")
     registry_graph = registry.graph
     cutoff = now - grace_seconds
     graph, names = await registry_graph.snapshot()
+    graph = _without_tags(graph, names, untagged)
     roots = list(await extra_roots()) if extra_roots is not None else []
     planned = plan(graph, roots, cutoff)
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from config.settings import OriginSettings
-from core.web.serving import bind_socket, bound_url
+from core.web.serving import bind_socket
 from origin.server import serve
 
 
@@ -35,8 +35,10 @@ async def start_origin(
     settings = OriginSettings(data_dir=data_dir, **overrides)  # type: ignore[arg-type]
     sock = bind_socket("127.0.0.1:0")
     shutdown = trio.Event()
-    await nursery.start(partial(serve, settings, sock, shutdown_trigger=shutdown.wait, clock=clock))
-    return RunningOrigin(bound_url(sock), settings, shutdown)
+    urls = await nursery.start(
+        partial(serve, settings, sock, shutdown_trigger=shutdown.wait, clock=clock)
+    )
+    return RunningOrigin(urls[0], settings, shutdown)
 
 
 @pytest.fixture

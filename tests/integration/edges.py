@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from config.settings import EdgeSettings
-from core.web.serving import bind_socket, bound_url
+from core.web.serving import bind_socket
 from edge.server import serve
 from tests.integration.origin_proxy import OriginProxy
 from tests.integration.tenants import BASE_DOMAIN, Tenants, start_tenants
@@ -68,8 +68,8 @@ async def start_edge(
         finally:
             stopped.set()
 
-    await nursery.start(run)
-    return RunningEdge(bound_url(sock), settings, shutdown, stopped)
+    urls = await nursery.start(run)
+    return RunningEdge(urls[0], settings, shutdown, stopped)
 
 
 def edge_client(url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:

@@ -431,3 +431,36 @@ async def test_expired_build_is_collected_and_its_bytes_freed(
             for blob in kept_image.blobs:
                 fetched = await http.get(f"/v2/acme/app/blobs/{blob.digest}")
                 assert fetched.content == blob.data
+
+
+async def test_gc_dry_run_reports_what_the_run_frees_expired_builds_included(
+    tenants: Tenants, clock: FakeClock
+) -> None:
+    """A dry run used to skip retiring expired builds' tags and report 0 bytes where the
+    real run right after freed the build's layers."""
+    from origin.cli_gc import collect_with_builds
+    from origin.server import open_services
+
+    build_image = new_image(layers=2)
+    with trio.fail_after(TIMEOUT):
+        async with client(tenants, tenants.acme) as http:
+            build = await create_build(http, tenants.project, save_tags=["main"])
+            await push_manifest(http, tenants.project, build_image, build["id"])
+        clock.advance(WEEK + 3 * 3600)  # expired, and past the 2 h grace period
+        settings = tenants.origin.settings
+        runs = {}
+        for dry_run in (True, True, False):  # the dry runs change nothing
+            async with open_services(settings, clock) as services:
+                report = await collect_with_builds(
+                    services, now=clock(), grace_seconds=2 * 3600, dry_run=dry_run
+                )
+            assert report.builds_retired == 1, (dry_run, report)
+            runs.setdefault(dry_run, []).append(report)
+        dry, real = runs[True][0], runs[False][0]
+        assert runs[True][1] == dry
+        assert dry.bytes_freed >= sum(b.size for b in build_image.blobs) > 0
+        assert (dry.bytes_freed, dry.blobs, dry.manifests) == (
+            real.bytes_freed,
+            real.blobs,
+            real.manifests,
+        )

@@ -160,7 +160,7 @@ async def test_single_node_overlay_serves(tmp_path: Path) -> None:
     with trio.fail_after(DEADLINE_SECONDS):
         # deploy/README.md: the first org and the edge token, in the origin's container.
         data_dir = origin.flag("--data-dir")
-        org = await cli_json(origin, "org", "create", "demo", "--data-dir", data_dir)
+        org = await cli_json(origin, "org", "create", "demo", "--init", "--data-dir", data_dir)
         edge_token = await cli_json(
             origin, "token", "create", "--kind", "edge", "--data-dir", data_dir
         )
@@ -241,7 +241,7 @@ async def test_systemd_units_serve(tmp_path: Path) -> None:
     with trio.fail_after(DEADLINE_SECONDS):
         # deploy/README.md: the first org and the edge token, as the depot user.
         data_dir = origin.flag("--data-dir")
-        org = await cli_json(origin, "org", "create", "demo", "--data-dir", data_dir)
+        org = await cli_json(origin, "org", "create", "demo", "--init", "--data-dir", data_dir)
         edge_token = await cli_json(
             origin, "token", "create", "--kind", "edge", "--data-dir", data_dir
         )

@@ -18,7 +18,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -61,10 +61,13 @@ class Depot:
     home: Path
     registry: str
     token: str
+    #: More environment for every run (e.g. DEPOT_CA_FILE).
+    more_env: dict[str, str] = field(default_factory=dict)
 
     def env(self, **extra: str) -> dict[str, str]:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("DEPOT_")}
         environ.update(HOME=str(self.home), XDG_CONFIG_HOME=str(self.home / ".config"))
+        environ.update(self.more_env)
         environ.update(extra)
         return environ
 

@@ -168,7 +168,7 @@ async def test_origin_process_killed_mid_fill_and_restarted(
         return answer
 
     with trio.fail_after(TIMEOUT + 15):
-        acme = (await cli("org", "create", "acme"))["token"]
+        acme = (await cli("org", "create", "acme", "--init"))["token"]
         edge_token = (await cli("token", "create", "--kind", "edge"))["token"]
         blob = random_blob(32 * MIB)  # far more than the sockets between them buffer
         path = f"/v2/acme/app/blobs/{blob.digest}"

@@ -63,8 +63,11 @@ async def authenticate(data_dir: Path, token: str) -> Any:
 
 
 async def test_org_project_and_token_lifecycle(tmp_path: Path) -> None:
-    data = tmp_path / "data"  # created by the first command
-    created = ok_json("org", "create", "acme", data_dir=data)
+    data = tmp_path / "data"  # created by the first command, asked to
+    assert "no registry in" in refused("org", "create", "acme", data_dir=data)
+    assert "no registry in" in refused("token", "list", data_dir=data)
+    assert not data.exists()  # refusing made nothing
+    created = ok_json("org", "create", "acme", "--init", data_dir=data)
     assert set(created) == {"org_id", "name", "token"}
     assert created["name"] == "acme"
     assert re.fullmatch(r"org[a-z0-9]{16}", created["org_id"])  # a DNS label: a subdomain
@@ -162,7 +165,7 @@ REFUSALS = [
 
 def test_refusals_are_one_line_and_exit_2(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    ok("org", "create", "acme", data_dir=data)
+    ok("org", "create", "acme", "--init", data_dir=data)
     for args, message in REFUSALS:
         stderr = refused(*args, data_dir=data)
         assert stderr.startswith("depot-registry: ")
@@ -195,3 +198,54 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     result = cli("token", "create", "--kind", "root", data_dir=tmp_path / "data")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_trust_relationships_create_list_delete(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    ok("org", "create", "acme", "--init", data_dir=data)
+    issuer = "https://token.actions.githubusercontent.com"
+    created = ok_json(
+        "trust", "create", "--org", "acme", "--issuer", issuer, "--audience", "depot-registry",
+        "--condition", "repository=acme/app", "--condition", "ref=refs/heads/main",
+        "--action", "pull", "--action", "push", "--description", "gha main", data_dir=data,
+    )  # fmt: skip
+    assert created["issuer"] == issuer and created["audience"] == "depot-registry"
+    assert created["conditions"] == {"repository": "acme/app", "ref": "refs/heads/main"}
+    assert created["actions"] == ["pull", "push"] and created["project_id"] is None
+    assert created["id"].startswith("trust_")
+    listed = ok_json("trust", "list", "--org", "acme", data_dir=data)
+    assert [t["id"] for t in listed] == [created["id"]]
+    line = ok("trust", "list", "--org", "acme", data_dir=data)
+    assert created["id"] in line and "repository=acme/app" in line and "pull,push" in line
+
+    for args, message in (
+        (["--issuer", "http://issuer.example", "--condition", "a=b"], "https"),
+        (["--issuer", issuer, "--condition", "no-equals-sign"], "CLAIM=VALUE"),
+    ):
+        stderr = refused(
+            "trust", "create", "--org", "acme", "--audience", "x", "--action", "pull", *args,
+            data_dir=data,
+        )  # fmt: skip
+        assert message in stderr, stderr
+    assert "no trust relationship" in refused(
+        "trust", "delete", "--org", "acme", "trust_nope", data_dir=data
+    )
+    ok("trust", "delete", "--org", "acme", created["id"], data_dir=data)
+    assert ok_json("trust", "list", "--org", "acme", data_dir=data) == []
+    deleted = ok_json("trust", "list", "--org", "acme", "--all", data_dir=data)
+    assert deleted[0]["revoked_at"] is not None
+
+
+def test_token_list_names_users_orgs_and_projects(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    ok("org", "create", "acme", "--init", data_dir=data)
+    ok("user", "create", "alice", "--org", "acme", data_dir=data)
+    made = ok_json("token", "create", "--kind", "user", "--user", "alice", data_dir=data)
+    lines = ok("token", "list", data_dir=data).splitlines()
+    line = next(x for x in lines if x.startswith(made["token_id"]))
+    assert "\tuser alice\t" in line, line
+    assert "user_" not in line  # the name, not the id
+    listed = ok_json("token", "list", data_dir=data)
+    assert [t["user"] for t in listed if t["token_id"] == made["token_id"]] == ["alice"]
+    org_line = ok("token", "list", "--org", "acme", data_dir=data)
+    assert "\torg acme\t" in org_line, org_line

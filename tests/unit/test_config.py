@@ -62,3 +62,24 @@ def test_serving_timeouts_default_and_load(
     )
     assert settings.body_idle_timeout_seconds == 120
     assert settings.send_idle_timeout_seconds == 1.5
+
+
+def test_tls_settings_from_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text('tls_cert_file = "/etc/depot/edge.crt"\nupstream_ca_file = "/etc/ca.crt"\n')
+    edge = load(
+        EdgeSettings,
+        file=config,
+        environ={"DEPOT_EDGE_TLS_KEY_FILE": "/etc/depot/edge.key"},
+        prefix="DEPOT_EDGE_",
+    )
+    assert edge.tls_cert_file == Path("/etc/depot/edge.crt")
+    assert edge.tls_key_file == Path("/etc/depot/edge.key")
+    assert edge.upstream_ca_file == Path("/etc/ca.crt")
+    origin = load(
+        OriginSettings,
+        environ={"DEPOT_ORIGIN_TLS_CERT_FILE": "/c.pem", "DEPOT_ORIGIN_TLS_KEY_FILE": "/k.pem"},
+        prefix="DEPOT_ORIGIN_",
+    )
+    assert (origin.tls_cert_file, origin.tls_key_file) == (Path("/c.pem"), Path("/k.pem"))
+    assert OriginSettings().tls_cert_file is None and EdgeSettings().upstream_ca_file is None

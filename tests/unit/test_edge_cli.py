@@ -10,6 +10,7 @@ import pytest
 from config.settings import MirrorSettings
 from core.cli import build_parser, main
 from edge import cli
+from edge.cache.store import EdgeCache
 
 
 def serve_args(tmp_path: Path, *flags: str) -> list[str]:
@@ -57,3 +58,27 @@ def test_bad_mirror_flags_exit_2_before_serving(
 ) -> None:
     assert main(serve_args(tmp_path, *flags), [cli.register]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["stats", "purge"])
+def test_cache_commands_refuse_a_directory_without_a_cache(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo = tmp_path / "cahce"
+    assert main(["edge", "cache", command, "--cache-dir", str(typo)], [cli.register]) == 2
+    assert "no edge cache in" in capsys.readouterr().err
+    assert not typo.exists()  # nothing created
+
+
+def test_cache_stats_reads_an_edges_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    EdgeCache.open(tmp_path / "cache", 1 << 20).close()  # as an edge leaves it
+    assert (
+        main(
+            ["edge", "cache", "stats", "--cache-dir", str(tmp_path / "cache"), "--json"],
+            [cli.register],
+        )
+        == 0
+    )
+    assert '"entries": 0' in capsys.readouterr().out
