@@ -34,6 +34,7 @@ import trio
 from core.digest import Digest
 from core.errors import BlobUnknown, NameUnknown, RegistryError, Unavailable
 from core.reference import RepositoryName
+from core.web.file_body import FileChunks
 from edge.cache.spool import SpoolFile
 from edge.cache.store import EdgeCache
 from edge.upstream_types import Upstream, UpstreamBlob
@@ -135,7 +136,13 @@ class BlobStream:
         if not self._close.alive:
             raise RuntimeError("blob stream already read or closed")
         try:
-            yield _Chunks(self, offset, length)
+            if self._fill is None or self._fill.verified:
+                # All the bytes are in the file (cached, or a fill already verified): the
+                # connection layer may send them by sendfile. The descriptor is our own dup,
+                # so an eviction (unlink) or the spool's rename never disturbs it.
+                yield FileChunks(self._fd, offset, length, self._limiter)
+            else:
+                yield _Chunks(self, offset, length)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._close, limiter=self._limiter)

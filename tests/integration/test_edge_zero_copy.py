@@ -1,0 +1,140 @@
+"""Edge cache hits go out by sendfile (whole and ranged), and an eviction while a hit is
+being sent never disturbs it: the open descriptor keeps the evicted file's bytes alive.
+
+Real servers on loopback (origin ← counting proxy ← edge, all in this trio run); the spy on
+``os.sendfile`` counts what the kernel copied without changing what it does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from core.digest import parse_digest
+from edge.cache.store import EdgeCache
+from tests.integration.edges import EdgeFactory, edge_client, fetch, upstream_gets
+from tests.integration.edges import edges_fixture as edges_fixture
+from tests.integration.edges import proxy_fixture as proxy_fixture
+from tests.integration.edges import tenants_fixture as tenants_fixture
+from tests.integration.oci import config_blob, image_manifest, push_manifest, random_blob
+from tests.integration.origin_proxy import OriginProxy
+from tests.integration.tenants import Tenants, basic, bearer_for
+
+MIB = 1024 * 1024
+TIMEOUT = 60
+PULL = "repository:acme/app:pull"
+
+
+class SendfileSpy:
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.calls = 0
+        self._real = os.sendfile
+
+    def __call__(self, out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        sent = self._real(out_fd, in_fd, offset, count)
+        self.calls += 1
+        self.bytes += sent
+        return sent
+
+
+@pytest.fixture(name="sendfile")
+def sendfile_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[SendfileSpy]:
+    spy = SendfileSpy()
+    monkeypatch.setattr(os, "sendfile", spy)
+    yield spy
+
+
+async def test_cache_hits_whole_and_ranged_go_by_sendfile(
+    tenants: Tenants, proxy: OriginProxy, edges: EdgeFactory, sendfile: SendfileSpy
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        edge = await edges()
+        blob = random_blob(3 * MIB + 11)
+        image = image_manifest(config_blob(), [blob])
+        async with edge_client(tenants.url, basic(tenants.acme)) as origin:
+            await push_manifest(origin, "acme/app", image, "v1")
+        async with edge_client(edge.url) as http:
+            http.headers.update(await bearer_for(http, tenants.acme_pull, PULL))
+            path = f"/v2/acme/app/blobs/{blob.digest}"
+            miss = await fetch(http, path)
+            assert (miss.status, miss.digest) == (200, blob.digest)
+            before = sendfile.bytes
+
+            hit = await http.get(path)
+            assert hit.status_code == 200 and hit.content == blob.data
+            assert sendfile.bytes - before == blob.size
+
+            n = blob.size
+            for header, first, last in [
+                ("bytes=0-0", 0, 0),
+                ("bytes=-10", n - 10, n - 1),
+                (f"bytes={MIB}-{2 * MIB + 99}", MIB, 2 * MIB + 99),
+            ]:
+                before = sendfile.bytes
+                part = await http.get(path, headers={"Range": header})
+                assert part.status_code == 206, header
+                assert part.content == blob.data[first : last + 1], header
+                assert part.headers["Content-Range"] == f"bytes {first}-{last}/{n}"
+                assert sendfile.bytes - before == last + 1 - first, header
+            assert upstream_gets(proxy, blob.digest) == 1
+
+            # Counted as bytes served from the cache, like streamed hits.
+            text = (await http.get("/metrics")).text
+            served = [
+                line for line in text.splitlines()
+                if line.startswith('depot_edge_bytes_served_total{source="cache"}')
+            ]  # fmt: skip
+            assert served and float(served[0].rpartition(" ")[2]) >= blob.size
+
+
+async def test_an_eviction_mid_send_leaves_the_hit_whole(
+    tenants: Tenants,
+    proxy: OriginProxy,
+    edges: EdgeFactory,
+    sendfile: SendfileSpy,
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        edge = await edges()
+        blob = random_blob(48 * MIB)
+        image = image_manifest(config_blob(), [blob])
+        async with edge_client(tenants.url, basic(tenants.acme)) as origin:
+            await push_manifest(origin, "acme/app", image, "v1")
+        async with edge_client(edge.url) as http:
+            http.headers.update(await bearer_for(http, tenants.acme_pull, PULL))
+            path = f"/v2/acme/app/blobs/{blob.digest}"
+            assert (await fetch(http, path)).digest == blob.digest  # the fill
+            cache = EdgeCache.open(edge.settings.cache_dir, recover=False)
+            before = sendfile.bytes
+            try:
+                hasher = hashlib.sha256()
+                received = 0
+                async with http.stream("GET", path) as response:
+                    assert response.status_code == 200
+                    chunks = response.aiter_raw()
+                    async for chunk in chunks:
+                        hasher.update(chunk)
+                        received += len(chunk)
+                        if received >= MIB:
+                            break
+                    # Evicted while the response is half sent: the file is unlinked.
+                    assert await cache.purge() >= 1
+                    assert await cache.blob_size(parse_digest(blob.digest)) is None
+                    async for chunk in chunks:
+                        hasher.update(chunk)
+                        received += len(chunk)
+                assert received == blob.size
+                assert f"sha256:{hasher.hexdigest()}" == blob.digest
+            finally:
+                cache.close()
+            assert sendfile.bytes - before == blob.size  # the hit went by sendfile
+            # The next GET is a miss again, filled from origin once more.
+            again = await fetch(http, path)
+            assert (again.status, again.digest) == (200, blob.digest)
+            assert upstream_gets(proxy, blob.digest) == 2
