@@ -45,9 +45,6 @@ T = TypeVar("T")
 
 WRITE_BATCH = 1 << 20  # most bytes per spool write (one thread hop)
 _QUEUED_BATCHES = 4
-#: Reads for clients: 1 MiB keeps throughput and bounds memory per stream (4 MiB reads held
-#: ~25 MiB per download and glibc kept it: 760 MiB idle after the edge benchmark).
-READ_SIZE = 1 << 20
 _MAX_PIECES = 512  # chunks per batch (os.writev takes at most IOV_MAX buffers)
 PROGRESS_TIMEOUT_SECONDS = 30.0
 
@@ -142,49 +139,33 @@ class BlobStream:
                 # so an eviction (unlink) or the spool's rename never disturbs it.
                 yield FileChunks(self._fd, offset, length, self._limiter)
             else:
-                yield _Chunks(self, offset, length)
+                yield _SpoolTail(self, self._fill, offset, length)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._close, limiter=self._limiter)
 
 
-class _Chunks:
-    """Up to READ_SIZE per read; tails the spool while the fill runs."""
+class _SpoolTail(FileChunks):
+    """The bytes of a fill in progress: sent (by sendfile or streamed) as they reach the
+    spool. A range that reaches the end of the blob is held one byte short until the fill
+    is verified; a failed fill fails every reader."""
 
-    def __init__(self, stream: BlobStream, offset: int, length: int) -> None:
-        self._stream = stream
-        self._pos, self._remaining = offset, length
+    def __init__(self, stream: BlobStream, fill: _Fill, offset: int, length: int) -> None:
+        super().__init__(stream._fd, offset, length, stream._limiter)
+        self._fill = fill
         self._to_end = offset + length == stream.size
 
-    def __aiter__(self) -> _Chunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        stream, fill = self._stream, self._stream._fill
+    async def ready(self, offset: int, count: int) -> int:
+        fill, end = self._fill, self.offset + self.count
         while True:
-            if self._remaining == 0 and not self._to_end:
-                raise StopAsyncIteration  # a range short of the end needs no verification
-            if fill is not None and fill.failure is not None:
+            if fill.failure is not None:
                 raise fill.error()
-            verified = fill is None or fill.verified
-            durable = stream.size if fill is None else fill.durable
-            available = min(self._remaining, durable - self._pos)
-            if self._to_end and not verified:
-                available = min(available, self._remaining - 1)  # the last byte waits
+            available = min(count, fill.durable - offset)
+            if self._to_end and not fill.verified:
+                available = min(available, end - 1 - offset)  # the last byte waits
             if available > 0:
-                break
-            if self._remaining == 0 and verified:
-                raise StopAsyncIteration
-            assert fill is not None
+                return available
             await fill.changed()
-        data = await trio.to_thread.run_sync(
-            os.pread, stream._fd, min(available, READ_SIZE), self._pos, limiter=stream._limiter
-        )
-        if not data:
-            raise Unavailable("cached blob file ended early")
-        self._pos += len(data)
-        self._remaining -= len(data)
-        return data
 
 
 class Fills:

@@ -31,16 +31,23 @@ PULL = "repository:acme/app:pull"
 
 
 class SendfileSpy:
+    """Counts the bytes sendfile copied from files under ``under`` (the origin runs in this
+    process too, and sends its blob files the same way)."""
+
     def __init__(self) -> None:
-        self.bytes = 0
-        self.calls = 0
+        self.under = "/nonexistent/"
+        self._by_path: dict[str, int] = {}
         self._real = os.sendfile
 
     def __call__(self, out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
         sent = self._real(out_fd, in_fd, offset, count)
-        self.calls += 1
-        self.bytes += sent
+        path = os.readlink(f"/proc/self/fd/{in_fd}")
+        self._by_path[path] = self._by_path.get(path, 0) + sent
         return sent
+
+    @property
+    def bytes(self) -> int:
+        return sum(n for path, n in self._by_path.items() if path.startswith(self.under))
 
 
 @pytest.fixture(name="sendfile")
@@ -55,6 +62,7 @@ async def test_cache_hits_whole_and_ranged_go_by_sendfile(
 ) -> None:
     with trio.fail_after(TIMEOUT):
         edge = await edges()
+        sendfile.under = str(edge.settings.cache_dir)
         blob = random_blob(3 * MIB + 11)
         image = image_manifest(config_blob(), [blob])
         async with edge_client(tenants.url, basic(tenants.acme)) as origin:
@@ -102,6 +110,7 @@ async def test_an_eviction_mid_send_leaves_the_hit_whole(
 ) -> None:
     with trio.fail_after(TIMEOUT):
         edge = await edges()
+        sendfile.under = str(edge.settings.cache_dir)
         blob = random_blob(48 * MIB)
         image = image_manifest(config_blob(), [blob])
         async with edge_client(tenants.url, basic(tenants.acme)) as origin:
@@ -138,3 +147,32 @@ async def test_an_eviction_mid_send_leaves_the_hit_whole(
             again = await fetch(http, path)
             assert (again.status, again.digest) == (200, blob.digest)
             assert upstream_gets(proxy, blob.digest) == 2
+
+
+async def test_a_cold_miss_is_sent_by_sendfile_as_the_spool_grows(
+    tenants: Tenants, proxy: OriginProxy, edges: EdgeFactory, sendfile: SendfileSpy
+) -> None:
+    """Readers of a fill in progress tail its spool zero-copy; several at once, one fetch."""
+    with trio.fail_after(TIMEOUT):
+        edge = await edges()
+        sendfile.under = str(edge.settings.cache_dir)
+        blob = random_blob(8 * MIB + 3)
+        image = image_manifest(config_blob(), [blob])
+        async with edge_client(tenants.url, basic(tenants.acme)) as origin:
+            await push_manifest(origin, "acme/app", image, "v1")
+        async with edge_client(edge.url) as http:
+            http.headers.update(await bearer_for(http, tenants.acme_pull, PULL))
+            path = f"/v2/acme/app/blobs/{blob.digest}"
+            results = []
+
+            async def one() -> None:
+                results.append(await fetch(http, path))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(one)
+            assert [(r.status, r.digest, r.error) for r in results] == [
+                (200, blob.digest, None)
+            ] * 3
+            assert sendfile.bytes == 3 * blob.size
+            assert upstream_gets(proxy, blob.digest) == 1
