@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from core.client.socket_body import SocketBody, receive_into
 from core.digest import Digest
 from core.errors import BlobUnknown, NameUnknown, RegistryError, Unavailable
 from core.reference import RepositoryName
@@ -45,6 +46,13 @@ T = TypeVar("T")
 
 WRITE_BATCH = 1 << 20  # most bytes per spool write (one thread hop)
 _QUEUED_BATCHES = 4
+#: Socket bodies: most bytes per worker-thread hop (one buffer per fill), and how many make
+#: a hop return as soon as the socket is momentarily empty (readers see progress sooner).
+RECEIVE_BUFFER = 4 << 20
+RECEIVE_ENOUGH = 1 << 20
+#: A receiving thread gives control back this often while the upstream sends nothing (so
+#: the progress timeout and cancellation are checked).
+RECEIVE_WAIT = 0.2
 _MAX_PIECES = 512  # chunks per batch (os.writev takes at most IOV_MAX buffers)
 PROGRESS_TIMEOUT_SECONDS = 30.0
 
@@ -318,12 +326,64 @@ class Fills:
             fill.spool = await self._thread(SpoolFile.create, self._cache.spool_path(fill.digest))
             fill.size, fill.read_fd = blob.size, fill.spool.read_fd
             fill.publish()
-            await self._stream(fill, blob, hasher)
+            if blob.socket_body is not None:
+                await self._receive(fill, blob.socket_body, hasher)
+            else:
+                await self._stream(fill, blob, hasher)
         if fill.durable != blob.size:
             raise Unavailable(f"upstream body ended at byte {fill.durable} of {blob.size}")
         if hasher.hexdigest() != fill.digest.encoded:
             raise Unavailable("upstream body does not match its digest")
         await self._thread(fill.spool.sync)
+
+    async def _receive(self, fill: _Fill, body: SocketBody, hasher: hashlib._Hash) -> None:
+        """Upstream socket → spool in worker threads, up to RECEIVE_BUFFER per hop: one
+        thread receives into one buffer while another hashes and writes the other (each
+        step releases the GIL), so the event loop only publishes progress. ~4 copies per
+        byte fewer than through httpx (core/client/socket_body.py)."""
+        spool = fill.spool
+        assert spool is not None
+        if body.leftover:
+            self._appended(fill, await self._thread(spool.write, [body.leftover], hasher))
+        size = max(1, min(RECEIVE_BUFFER, body.length))
+        buffers = [memoryview(bytearray(size)), memoryview(bytearray(size))]
+        remaining = body.length - len(body.leftover)
+        last_progress = trio.current_time()
+        pending: memoryview | None = None  # received, not yet hashed and written
+        turn = 0
+        while remaining or pending is not None:
+            view = buffers[turn][: min(size, remaining)]
+            received = 0
+
+            async def receive(view: memoryview = view) -> None:
+                nonlocal received
+                if view:
+                    received = await self._thread(
+                        receive_into, body.fd, view, RECEIVE_ENOUGH, RECEIVE_WAIT
+                    )
+
+            async def write(piece: memoryview | None = pending) -> None:
+                if piece is not None:
+                    self._appended(fill, await self._thread(spool.write, [piece], hasher))
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(write)
+                    await receive()
+            except (OSError, EOFError) as exc:
+                raise Unavailable(f"upstream body ended at byte {fill.durable}: {exc}") from exc
+            pending = None
+            if received:
+                last_progress = trio.current_time()
+                remaining -= received
+                pending, turn = view[:received], 1 - turn
+            elif remaining and trio.current_time() - last_progress >= self._progress_timeout:
+                raise Unavailable(f"upstream sent nothing for {self._progress_timeout:g} s")
+
+    def _appended(self, fill: _Fill, written: int) -> None:
+        fill.durable += written
+        self._bytes += written
+        fill.publish()
 
     async def _stream(self, fill: _Fill, blob: UpstreamBlob, hasher: hashlib._Hash) -> None:
         """Upstream → batches → spool, the reading and the writing overlapped."""
@@ -386,9 +446,6 @@ class Fills:
         with receive:
             try:
                 async for batch in receive:
-                    written = await self._thread(fill.spool.write, batch, hasher)
-                    fill.durable += written
-                    self._bytes += written
-                    fill.publish()
+                    self._appended(fill, await self._thread(fill.spool.write, batch, hasher))
             except Exception as exc:
                 failures.append(exc)

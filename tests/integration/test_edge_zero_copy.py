@@ -49,6 +49,13 @@ class SendfileSpy:
     def bytes(self) -> int:
         return sum(n for path, n in self._by_path.items() if path.startswith(self.under))
 
+    async def reached(self, expected: int) -> int:
+        """The count once it reached ``expected`` (the client can have the last bytes before
+        the sending thread returns to count them); the caller's deadline bounds the wait."""
+        while self.bytes < expected:  # noqa: ASYNC110  # written by sendfile threads
+            await trio.sleep(0.01)
+        return self.bytes
+
 
 @pytest.fixture(name="sendfile")
 def sendfile_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[SendfileSpy]:
@@ -72,11 +79,13 @@ async def test_cache_hits_whole_and_ranged_go_by_sendfile(
             path = f"/v2/acme/app/blobs/{blob.digest}"
             miss = await fetch(http, path)
             assert (miss.status, miss.digest) == (200, blob.digest)
-            before = sendfile.bytes
+            total = await sendfile.reached(blob.size)  # the miss tailed the spool
+            assert total == blob.size
 
             hit = await http.get(path)
             assert hit.status_code == 200 and hit.content == blob.data
-            assert sendfile.bytes - before == blob.size
+            total += blob.size
+            assert await sendfile.reached(total) == total
 
             n = blob.size
             for header, first, last in [
@@ -84,12 +93,12 @@ async def test_cache_hits_whole_and_ranged_go_by_sendfile(
                 ("bytes=-10", n - 10, n - 1),
                 (f"bytes={MIB}-{2 * MIB + 99}", MIB, 2 * MIB + 99),
             ]:
-                before = sendfile.bytes
                 part = await http.get(path, headers={"Range": header})
                 assert part.status_code == 206, header
                 assert part.content == blob.data[first : last + 1], header
                 assert part.headers["Content-Range"] == f"bytes {first}-{last}/{n}"
-                assert sendfile.bytes - before == last + 1 - first, header
+                total += last + 1 - first
+                assert await sendfile.reached(total) == total, header
             assert upstream_gets(proxy, blob.digest) == 1
 
             # Counted as bytes served from the cache, like streamed hits.
@@ -119,8 +128,8 @@ async def test_an_eviction_mid_send_leaves_the_hit_whole(
             http.headers.update(await bearer_for(http, tenants.acme_pull, PULL))
             path = f"/v2/acme/app/blobs/{blob.digest}"
             assert (await fetch(http, path)).digest == blob.digest  # the fill
+            before = await sendfile.reached(blob.size)  # the miss
             cache = EdgeCache.open(edge.settings.cache_dir, recover=False)
-            before = sendfile.bytes
             try:
                 hasher = hashlib.sha256()
                 received = 0
@@ -142,7 +151,7 @@ async def test_an_eviction_mid_send_leaves_the_hit_whole(
                 assert f"sha256:{hasher.hexdigest()}" == blob.digest
             finally:
                 cache.close()
-            assert sendfile.bytes - before == blob.size  # the hit went by sendfile
+            assert await sendfile.reached(before + blob.size) == before + blob.size
             # The next GET is a miss again, filled from origin once more.
             again = await fetch(http, path)
             assert (again.status, again.digest) == (200, blob.digest)
@@ -174,5 +183,5 @@ async def test_a_cold_miss_is_sent_by_sendfile_as_the_spool_grows(
             assert [(r.status, r.digest, r.error) for r in results] == [
                 (200, blob.digest, None)
             ] * 3
-            assert sendfile.bytes == 3 * blob.size
+            assert await sendfile.reached(3 * blob.size) == 3 * blob.size
             assert upstream_gets(proxy, blob.digest) == 1
