@@ -189,3 +189,7 @@ class EdgeSettings:
     #: it; it stays open 1 s, doubling after each failed probe up to the max.
     breaker_failures: int = 3
     breaker_max_interval_seconds: float = 30
+    #: When a manifest is fetched from origin, its blobs (config and layers) start filling
+    #: in the background, this many at once, largest first, so the client's blob GETs join
+    #: fills already running. 0 turns it off.
+    prefetch_blobs: int = 3

@@ -83,6 +83,7 @@ class _Fill:
         self.read_fd: int | None = None
         self._refs = 1  # the fill task, plus joiners not yet holding their own dup
         self._changed = trio.Event()
+        self.ended = trio.Event()  # the fill task is done, its spool adopted or gone
 
     def publish(self) -> None:
         self._changed.set()
@@ -249,6 +250,17 @@ class Fills:
                 raise fill.error()
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def prefetch(
+        self, repository: RepositoryName, digest: Digest, *, upstream: Upstream | None = None
+    ) -> None:
+        """Fill ``digest`` unless it is cached or filling already (then that flight is the
+        one); return when that flight ended, whatever its outcome (a failure is logged by
+        the flight, and the next ``open`` starts afresh)."""
+        fill = self._in_flight.get(digest)
+        if fill is None:
+            fill = self._start(self._upstream if upstream is None else upstream, repository, digest)
+        await fill.ended.wait()
+
     def _start(self, upstream: Upstream, repository: RepositoryName, digest: Digest) -> _Fill:
         fill = _Fill(upstream, repository, digest, self._clock())
         self._nursery.start_soon(self._run, fill)  # raises if the process is stopping
@@ -297,6 +309,7 @@ class Fills:
                     with trio.CancelScope(shield=True):
                         await self._thread(fill.spool.finish, adopted)
             finally:
+                fill.ended.set()
                 self._running -= 1
                 self._ended.set()
                 self._ended = trio.Event()
