@@ -116,6 +116,14 @@ class PullThrough:
         return ServedManifest(fetched.digest, fetched.media_type, fetched.payload)
 
     async def _manifest_by_tag(self, repository: RepositoryName, tag: Tag) -> ServedManifest:
+        now = self._clock()
+        window = self._settings.tag_freshness_seconds
+        hot = self._cache.fresh_tag(repository, tag, now, window)
+        if hot is not None:  # warm: from memory, no thread hop (manifests are kept hot too)
+            cached = await self._cache.get_manifest(repository, hot.digest)
+            if cached is not None:
+                self._metrics.cache_hits.labels("tag").inc()
+                return ServedManifest(hot.digest, cached[0], cached[1])
         entry = await self._cache.get_tag(repository, tag)
         now = self._clock()
         stale: ServedManifest | None = None
