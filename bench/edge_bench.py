@@ -730,7 +730,7 @@ def disk_needed(options: Options) -> tuple[int, int]:
     # Each origin and Distribution's cache hold the hot blob + the last phase's blobs.
     live = 3 * (1 + options.streams) * options.size
     # nginx's cache keeps every blob that went through it (it evicts only past its limit).
-    peer_cache = (blobs_through_edge + options.cold_clients) * options.size if options.nginx else 0
+    peer_cache = blobs_through_edge * options.size if options.nginx else 0
     return options.size + live + cache + peer_cache, cache
 
 
