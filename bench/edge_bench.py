@@ -5,7 +5,9 @@ Two stacks on 127.0.0.1, each an origin with a pull-through cache in front:
 - ours: ``depot-registry origin serve`` (auth on: an org, a pull token and an edge token are
   made with the CLI) and ``depot-registry edge serve`` in front of it;
 - peer: ``docker-registry serve`` as origin (access log on, to count what its proxy fetches)
-  and a second ``docker-registry`` with ``proxy: remoteurl:`` pointing at it.
+  and a second ``docker-registry`` with ``proxy: remoteurl:`` pointing at it;
+- peer: nginx's ``proxy_cache`` in front of OUR origin (bench/nginx_peer.py: sendfile on,
+  proxy_cache_lock on), the ceiling for cached bytes on this machine (``--no-nginx``: skip).
 
 Clients send Basic ``x-token:<pull token>`` straight to ``/v2/...`` on both edges (Distribution
 runs without auth and ignores it). The same blobs go to both origins, then, one side at a time:
@@ -53,6 +55,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import registry_bench as rb  # also patches httpcore for 1 MiB socket reads
+from nginx_peer import Nginx, nginx_program, run_nginx
 
 MiB = rb.MiB
 GiB = 1024 * MiB
@@ -409,6 +412,31 @@ def distribution_side(origin: Server, proxy: Server, pull_token: str) -> Side:
     )  # fmt: skip
 
 
+def nginx_side(origin: Server, nginx: Nginx, org_token: str, pull_token: str) -> Side:
+    """nginx's proxy cache in front of OUR origin (the same one the edge uses)."""
+    repo = re.escape(REPOSITORY)
+
+    async def upstream_gets(digest: str) -> int:
+        return nginx.upstream_fetches(rf"/v2/{repo}/blobs/{re.escape(digest)}")
+
+    async def manifest_requests() -> int:
+        return nginx.upstream_fetches(rf"/v2/{repo}/manifests/\S+")
+
+    async def settle(digest: str) -> None:
+        # nginx logs a request when it ends, and renames its cache file before that.
+        last = -1
+        with trio.move_on_after(SETTLE_SECONDS):
+            while (now := await upstream_gets(digest)) != last:
+                last = now
+                await trio.sleep(0.3)
+
+    server = Server("nginx cache", nginx.url, nginx.process, nginx.access_log, nginx.prefix)
+    return Side(
+        "nginx cache", origin, server, basic(org_token), basic(pull_token), upstream_gets,
+        manifest_requests, settle, None,
+    )  # fmt: skip
+
+
 def basic(token: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"x-token:{token}".encode()).decode()}
 
@@ -420,6 +448,7 @@ def basic(token: str) -> dict[str, str]:
 class Transfer:
     seconds: float  # until every stream ended
     first_byte: float  # seconds until the first body byte of the first stream
+    firsts: list[float] = field(default_factory=list)  # each stream's, in arrival order
 
 
 async def get_streams(side: Side, blobs: Sequence[Blob]) -> Transfer:
@@ -448,7 +477,7 @@ async def get_streams(side: Side, blobs: Sequence[Blob]) -> Transfer:
                 for blob in blobs:
                     nursery.start_soon(one, client, blob, start)
             elapsed = time.perf_counter() - start
-    return Transfer(elapsed, min(firsts))
+    return Transfer(elapsed, min(firsts), sorted(firsts))
 
 
 async def manifest_requests(side: Side, clients: int, seconds: float) -> tuple[float, int]:
@@ -482,6 +511,7 @@ class Options:
     streams: int
     clients: int
     cold_clients: int
+    nginx: bool = True
 
 
 Row = tuple[str, str]  # (metric label, which direction is better)
@@ -497,17 +527,26 @@ class Table:
         return label
 
     def print(self, header: str) -> None:
-        ours, theirs = self.sides
+        """One column per side, and after each peer the ratio edge/peer."""
+        ours, *peers = self.sides
         print(header)
-        print(
-            f"| {'metric (better)':<60} | {'edge':>8} | {'Distribution proxy':>18} | {'ratio':>6} |"
-        )
-        print(f"|{'-' * 62}|{'-' * 9}:|{'-' * 19}:|{'-' * 7}:|")
+        titles = [f"{'metric (better)':<60}", f"{ours.label:>8}"]
+        rules = ["-" * 62, "-" * 9 + ":"]
+        for peer in peers:
+            width = max(len(peer.label), 8)
+            titles += [f"{peer.label:>{width}}", f"{'ratio':>6}"]
+            rules += ["-" * (width + 1) + ":", "-" * 7 + ":"]
+        print("| " + " | ".join(titles) + " |")
+        print("|" + "|".join(rules) + "|")
         for label, better in self.rows:
             mine = ours.results.get(label, "-")
-            peer = theirs.results.get(label, "-")
             text = f"{label} ({better})" if better else label
-            print(f"| {text:<60} | {mine:>8} | {peer:>18} | {rb.ratio(mine, peer):>6} |")
+            cells = [f"{text:<60}", f"{mine:>8}"]
+            for peer in peers:
+                theirs = peer.results.get(label, "-")
+                width = max(len(peer.label), 8)
+                cells += [f"{theirs:>{width}}", f"{rb.ratio(mine, theirs):>6}"]
+            print("| " + " | ".join(cells) + " |")
 
 
 def record(side: Side, label: str, samples: Sequence[float], digits: int = 1) -> None:
@@ -621,6 +660,8 @@ async def run_benchmarks(sides: Sequence[Side], source: BlobSource, options: Opt
     herd_gets = table.row(f"{k} concurrent cold GETs of 1 blob: upstream GETs", "lower")
     herd_rate = table.row("  aggregate to clients (MB/s)", "higher")
     herd_gain = table.row("  aggregate / single-client cold rate", "higher")
+    herd_ttfb = table.row("  time to first byte, median client (ms)", "lower")
+    herd_ttfb_max = table.row("  time to first byte, slowest client (ms)", "lower")
     rss_herd = table.row("  edge RSS max (MiB)", "lower")
     for _ in range(repeat):
         for side in sides:
@@ -634,6 +675,8 @@ async def run_benchmarks(sides: Sequence[Side], source: BlobSource, options: Opt
                 mine = samples[side.label]
                 mine.setdefault(herd_gets, []).append(await side.upstream_gets(blob.digest))
                 mine.setdefault(herd_rate, []).append(k * blob.size / transfer.seconds / 1e6)
+                mine.setdefault(herd_ttfb, []).append(statistics.median(transfer.firsts) * 1000)
+                mine.setdefault(herd_ttfb_max, []).append(max(transfer.firsts) * 1000)
                 mine.setdefault(rss_herd, []).append(max(rss) / MiB)
                 await side.forget(blob)
 
@@ -641,6 +684,8 @@ async def run_benchmarks(sides: Sequence[Side], source: BlobSource, options: Opt
     for side in sides:
         record(side, herd_gets, samples[side.label].get(herd_gets, []), 0)
         record(side, herd_rate, samples[side.label].get(herd_rate, []))
+        record(side, herd_ttfb, samples[side.label].get(herd_ttfb, []), 0)
+        record(side, herd_ttfb_max, samples[side.label].get(herd_ttfb_max, []), 0)
         single = samples[side.label].get(cold, [])
         aggregate = samples[side.label].get(herd_rate, [])
         if single and aggregate:
@@ -684,7 +729,9 @@ def disk_needed(options: Options) -> tuple[int, int]:
     cache = blobs_through_edge * options.size + GiB
     # Each origin and Distribution's cache hold the hot blob + the last phase's blobs.
     live = 3 * (1 + options.streams) * options.size
-    return options.size + live + cache, cache
+    # nginx's cache keeps every blob that went through it (it evicts only past its limit).
+    peer_cache = blobs_through_edge * options.size if options.nginx else 0
+    return options.size + live + cache + peer_cache, cache
 
 
 async def main_async(options: Options, tmp: Path, source: BlobSource, version: str) -> None:
@@ -732,13 +779,21 @@ async def main_async(options: Options, tmp: Path, source: BlobSource, version: s
             our_side(origin, edge, org["token"], pull["token"]),
             distribution_side(peer_origin, proxy, pull["token"]),
         ]
+        if options.nginx:
+            nginx = await stack.enter_async_context(
+                run_nginx(tmp, origin.url, cache_size=cache_size)
+            )
+            sides.append(nginx_side(origin, nginx, org["token"], pull["token"]))
         table = await run_benchmarks(sides, source, options)
     header = (
         f"\nblobs {rb.human_size(options.size)}; {os.cpu_count()} CPUs; 127.0.0.1; "
         f"median of {options.repeat} rounds ({options.streams} cold fills: 1 round); "
         f"manifest: raw HTTP/1.1 client, {options.duration:g} s; clients send Basic x-token "
         f"to both; Distribution {version} (origin + proxy); edge cache "
-        f"{rb.human_size(cache_size)}; ratio = edge / Distribution proxy; MB = 10^6 bytes\n"
+        f"{rb.human_size(cache_size)}; ratio = edge / the peer to its left; nginx (if "
+        f"shown): proxy_cache in front of the edge's origin, sendfile on, proxy_cache_lock "
+        f"on, worker_processes auto; "
+        f"MB = 10^6 bytes\n"
     )
     table.print(header)
 
@@ -754,6 +809,9 @@ def main(argv: list[str] | None = None) -> int:
         "--cold-clients", type=int, default=32, help="concurrent GETs of one cold blob"
     )
     parser.add_argument("--tmp-dir", type=Path, default=None, help="parent of the work dir")
+    parser.add_argument(
+        "--no-nginx", dest="nginx", action="store_false", help="without nginx's proxy cache"
+    )
     args = parser.parse_args(argv)
     if not 0 < args.duration <= 600:
         parser.error("--duration must be in (0, 600]")
@@ -763,9 +821,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--streams must be in [1, 64], --cold-clients in [1, 256]")
     if not shutil.which("docker-registry"):
         parser.error("docker-registry (CNCF Distribution) is not installed")
+    if args.nginx and nginx_program() is None:
+        parser.error("nginx is not installed (apt-get install nginx-light), or pass --no-nginx")
     options = Options(
-        args.size, args.duration, args.repeat, args.streams, args.clients, args.cold_clients
-    )
+        args.size, args.duration, args.repeat, args.streams, args.clients, args.cold_clients,
+        args.nginx,
+    )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="depot-edge-bench-", dir=args.tmp_dir) as work:
         tmp = Path(work)
         print(f"writing {rb.human_size(args.size)} of random bytes ...", file=sys.stderr)

@@ -235,3 +235,7 @@ class EdgeSettings:
     #: CA bundle (PEM) that origin's certificate must chain to when ``upstream`` is https
     #: (``--upstream-ca``); none: the system's trust store.
     upstream_ca_file: Path | None = None
+    #: When a manifest is fetched from origin, its blobs (config and layers) start filling
+    #: in the background, this many at once, largest first, so the client's blob GETs join
+    #: fills already running. 0 turns it off.
+    prefetch_blobs: int = 3

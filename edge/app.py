@@ -19,7 +19,7 @@ from core.endpoints import BaseEndpoint, BlobEndpoint, ManifestEndpoint
 from core.errors import NotFound, Unavailable, Unsupported
 from core.reference import Tag
 from core.web.app import create_app
-from core.web.blobs import BlobInfo, blob_response
+from core.web.blobs import BlobInfo, FileChunks, blob_response
 from core.web.manifests import manifest_response
 from core.web.response import RegistryResponse as Response
 from core.web.v2 import (
@@ -220,6 +220,11 @@ async def _counted(
             yield chunk
 
     async with stream.chunks(offset, length) as chunks:
+        if isinstance(chunks, FileChunks):
+            # Passed on as is: the connection layer sends it zero-copy where it can.
+            yield chunks
+            counter.inc(length)
+            return
         counted = count(chunks)
         try:
             yield counted

@@ -31,9 +31,11 @@ from typing import Any, TypeVar
 
 import trio
 
+from core.client.socket_body import SocketBody, receive_into
 from core.digest import Digest
 from core.errors import BlobUnknown, NameUnknown, RegistryError, Unavailable
 from core.reference import RepositoryName
+from core.web.file_body import FileChunks
 from edge.cache.spool import SpoolFile
 from edge.cache.store import EdgeCache
 from edge.upstream_types import Upstream, UpstreamBlob
@@ -44,9 +46,13 @@ T = TypeVar("T")
 
 WRITE_BATCH = 1 << 20  # most bytes per spool write (one thread hop)
 _QUEUED_BATCHES = 4
-#: Reads for clients: 1 MiB keeps throughput and bounds memory per stream (4 MiB reads held
-#: ~25 MiB per download and glibc kept it: 760 MiB idle after the edge benchmark).
-READ_SIZE = 1 << 20
+#: Socket bodies: most bytes per worker-thread hop (one buffer per fill), and how many make
+#: a hop return as soon as the socket is momentarily empty (readers see progress sooner).
+RECEIVE_BUFFER = 4 << 20
+RECEIVE_ENOUGH = 1 << 20
+#: A receiving thread gives control back this often while the upstream sends nothing (so
+#: the progress timeout and cancellation are checked).
+RECEIVE_WAIT = 0.2
 _MAX_PIECES = 512  # chunks per batch (os.writev takes at most IOV_MAX buffers)
 PROGRESS_TIMEOUT_SECONDS = 30.0
 
@@ -77,6 +83,7 @@ class _Fill:
         self.read_fd: int | None = None
         self._refs = 1  # the fill task, plus joiners not yet holding their own dup
         self._changed = trio.Event()
+        self.ended = trio.Event()  # the fill task is done, its spool adopted or gone
 
     def publish(self) -> None:
         self._changed.set()
@@ -135,49 +142,39 @@ class BlobStream:
         if not self._close.alive:
             raise RuntimeError("blob stream already read or closed")
         try:
-            yield _Chunks(self, offset, length)
+            if self._fill is None or self._fill.verified:
+                # All the bytes are in the file (cached, or a fill already verified): the
+                # connection layer may send them by sendfile. The descriptor is our own dup,
+                # so an eviction (unlink) or the spool's rename never disturbs it.
+                yield FileChunks(self._fd, offset, length, self._limiter)
+            else:
+                yield _SpoolTail(self, self._fill, offset, length)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._close, limiter=self._limiter)
 
 
-class _Chunks:
-    """Up to READ_SIZE per read; tails the spool while the fill runs."""
+class _SpoolTail(FileChunks):
+    """The bytes of a fill in progress: sent (by sendfile or streamed) as they reach the
+    spool. A range that reaches the end of the blob is held one byte short until the fill
+    is verified; a failed fill fails every reader."""
 
-    def __init__(self, stream: BlobStream, offset: int, length: int) -> None:
-        self._stream = stream
-        self._pos, self._remaining = offset, length
+    def __init__(self, stream: BlobStream, fill: _Fill, offset: int, length: int) -> None:
+        super().__init__(stream._fd, offset, length, stream._limiter)
+        self._fill = fill
         self._to_end = offset + length == stream.size
 
-    def __aiter__(self) -> _Chunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        stream, fill = self._stream, self._stream._fill
+    async def ready(self, offset: int, count: int) -> int:
+        fill, end = self._fill, self.offset + self.count
         while True:
-            if self._remaining == 0 and not self._to_end:
-                raise StopAsyncIteration  # a range short of the end needs no verification
-            if fill is not None and fill.failure is not None:
+            if fill.failure is not None:
                 raise fill.error()
-            verified = fill is None or fill.verified
-            durable = stream.size if fill is None else fill.durable
-            available = min(self._remaining, durable - self._pos)
-            if self._to_end and not verified:
-                available = min(available, self._remaining - 1)  # the last byte waits
+            available = min(count, fill.durable - offset)
+            if self._to_end and not fill.verified:
+                available = min(available, end - 1 - offset)  # the last byte waits
             if available > 0:
-                break
-            if self._remaining == 0 and verified:
-                raise StopAsyncIteration
-            assert fill is not None
+                return available
             await fill.changed()
-        data = await trio.to_thread.run_sync(
-            os.pread, stream._fd, min(available, READ_SIZE), self._pos, limiter=stream._limiter
-        )
-        if not data:
-            raise Unavailable("cached blob file ended early")
-        self._pos += len(data)
-        self._remaining -= len(data)
-        return data
 
 
 class Fills:
@@ -253,6 +250,17 @@ class Fills:
                 raise fill.error()
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def prefetch(
+        self, repository: RepositoryName, digest: Digest, *, upstream: Upstream | None = None
+    ) -> None:
+        """Fill ``digest`` unless it is cached or filling already (then that flight is the
+        one); return when that flight ended, whatever its outcome (a failure is logged by
+        the flight, and the next ``open`` starts afresh)."""
+        fill = self._in_flight.get(digest)
+        if fill is None:
+            fill = self._start(self._upstream if upstream is None else upstream, repository, digest)
+        await fill.ended.wait()
+
     def _start(self, upstream: Upstream, repository: RepositoryName, digest: Digest) -> _Fill:
         fill = _Fill(upstream, repository, digest, self._clock())
         self._nursery.start_soon(self._run, fill)  # raises if the process is stopping
@@ -301,6 +309,7 @@ class Fills:
                     with trio.CancelScope(shield=True):
                         await self._thread(fill.spool.finish, adopted)
             finally:
+                fill.ended.set()
                 self._running -= 1
                 self._ended.set()
                 self._ended = trio.Event()
@@ -330,12 +339,64 @@ class Fills:
             fill.spool = await self._thread(SpoolFile.create, self._cache.spool_path(fill.digest))
             fill.size, fill.read_fd = blob.size, fill.spool.read_fd
             fill.publish()
-            await self._stream(fill, blob, hasher)
+            if blob.socket_body is not None:
+                await self._receive(fill, blob.socket_body, hasher)
+            else:
+                await self._stream(fill, blob, hasher)
         if fill.durable != blob.size:
             raise Unavailable(f"upstream body ended at byte {fill.durable} of {blob.size}")
         if hasher.hexdigest() != fill.digest.encoded:
             raise Unavailable("upstream body does not match its digest")
         await self._thread(fill.spool.sync)
+
+    async def _receive(self, fill: _Fill, body: SocketBody, hasher: hashlib._Hash) -> None:
+        """Upstream socket → spool in worker threads, up to RECEIVE_BUFFER per hop: one
+        thread receives into one buffer while another hashes and writes the other (each
+        step releases the GIL), so the event loop only publishes progress. ~4 copies per
+        byte fewer than through httpx (core/client/socket_body.py)."""
+        spool = fill.spool
+        assert spool is not None
+        if body.leftover:
+            self._appended(fill, await self._thread(spool.write, [body.leftover], hasher))
+        size = max(1, min(RECEIVE_BUFFER, body.length))
+        buffers = [memoryview(bytearray(size)), memoryview(bytearray(size))]
+        remaining = body.length - len(body.leftover)
+        last_progress = trio.current_time()
+        pending: memoryview | None = None  # received, not yet hashed and written
+        turn = 0
+        while remaining or pending is not None:
+            view = buffers[turn][: min(size, remaining)]
+            received = 0
+
+            async def receive(view: memoryview = view) -> None:
+                nonlocal received
+                if view:
+                    received = await self._thread(
+                        receive_into, body.fd, view, RECEIVE_ENOUGH, RECEIVE_WAIT
+                    )
+
+            async def write(piece: memoryview | None = pending) -> None:
+                if piece is not None:
+                    self._appended(fill, await self._thread(spool.write, [piece], hasher))
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(write)
+                    await receive()
+            except (OSError, EOFError) as exc:
+                raise Unavailable(f"upstream body ended at byte {fill.durable}: {exc}") from exc
+            pending = None
+            if received:
+                last_progress = trio.current_time()
+                remaining -= received
+                pending, turn = view[:received], 1 - turn
+            elif remaining and trio.current_time() - last_progress >= self._progress_timeout:
+                raise Unavailable(f"upstream sent nothing for {self._progress_timeout:g} s")
+
+    def _appended(self, fill: _Fill, written: int) -> None:
+        fill.durable += written
+        self._bytes += written
+        fill.publish()
 
     async def _stream(self, fill: _Fill, blob: UpstreamBlob, hasher: hashlib._Hash) -> None:
         """Upstream → batches → spool, the reading and the writing overlapped."""
@@ -398,9 +459,6 @@ class Fills:
         with receive:
             try:
                 async for batch in receive:
-                    written = await self._thread(fill.spool.write, batch, hasher)
-                    fill.durable += written
-                    self._bytes += written
-                    fill.publish()
+                    self._appended(fill, await self._thread(fill.spool.write, batch, hasher))
             except Exception as exc:
                 failures.append(exc)

@@ -28,7 +28,7 @@ gets 503 with ``Retry-After`` at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -37,7 +37,7 @@ import trio
 from config.settings import EdgeSettings
 from core.digest import Digest, sha256_of
 from core.errors import BlobUnknown, DigestInvalid, ManifestInvalid, ManifestUnknown, Unavailable
-from core.manifest import parse_manifest
+from core.manifest import Descriptor, parse_manifest
 from core.reference import RepositoryName, Tag
 from edge.breaker import CircuitBreaker, CircuitOpen, State
 from edge.cache.store import EdgeCache
@@ -93,6 +93,9 @@ class PullThrough:
         self._breaker = breaker if breaker is not None else CircuitBreaker()
         self._nursery = nursery
         self._revalidating: set[tuple[RepositoryName, Tag]] = set()
+        # Shared by every prefetch of this upstream: FIFO, so the largest blob of the first
+        # manifest starts first.
+        self._prefetching = trio.CapacityLimiter(max(1, settings.prefetch_blobs))
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -113,6 +116,14 @@ class PullThrough:
         return ServedManifest(fetched.digest, fetched.media_type, fetched.payload)
 
     async def _manifest_by_tag(self, repository: RepositoryName, tag: Tag) -> ServedManifest:
+        now = self._clock()
+        window = self._settings.tag_freshness_seconds
+        hot = self._cache.fresh_tag(repository, tag, now, window)
+        if hot is not None:  # warm: from memory, no thread hop (manifests are kept hot too)
+            cached = await self._cache.get_manifest(repository, hot.digest)
+            if cached is not None:
+                self._metrics.cache_hits.labels("tag").inc()
+                return ServedManifest(hot.digest, cached[0], cached[1])
         entry = await self._cache.get_tag(repository, tag)
         now = self._clock()
         stale: ServedManifest | None = None
@@ -232,7 +243,40 @@ class PullThrough:
         if parsed is not None:
             links += [d.digest for d in (*parsed.blobs, *parsed.manifests)]
         await self._cache.add_links(repository, links)
+        if parsed is not None and parsed.blobs and not parsed.manifests:
+            self._prefetch(repository, parsed.blobs)
         return fetched
+
+    def _prefetch(self, repository: RepositoryName, blobs: Sequence[Descriptor]) -> None:
+        """An image manifest came from the upstream: its client asks for these blobs next
+        (three at a time), so fill them now, in the background, largest first. (An index's
+        client asks for its platform's child manifest next: that fetch prefetches.) Only
+        what the cache will keep: a blob too large to cache would be fetched twice."""
+        if (
+            self._nursery is None
+            or self._settings.prefetch_blobs <= 0
+            or self._breaker.state is not State.CLOSED
+        ):
+            return
+        wanted = sorted(
+            (b for b in blobs if b.size <= self._cache.max_blob_bytes),
+            key=lambda b: b.size,
+            reverse=True,
+        )
+        try:
+            for blob in dict.fromkeys(b.digest for b in wanted):
+                self._nursery.start_soon(self._prefetch_one, repository, blob)
+        except RuntimeError:
+            return  # the process is stopping: nothing new starts
+
+    async def _prefetch_one(self, repository: RepositoryName, digest: Digest) -> None:
+        async with self._prefetching:
+            try:
+                if await self._cache.blob_size(digest) is not None:
+                    return  # cached: not a use, so not counted as one
+                await self._fills.prefetch(repository, digest, upstream=self._upstream)
+            except Exception:  # a background task must not end the process
+                log.exception("prefetch of %s failed", digest)
 
     async def forget_tag(self, repository: RepositoryName, tag: Tag) -> None:
         """A manifest PUT or DELETE went through this edge: stop answering the old digest."""

@@ -61,7 +61,7 @@ class OriginUpstream:
             async with self._client.open_blob(repository, digest) as blob:
                 chunks = _mapped(blob.chunks)
                 try:
-                    yield UpstreamBlob(blob.length, chunks)
+                    yield UpstreamBlob(blob.length, chunks, blob.socket_body)
                 finally:
                     await chunks.aclose()
 

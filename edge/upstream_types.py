@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from core.client.socket_body import SocketBody
 from core.digest import Digest
 from core.reference import RepositoryName, Tag
 
@@ -21,6 +22,8 @@ from core.reference import RepositoryName, Tag
 class UpstreamBlob:
     size: int  # from Content-Length; the fill checks it against the bytes received
     chunks: AsyncIterator[bytes]
+    #: The body as a socket the fill reads in a worker thread instead of ``chunks``.
+    socket_body: SocketBody | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from core.client.exchange import Exchange
 from core.client.failures import MAX_ERROR_BYTES, transport_boundary
 from core.client.http import DEFAULT_MAX_CONNECTIONS, closing_generator, open_http_client
 from core.client.listings import Referrers
+from core.client.socket_body import SocketBody, take_socket_body
 from core.client.uploads import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_RESUME_ATTEMPTS,
@@ -74,6 +75,9 @@ class BlobStream:
     length: int  # bytes ``chunks`` yield
     size: int | None  # the whole blob (None when a 206 did not say)
     chunks: AsyncIterator[bytes]
+    #: The same body as a socket to read instead of ``chunks`` (never both), where it is
+    #: plain-TCP HTTP/1.1 with a Content-Length: core/client/socket_body.py.
+    socket_body: SocketBody | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +273,8 @@ class RegistryClient:
                     raise RangeInvalid(f"{digest} has {length} bytes, fewer than {offset}")
                 skip, length = offset, length - offset
             chunks = _raw_chunks(response, self.host, skip)
-            yield BlobStream(offset, length, size, chunks)
+            socket_body = None if skip else take_socket_body(response, length)
+            yield BlobStream(offset, length, size, chunks, socket_body)
         finally:
             if chunks is not None:
                 await closing_generator(chunks).aclose()

@@ -239,7 +239,7 @@ async def _send_chunk(send: ASGISendCallable, data: bytes | str) -> None:
 async def _send_file(send: ASGISendCallable, file: FileChunks) -> None:
     offset, end = file.offset, file.offset + file.count
     while offset < end:
-        count = min(ZERO_COPY_WINDOW, end - offset)
+        count = await file.ready(offset, min(ZERO_COPY_WINDOW, end - offset))
         message = {
             "type": ZERO_COPY,
             "file": file,

@@ -73,6 +73,8 @@ THREADS = 8
 META_SIZE_LIMIT = 256 << 20
 #: Manifests kept in memory as well (the rest are read from disk).
 HOT_MANIFEST_BYTES = 32 << 20
+#: Tag entries kept in memory, answered from there only while fresh (see fresh_tag).
+HOT_TAGS = 16384
 
 _BLOB, _MANIFEST, _TAG, _LINK = "blob:", "manifest:", "tag:", "link:"
 _MEDIA_TYPE = "mediatype:"
@@ -138,6 +140,9 @@ class EdgeCache:
         )
         self._hot_links: Lru[str, bool] = Lru(262144, None)
         self._hot_media_types: Lru[str, str] = Lru(65536, None)
+        # tag key -> entry. Every method that drops tag entries must drop them here too
+        # (drop_tag, purge; or call forget_hot_tags).
+        self._hot_tags: Lru[str, TagEntry] = Lru(HOT_TAGS, None)
         self.namespace = ""  # of tags and links; "" for the origin's
         # meta key → (what the event said: the edge's POSIX time for tags, or None for
         # links; trio time it was set), shared by the namespaced views (keys differ).
@@ -308,12 +313,29 @@ class EdgeCache:
             await self._run(partial(self._meta.set, key, media_type, retry=True))
             self._hot_media_types.put(key, media_type)
 
-    async def get_tag(self, repository: RepositoryName, tag: Tag) -> TagEntry | None:
-        # Not kept in memory: `edge cache purge` from another process must drop tags at once.
-        text = await self._run(partial(self._meta.get, self._tag_key(repository, tag), retry=True))
-        if text is None:
+    def fresh_tag(
+        self, repository: RepositoryName, tag: Tag, now: float, window: float
+    ) -> TagEntry | None:
+        """The tag's entry from memory if it was confirmed less than ``window`` seconds
+        before ``now``: a warm tag is answered without a thread hop or the disk. Anything
+        else (older, unknown) is :meth:`get_tag`'s. So a purge by another process reaches
+        a running edge's tags within the freshness window."""
+        entry = self._hot_tags.get(self._tag_key(repository, tag))
+        if entry is None or not 0 <= now - entry.fetched_at < window:
             return None
-        return _decode_tag(str(text))
+        return entry
+
+    async def get_tag(self, repository: RepositoryName, tag: Tag) -> TagEntry | None:
+        # Read from disk: `edge cache purge` from another process must drop tags there at
+        # once (memory answers only fresh entries: fresh_tag).
+        key = self._tag_key(repository, tag)
+        text = await self._run(partial(self._meta.get, key, retry=True))
+        entry = None if text is None else _decode_tag(str(text))
+        if entry is None:
+            self._hot_tags.pop(key)
+        else:
+            self._hot_tags.put(key, entry)
+        return entry
 
     async def put_tag(
         self,
@@ -330,9 +352,16 @@ class EdgeCache:
         fields = {"digest": str(digest), "media_type": media_type, "fetched_at": fetched_at}
         text = json.dumps(fields)
         await self._run(partial(self._meta.set, key, text, retry=True))
+        self._hot_tags.put(key, TagEntry(digest, media_type, fetched_at))
 
     async def drop_tag(self, repository: RepositoryName, tag: Tag) -> None:
-        await self._run(partial(self._meta.delete, self._tag_key(repository, tag), retry=True))
+        key = self._tag_key(repository, tag)
+        self._hot_tags.pop(key)
+        await self._run(partial(self._meta.delete, key, retry=True))
+
+    def forget_hot_tags(self) -> None:
+        """Drop every tag entry held in memory (the disk still has them)."""
+        self._hot_tags.clear()
 
     async def add_links(self, repository: RepositoryName, digests: Iterable[Digest]) -> None:
         keys = [self._link_key(repository, digest) for digest in digests]
@@ -391,7 +420,10 @@ class EdgeCache:
     async def stale_tags(self) -> int:
         """Make every tag of this namespace stale (revalidated on its next request; still
         served stale while the upstream fails); how many."""
-        return await self._run(self._stale_tags)
+        self._hot_tags.clear()  # memory answers only fresh entries: none are now
+        changed = await self._run(self._stale_tags)
+        self._hot_tags.clear()  # a request that read a tag meanwhile may have put it back
+        return changed
 
     def _stale_tags(self) -> int:
         changed = 0
@@ -480,6 +512,7 @@ class EdgeCache:
         self._hot_manifests.clear()
         self._hot_links.clear()
         self._hot_media_types.clear()
+        self._hot_tags.clear()
         meta = await self._run(partial(self._meta.clear, retry=True))
         return int(await self._run(partial(self._cache.clear, retry=True))) + int(meta)
 

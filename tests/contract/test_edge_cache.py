@@ -319,3 +319,45 @@ async def test_concurrent_tasks(edge_dir: Path) -> None:
             assert stats.blobs == 24 and stats.evictions == 0
     finally:
         cache.close()
+
+
+async def test_fresh_tags_are_answered_from_memory_and_dropped_with_the_tag(
+    cache: EdgeCache, edge_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        digest = sha256_of(b"{}")
+        other = cache.namespaced("docker.io")
+        assert cache.fresh_tag(APP, V1, 100.0, 30) is None
+        await cache.put_tag(APP, V1, digest, mediatypes.OCI_MANIFEST, 100.0)
+        # Synchronous: no thread, no disk. Fresh only inside the window.
+        hot = cache.fresh_tag(APP, V1, 110.0, 30)
+        assert hot is not None and (hot.digest, hot.fetched_at) == (digest, 100.0)
+        assert cache.fresh_tag(APP, V1, 130.0, 30) is None
+        assert cache.fresh_tag(APP, V1, 99.0, 30) is None  # a clock that went back
+        assert other.fresh_tag(APP, V1, 110.0, 30) is None  # another upstream's name
+
+        await cache.drop_tag(APP, V1)
+        assert cache.fresh_tag(APP, V1, 110.0, 30) is None
+        assert await cache.get_tag(APP, V1) is None
+
+        await cache.put_tag(APP, V1, digest, mediatypes.OCI_MANIFEST, 100.0)
+        await cache.purge()
+        assert cache.fresh_tag(APP, V1, 110.0, 30) is None
+
+        # Dropped by another process: memory keeps it until the disk is read again.
+        await cache.put_tag(APP, V1, digest, mediatypes.OCI_MANIFEST, 100.0)
+        elsewhere = EdgeCache.open(edge_dir, recover=False)
+        try:
+            await elsewhere.drop_tag(APP, V1)
+        finally:
+            elsewhere.close()
+        assert cache.fresh_tag(APP, V1, 110.0, 30) is not None
+        assert await cache.get_tag(APP, V1) is None
+        assert cache.fresh_tag(APP, V1, 110.0, 30) is None
+
+        await cache.put_tag(APP, V1, digest, mediatypes.OCI_MANIFEST, 100.0)
+        cache.forget_hot_tags()
+        assert cache.fresh_tag(APP, V1, 110.0, 30) is None
+        entry = await cache.get_tag(APP, V1)
+        assert entry is not None and entry.digest == digest
+        assert cache.fresh_tag(APP, V1, 110.0, 30) is not None  # read back into memory

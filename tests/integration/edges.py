@@ -56,6 +56,9 @@ async def start_edge(
         "cache_dir": directory / "cache",
         "upstream_token_file": token_file,
         "base_domain": BASE_DOMAIN,
+        # These suites study cold blobs after manifest GETs: no prefetch unless a test
+        # asks (tests/integration/test_edge_prefetch.py).
+        "prefetch_blobs": 0,
         **overrides,
     }
     settings = EdgeSettings(**fields)
