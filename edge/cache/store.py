@@ -331,7 +331,9 @@ class EdgeCache:
         key = self._tag_key(repository, tag)
         text = await self._run(partial(self._meta.get, key, retry=True))
         entry = None if text is None else _decode_tag(str(text))
-        if entry is None:
+        if entry is None or self._tombstone(key) is not None:
+            # Dropped (or dropped by origin's event feed while this read ran: what it read
+            # may be the old entry, which memory must not answer as fresh afterwards).
             self._hot_tags.pop(key)
         else:
             self._hot_tags.put(key, entry)
