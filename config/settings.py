@@ -94,6 +94,24 @@ class OriginSettings:
     aws_session_token: str = field(
         default="", repr=False, metadata={"environ": "AWS_SESSION_TOKEN"}
     )
+    #: The event log edges follow (``/api/v1/events``) keeps events this long and at most
+    #: this many; an edge further behind revalidates everything it holds.
+    events_retention_seconds: float = 7 * 86400
+    events_retention_count: int = 1_000_000
+    #: How often expiries (tokens, builds) are recorded and the log pruned.
+    events_housekeeping_interval_seconds: float = 15
+    #: How often a process looks for events other origin processes appended (its own wake
+    #: its long polls at once).
+    events_poll_interval_seconds: float = 0.5
+    #: ``redis://HOST:PORT/DB``: failed-credential limits per client shared by every origin
+    #: using it (``--redis-url``, ``DEPOT_ORIGIN_REDIS_URL``); empty: per process. Redis
+    #: down: per process again, logged.
+    redis_url: str = ""
+    #: Redirect mode (off by default): a blob GET that a client is allowed to make is
+    #: answered 307 to a presigned URL of the S3 store, valid ``storage_redirect_seconds``;
+    #: the client (an edge) fetches the bytes from the store. Ignored on the filesystem.
+    storage_redirect: bool = False
+    storage_redirect_seconds: float = 300
 
     #: Serve HTTPS (``--tls-cert``/``--tls-key``, ``DEPOT_ORIGIN_TLS_CERT_FILE``...): the
     #: certificate chain and its private key, PEM. Neither: plain HTTP.
@@ -204,6 +222,13 @@ class EdgeSettings:
     #: A region's fill lock on a digest expires this long after its holder last renewed it
     #: (a dead leader's fills are taken over after it).
     region_lock_seconds: float = 5
+    #: Follow origin's event feed (edge/events/): tags, deletions, revocations and
+    #: visibility changes act at once instead of after their freshness windows.
+    events: bool = True
+    #: How long one long poll of the feed waits at origin for an event. Below
+    #: ``upstream_deadline_seconds``: through a shield edge, the poll is a pass-through read
+    #: whose answer must start within that deadline.
+    events_wait_seconds: float = 8
     #: Serve HTTPS (``--tls-cert``/``--tls-key``): the certificate chain and its key, PEM.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None

@@ -21,6 +21,7 @@
     │   ├── Unsupported                   405 UNSUPPORTED
     │   ├── NotFound                      404 NOT_FOUND       (no such endpoint or object)
     │   ├── Conflict                      409 CONFLICT        (management API: name taken)
+    │   ├── Gone                          410 GONE            (an event feed position pruned)
     │   ├── RequestTimeout                408 REQUEST_TIMEOUT (no request body byte in time)
     │   ├── TooManyRequests               429 TOOMANYREQUESTS
     │   ├── Unavailable                   503 UNAVAILABLE     (a dependency failed: retry later)
@@ -149,6 +150,13 @@ class NotFound(RegistryError):
 
 class Conflict(RegistryError):
     code, status, default_message = "CONFLICT", 409, "the name is already taken"
+
+
+class Gone(RegistryError):
+    """What was asked for existed once and no longer does: an event feed position older
+    than the log keeps (the follower must revalidate everything it holds)."""
+
+    code, status, default_message = "GONE", 410, "the requested position is no longer kept"
 
 
 class RequestTimeout(RegistryError):

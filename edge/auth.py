@@ -19,6 +19,11 @@ edge's ``/token``, which forwards to origin. What is the edge's own is how it le
 - Legacy project ids are resolved by asking origin which org holds the project.
 - The edge serves reads only. Any other method is passed to origin with the client's own
   ``Authorization``: then the gate only resolves names and origin decides.
+- What origin's event feed said (:class:`edge.events.revocations.Revocations`) applies to
+  every grant, verified or exchanged, cached or not: one whose long-lived token (its
+  ``parent``) was revoked is refused, and access to a repository made private that came
+  only from its being public is dropped. The follower also drops cached exchanges
+  (:meth:`EdgeGate.forget_parent`, :meth:`EdgeGate.forget_repository`).
 - Mirrored upstreams (:meth:`EdgeGate.authorize_mirror`) are decided here alone, on a
   :class:`~core.auth.access.Mirror` resource: who the credentials stand for (a verified
   bearer token, or Basic credentials exchanged at origin: their kind and orgs, not their
@@ -49,6 +54,7 @@ from core.auth.tokens import MAX_TOKEN_LENGTH, Grant, verify_grant
 from core.endpoints import Kind
 from core.errors import Unauthorized, Unavailable
 from core.reference import RepositoryName
+from edge.events.revocations import Revocations
 
 log = logging.getLogger("depot.edge.auth")
 
@@ -108,6 +114,16 @@ class _Expiring:
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
 
+    def drop(self, matches: Callable[[str, Any], bool]) -> int:
+        """Remove the entries ``matches(key, value)`` says; how many."""
+        doomed = [key for key, (value, _) in self._entries.items() if matches(key, value)]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
 
 class EdgeGate:
     def __init__(
@@ -121,6 +137,7 @@ class EdgeGate:
         clock: Callable[[], float] = time.time,
         jwks_refresh_seconds: float = JWKS_REFRESH_SECONDS,
         kid_refetch_seconds: float = KID_REFETCH_SECONDS,
+        revocations: Revocations | None = None,
     ) -> None:
         """``clock`` is wall time (token expiry); throttles use trio's clock."""
         self._origin = origin
@@ -138,6 +155,27 @@ class EdgeGate:
         self._grants = _Expiring(CACHE_SIZE)
         self._refused = _Expiring(CACHE_SIZE)
         self._exchanges: dict[str, trio.Lock] = {}
+        self.revocations = revocations if revocations is not None else Revocations()
+
+    # -- what origin's event feed said -------------------------------------------------------
+
+    def forget_parent(self, parent: str) -> int:
+        """Drop cached exchanges of the long-lived token ``parent`` (revoked)."""
+        return self._grants.drop(lambda _, cached: cached[0].parent == parent)
+
+    def forget_repository(self, repository: str) -> int:
+        """Drop cached exchanges that decided anything about ``repository`` (its
+        visibility changed), and every anonymous one."""
+
+        def decided(key: str, cached: tuple[Grant, float]) -> bool:
+            anonymous = key.startswith("-\n")
+            return anonymous or any(access.name == repository for access in cached[0].access)
+
+        return self._grants.drop(decided)
+
+    def forget_all(self) -> None:
+        """Drop every cached exchange (the follower lost track: revalidate everything)."""
+        self._grants.clear()
 
     # -- origin's keys -------------------------------------------------------------------
 
@@ -284,20 +322,26 @@ class EdgeGate:
         self, view: RequestView, required: Sequence[Access], names: Mapping[str, RepositoryName]
     ) -> rules.Presented:
         credentials = parse_authorization(view.authorization)
+        revocations = self.revocations
         if credentials is not None and credentials.scheme == rules.BEARER:
             try:
-                return rules.Presented(rules.BEARER, await self._verify(credentials.secret))
+                grant = await self._verify(credentials.secret)
             except Unauthorized:
                 return rules.Presented(rules.BEARER, None, "invalid_token")
+            if revocations.refuses(grant):
+                return rules.Presented(rules.BEARER, None, "invalid_token")
+            return rules.Presented(rules.BEARER, revocations.restrict(grant))
         if credentials is not None and credentials.scheme == rules.BASIC:
             if not credentials.secret:
                 raise rules.invalid_credentials()
-            return rules.Presented(
-                rules.BASIC, await self._exchange(credentials.secret, view, required)
-            )
+            grant = await self._exchange(credentials.secret, view, required)
+            if revocations.refuses(grant):  # a cached exchange, origin down: still refused
+                raise rules.invalid_credentials()
+            return rules.Presented(rules.BASIC, revocations.restrict(grant))
         # Anonymous (or a scheme we do not take): origin would still serve public repositories.
         if any(access.type == "repository" and access.name in names for access in required):
-            return rules.Presented(rules.NONE, await self._exchange(None, view, required))
+            grant = await self._exchange(None, view, required)
+            return rules.Presented(rules.NONE, revocations.restrict(grant))
         return rules.Presented(rules.NONE, None)
 
     async def _exchange(

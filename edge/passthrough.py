@@ -214,6 +214,11 @@ class PassThrough:
                 clock=clock,
             )
 
+    @property
+    def memory(self) -> TokenMemory:
+        """The remembered ``/token`` answers (the event follower makes it forget)."""
+        return self._memory
+
     def client_of(self, request: Request) -> str:
         """The client's address (behind trusted proxies: the one they name)."""
         return client_address(

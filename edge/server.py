@@ -22,6 +22,11 @@ from edge.app import EdgeServices, create_edge_app
 from edge.auth import EdgeGate
 from edge.breaker import CircuitBreaker, State
 from edge.cache.store import CacheStats, EdgeCache
+from edge.events.actions import EventActions
+from edge.events.feed_client import FeedClient
+from edge.events.follower import Follower
+from edge.events.position import state_path
+from edge.events.revocations import Revocations
 from edge.fill import Fills
 from edge.metrics import EdgeMetrics
 from edge.mirror.config import default_mirror, log_access, site_specs
@@ -98,6 +103,33 @@ def _region_gauges(metrics: EdgeMetrics, region: Region, regional: RegionalUpstr
     )
 
 
+async def _follow_events(root: trio.Nursery, follower: Follower, metrics: EdgeMetrics) -> None:
+    """Start following origin's event feed (edge/events/), with its gauges."""
+    stats = follower.stats
+    metrics.gauge(
+        "depot_edge_events_position", "Last origin event acted on", lambda: float(stats.last)
+    )
+    metrics.gauge(
+        "depot_edge_events_applied", "Origin events acted on", lambda: float(stats.applied)
+    )
+    metrics.gauge(
+        "depot_edge_events_revalidations",
+        "Times everything cached was revalidated (first start, or behind origin's log)",
+        lambda: float(stats.revalidations),
+    )
+    metrics.gauge(
+        "depot_edge_events_lag_seconds",
+        "From origin appending the last event to this edge acting on it",
+        lambda: stats.lag_seconds,
+    )
+    metrics.gauge(
+        "depot_edge_events_connected",
+        "1 while origin's event feed answers",
+        lambda: float(stats.connected),
+    )
+    await root.start(follower.run)
+
+
 async def serve(
     settings: EdgeSettings,
     sock: socket.socket,
@@ -143,8 +175,10 @@ async def serve(
                 clock=clock,
             ) as passthrough,
             open_region(settings, token, bound_url(sock, tls=tls is not None)) as region,
+            FeedClient.open(settings.upstream, token, verify=trust) as feed,
             trio.open_nursery() as root,
         ):
+            revocations = Revocations()  # what origin's event feed says, for the gate
             gate = EdgeGate(
                 control,
                 base_domain=settings.base_domain,
@@ -152,6 +186,7 @@ async def serve(
                 token_issuer=settings.token_issuer,
                 clock=clock,
                 jwks_refresh_seconds=settings.jwks_refresh_seconds,
+                revocations=revocations,
             )
             await root.start(gate.run)
             # In a region, blob bytes come from a peer edge or, once per region, upstream.
@@ -237,6 +272,19 @@ async def serve(
             for spec in specs:
                 mirrors[spec.name] = make_site(spec)
                 closing.append(mirrors[spec.name].aclose)
+            if settings.events:
+                await _follow_events(
+                    root,
+                    Follower(
+                        feed,
+                        EventActions(cache, gate, passthrough.memory, orgs, clock),
+                        revocations,
+                        state_path(settings.cache_dir),
+                        wait_seconds=settings.events_wait_seconds,
+                        clock=clock,
+                    ),
+                    metrics,
+                )
 
             def router(origin: V2Routes) -> Chooser:
                 return Router(

@@ -8,16 +8,24 @@ memory, with ``expires_in`` counting down, so a node that was not logged in yet 
 pull what the edge has cached. When origin answers, memory is never consulted: revocations
 and new grants take effect at once.
 
+What origin's event feed says makes memory forget (``edge/events/``): the answers whose
+token was issued for a long-lived token since revoked (:meth:`TokenMemory.forget_parent`),
+and those granting anything on a repository whose visibility changed
+(:meth:`TokenMemory.forget_repository`). What a token says is read from its claims without
+verifying them: only the edge's own memory is at stake, and origin signed what it remembers.
+
 Pure bookkeeping: the caller says what time it is (POSIX seconds, the tokens' clock).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +40,8 @@ DEFAULT_EXPIRES_IN_SECONDS = 60
 class _Remembered:
     document: dict[str, Any]
     expires_at: float
+    parent: str | None = None  # the long-lived token the remembered token was issued for
+    repositories: frozenset[str] = frozenset()  # what its access claim names
 
 
 def question_key(
@@ -71,11 +81,29 @@ class TokenMemory:
             return False
         if not math.isfinite(expires_in) or expires_in < MIN_LIFETIME_SECONDS:
             return False
-        self._entries[key] = _Remembered(document, now + expires_in)
+        parent, repositories = _claims_of(token)
+        self._entries[key] = _Remembered(document, now + expires_in, parent, repositories)
         self._entries.move_to_end(key)
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
         return True
+
+    def forget_parent(self, parent: str) -> int:
+        """Forget the answers for long-lived token ``parent`` (revoked); how many."""
+        return self._forget(lambda entry: entry.parent == parent)
+
+    def forget_repository(self, repository: str) -> int:
+        """Forget the answers naming ``repository`` (its visibility changed); how many."""
+        return self._forget(lambda entry: repository in entry.repositories)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def _forget(self, matches: Callable[[_Remembered], bool]) -> int:
+        doomed = [key for key, entry in self._entries.items() if matches(entry)]
+        for key in doomed:
+            del self._entries[key]
+        return len(doomed)
 
     def recall(self, key: str, now: float) -> bytes | None:
         """The remembered answer, ``expires_in`` set to what is left; None when there is
@@ -89,3 +117,25 @@ class TokenMemory:
             return None
         self._entries.move_to_end(key)
         return json.dumps({**entry.document, "expires_in": left}).encode()
+
+
+def _claims_of(token: str) -> tuple[str | None, frozenset[str]]:
+    """The ``parent`` claim and the repositories of the ``access`` claim of a JWT, read
+    without verification; nothing for anything else."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None, frozenset()
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None, frozenset()
+    if not isinstance(claims, dict):
+        return None, frozenset()
+    parent = claims.get("parent")
+    access = claims.get("access")
+    names = frozenset(
+        entry["name"]
+        for entry in (access if isinstance(access, list) else [])
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str)
+    )
+    return (parent if isinstance(parent, str) else None), names

@@ -44,6 +44,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--storage-url", help="where blobs live: file://DIR or s3://BUCKET?endpoint=...&region=..."
     )
     serve_cmd.add_argument(
+        "--redis-url", help="redis://HOST:PORT/DB: rate limits shared by every origin using it"
+    )
+    serve_cmd.add_argument(
         "--no-auth",
         action="store_true",
         help="anonymous push and pull, for local experiments; loopback addresses only",
@@ -60,6 +63,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     worker.add_argument("--data-dir", type=Path)
     worker.add_argument("--config", type=Path)
     worker.add_argument("--storage-url")
+    worker.add_argument("--redis-url")
     worker.add_argument("--no-auth", action="store_true")
     worker.add_argument("--base-domain")
     add_tls_flags(worker)
@@ -78,6 +82,7 @@ def _settings(args: argparse.Namespace) -> OriginSettings:
         "data_dir": args.data_dir,
         "workers": getattr(args, "workers", None),
         "storage_url": getattr(args, "storage_url", None),
+        "redis_url": getattr(args, "redis_url", None),
         "auth": False if getattr(args, "no_auth", False) else None,
         "base_domain": getattr(args, "base_domain", None),
         "tls_cert_file": getattr(args, "tls_cert", None),
@@ -121,6 +126,8 @@ def _serve_many(settings: OriginSettings, sock: socket.socket, args: argparse.Na
         command += ["--config", str(args.config)]
     if getattr(args, "storage_url", None):
         command += ["--storage-url", args.storage_url]
+    if getattr(args, "redis_url", None):
+        command += ["--redis-url", args.redis_url]
     if not settings.auth:
         command += ["--no-auth"]
     if getattr(args, "base_domain", None):

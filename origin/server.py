@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import httpx
 import trio
@@ -25,22 +26,27 @@ from core.web.tls import server_tls_context
 from origin.app import create_origin_app
 from origin.auth.gate import Gate
 from origin.auth.issuer import TokenIssuer
-from origin.auth.keys import KeyRing
+from origin.auth.keys import KeyRing, shared_key_ring
 from origin.auth.oidc import OidcVerifier
 from origin.auth.ratelimit import CredentialFailures
+from origin.auth.shared_failures import RedisFailureLog
 from origin.auth.store import TenancyStore
 from origin.builds.metering import Metering
 from origin.builds.service import BuildService
 from origin.builds.store import BuildStore
+from origin.events.feed import EventFeed
 from origin.metadata.database import Database
 from origin.metadata.store import MetadataStore
 from origin.metrics import OriginMetrics
 from origin.registry.registry import Registry
 from origin.registry.uploads import UploadLimits
-from origin.retention.gc import ExtraRoots, collect
+from origin.retention.gc import ExtraRoots, GcReport, collect
 from origin.storage import open_storage
 from origin.upstreams.cipher import DEFAULT_KEY_FILE, CredentialCipher
 from origin.upstreams.store import UpstreamStore
+
+if TYPE_CHECKING:
+    import coredis
 
 log = logging.getLogger("depot.origin")
 #: The SQLite database in the data directory (when no ``database_url`` names another).
@@ -60,6 +66,7 @@ class Services:
     builds: BuildService
     metering: Metering
     upstreams: UpstreamStore
+    events: EventFeed
 
 
 def open_database(settings: OriginSettings) -> Database:
@@ -71,6 +78,17 @@ def open_database(settings: OriginSettings) -> Database:
         settings.resolved_database_url,
         busy_timeout_seconds=settings.database_busy_timeout_seconds,
     )
+
+
+async def _key_ring(
+    database: Database, settings: OriginSettings, clock: Callable[[], float]
+) -> KeyRing:
+    """Token-signing keys: in the data directory on SQLite (one host); in the database on
+    PostgreSQL, the same for every origin sharing it."""
+    directory = settings.data_dir / "keys"
+    if database.dialect != "postgresql":
+        return KeyRing.load(directory)
+    return await shared_key_ring(database, open_upstream_cipher(settings), directory, clock())
 
 
 def open_upstream_cipher(settings: OriginSettings) -> CredentialCipher:
@@ -111,8 +129,33 @@ async def open_registry(
 
 
 @asynccontextmanager
+async def open_redis(url: str) -> AsyncIterator[coredis.Redis[bytes] | None]:
+    """The process's one Redis client (None without ``redis_url``), entered here, in the
+    process's own main around serving: never inside quart-trio's lifespan. Unreachable at
+    start: None (per-process limits), logged."""
+    if not url:
+        yield None
+        return
+    import coredis  # only origins configured with Redis need it
+
+    client: coredis.Redis[bytes] = coredis.Redis.from_url(url, decode_responses=False)
+    entered = False
+    try:
+        async with client:
+            entered = True
+            yield client
+    except Exception as exc:
+        if entered:
+            raise
+        log.warning("Redis at %s unreachable at start (%s): limits per process", url, exc)
+        yield None
+
+
+@asynccontextmanager
 async def open_services(
-    settings: OriginSettings, clock: Callable[[], float] = time.time
+    settings: OriginSettings,
+    clock: Callable[[], float] = time.time,
+    redis: coredis.Redis[bytes] | None = None,
 ) -> AsyncIterator[Services]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = open_database(settings)
@@ -124,13 +167,16 @@ async def open_services(
             registry = registry_on(database, storage, clock, settings)
             tenancy = TenancyStore(database)
             build_store = BuildStore(database)
-            keys = KeyRing.load(settings.data_dir / "keys")
+            keys = await _key_ring(database, settings, clock)
             # One failed-credential limit for /token, /v2/ and /api/v1/.
             failures = CredentialFailures(
                 settings.token_failures_allowed,
                 settings.token_failure_window_seconds,
                 trusted_proxies=settings.trusted_proxies,
                 clock=clock,
+                shared=None
+                if redis is None
+                else RedisFailureLog(redis, settings.token_failure_window_seconds),
             )
             gate = Gate(settings, tenancy, keys, clock, failures=failures)
             oidc = OidcVerifier(
@@ -149,8 +195,18 @@ async def open_services(
                 price_per_gb_month=settings.storage_price_per_gb_month,
             )
             upstreams = UpstreamStore(database, open_upstream_cipher(settings))
+            events = EventFeed(database, settings, clock)
             yield Services(
-                database, registry, tenancy, keys, gate, issuer, builds, metering, upstreams
+                database,
+                registry,
+                tenancy,
+                keys,
+                gate,
+                issuer,
+                builds,
+                metering,
+                upstreams,
+                events,
             )
     finally:
         database.close()
@@ -160,8 +216,12 @@ async def housekeeping(registry: Registry, settings: OriginSettings) -> None:
     """Start-of-service cleanup. On a data directory of its own, everything temporary is
     abandoned (no other process serves it); on shared storage (an S3 bucket, several origins)
     only what the upload timeout already gave up is, so other origins' uploads survive."""
-    shared = settings.storage_url.startswith("s3://")
-    temporary = await registry.storage.clean_temporary(
+    # A PostgreSQL database means other origins may share the storage (a bucket, or one
+    # directory mounted on every host).
+    shared = settings.storage_url.startswith("s3://") or settings.resolved_database_url.startswith(
+        "postgresql"
+    )
+    temporary = await registry.uploads.clean_storage(
         settings.upload_timeout_seconds if shared else 0
     )
     purged = await registry.uploads.purge(settings.upload_timeout_seconds, orphans=True)
@@ -169,14 +229,47 @@ async def housekeeping(registry: Registry, settings: OriginSettings) -> None:
         log.info("cleaned %d temporary files and %d abandoned uploads", temporary, purged)
 
 
-async def _sweep_uploads(registry: Registry, settings: OriginSettings) -> None:
+async def once_across_origins(
+    database: Database | None, name: str, work: Callable[[], Awaitable[object]]
+) -> bool:
+    """Run one pass of background work unless another origin on the database is running
+    the same pass right now (then skip it: the next interval tries again). True if it ran."""
+    if database is None:
+        await work()
+        return True
+    async with database.exclusive(name) as mine:
+        if not mine:
+            log.info("%s: another origin is running this pass; skipped", name)
+            return False
+        await work()
+        return True
+
+
+async def _sweep_uploads(
+    registry: Registry, settings: OriginSettings, database: Database | None = None
+) -> None:
+    async def sweep() -> None:
+        await registry.uploads.purge(settings.upload_timeout_seconds, orphans=False)
+        await registry.uploads.clean_storage(settings.upload_timeout_seconds)
+
     while True:
         await trio.sleep(settings.upload_sweep_interval_seconds)
         try:
-            await registry.uploads.purge(settings.upload_timeout_seconds, orphans=False)
-            await registry.storage.clean_temporary(settings.upload_timeout_seconds)
+            await once_across_origins(database, "upload-sweep", sweep)
         except Exception:  # keep sweeping; the next round retries
             log.exception("upload sweep failed")
+
+
+async def _meter_periodically(
+    metering: Metering, settings: OriginSettings, database: Database | None = None
+) -> None:
+    """Accrue now and then every ``metering_interval_seconds``, one origin at a time."""
+    while True:
+        try:
+            await once_across_origins(database, "metering", metering.accrue)
+        except Exception:  # keep metering; the next round covers the gap
+            log.exception("metering round failed")
+        await trio.sleep(settings.metering_interval_seconds)
 
 
 async def collect_garbage_periodically(
@@ -187,29 +280,46 @@ async def collect_garbage_periodically(
     extra_roots: ExtraRoots | None = None,
     before: Callable[[], Awaitable[object]] | None = None,
     metrics: OriginMetrics | None = None,
+    database: Database | None = None,
 ) -> None:
     """Online garbage collection every ``gc_interval_seconds`` (safe beside other origins and
     ``depot-registry gc``: each deletion re-checks itself), abandoned uploads included.
-    ``extra_roots`` adds live saved builds as roots (``origin/retention/gc.py``)."""
-    while True:
-        await trio.sleep(settings.gc_interval_seconds)
-        try:
-            if before is not None:
-                await before()  # e.g. retire expired builds' tags: they are not roots
-            report = await collect(
+    ``extra_roots`` adds live saved builds as roots (``origin/retention/gc.py``). With
+    ``database``, one origin at a time runs a pass (the others skip theirs); the grace window
+    keeps what other origins are uploading right now (blobs not yet in a manifest, sessions
+    younger than the upload timeout: their rows are in the shared database)."""
+
+    reports: list[GcReport] = []
+
+    async def one_pass() -> None:
+        if before is not None:
+            # e.g. retire expired builds' tags: they are not roots
+            await once_across_origins(database, "build-retirement", before)
+        reports.append(
+            await collect(
                 registry,
                 now=clock(),
                 grace_seconds=settings.gc_grace_seconds,
                 extra_roots=extra_roots,
                 upload_timeout_seconds=settings.upload_timeout_seconds,
             )
+        )
+
+    while True:
+        await trio.sleep(settings.gc_interval_seconds)
+        try:
+            ran = await once_across_origins(database, "garbage-collection", one_pass)
         except Exception:  # keep collecting; the next round retries
             log.exception("garbage collection failed")
             if metrics is not None:
                 metrics.gc_runs.labels("failed").inc()
         else:
             if metrics is not None:
-                metrics.collected(report)
+                if ran and reports:
+                    metrics.collected(reports[-1])
+                else:  # another origin on the database ran this pass
+                    metrics.gc_runs.labels("skipped").inc()
+        reports.clear()
 
 
 @dataclass
@@ -239,7 +349,10 @@ async def serve(
     is what every service reads the time from (tests drive it forward).
     """
     tls = server_tls_context(settings.tls_cert_file, settings.tls_key_file)
-    async with open_services(settings, clock) as services:
+    async with (
+        open_redis(settings.redis_url) as redis,
+        open_services(settings, clock, redis) as services,
+    ):
         registry = services.registry
         if clean_at_start:
             await housekeeping(registry, settings)
@@ -264,9 +377,19 @@ async def serve(
             metering=services.metering,
             upstreams=services.upstreams,
             metrics=metrics,
+            events=services.events,
         )
+
+        async def trigger() -> None:
+            if shutdown_trigger is None:
+                await trio.sleep_forever()
+            else:
+                await shutdown_trigger()
+            services.events.close()  # long polls answer now instead of holding the drain
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_sweep_uploads, registry, settings)
+            await nursery.start(services.events.run)
+            nursery.start_soon(_sweep_uploads, registry, settings, services.database)
             if settings.gc_interval_seconds > 0:
                 nursery.start_soon(
                     partial(
@@ -276,9 +399,10 @@ async def serve(
                         clock=clock,
                         before=services.builds.retire_expired,
                         metrics=metrics,
+                        database=services.database,
                     )
                 )
-            nursery.start_soon(services.metering.run, settings.metering_interval_seconds)
+            nursery.start_soon(_meter_periodically, services.metering, settings, services.database)
             await serve_app(
                 app,
                 sock,
@@ -287,7 +411,7 @@ async def serve(
                 send_idle_timeout_seconds=settings.send_idle_timeout_seconds,
                 tls=tls,
                 trusted_proxies=settings.trusted_proxies,
-                shutdown_trigger=shutdown_trigger,
+                shutdown_trigger=trigger,
                 task_status=task_status,
             )
             nursery.cancel_scope.cancel()  # serving has drained: stop the sweepers too

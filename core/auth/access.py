@@ -23,6 +23,7 @@ do, repository by repository, with internal names).
 - :class:`Mirror` (an upstream registry an edge mirrors: an operator's, or one an org
   registered with its own credentials): pull, and nothing else ever.
 - :class:`UpstreamCredentials` (the decrypted credentials of an org's upstreams): read.
+- :class:`EventFeed` (origin's event log, ``/api/v1/events``): read.
 
 **The rules** (``tests/unit/test_access.py`` is their table):
 
@@ -49,6 +50,7 @@ do, repository by repository, with internal names).
   with the org's credentials), never an anonymous caller, another org or an edge.
 - An org's upstream credentials reach edges only (which fetch with them); no other caller,
   the org's own managers included, ever reads them back.
+- The event feed reaches edges only (it names every org's repositories and tokens).
 
 A :class:`Decision` carries the granted subset of the requested actions and a
 :class:`Reason`: when something requested is refused, why it is; otherwise why it was granted.
@@ -108,7 +110,12 @@ class UpstreamCredentials:
     org: str  # the slug of the org whose upstreams' secrets these are
 
 
-Resource = Repository | Catalog | Org | Project | Mirror | UpstreamCredentials
+@dataclass(frozen=True, slots=True)
+class EventFeed:
+    pass
+
+
+Resource = Repository | Catalog | Org | Project | Mirror | UpstreamCredentials | EventFeed
 Who = Principal | Grant
 
 
@@ -132,7 +139,7 @@ class Reason(StrEnum):
     OPEN_MIRROR = "an anonymous mirror: anyone pulls"
     MIRROR_MEMBER = "authenticated callers of this system's orgs pull an operator's mirror"
     MIRROR_CREDENTIALS = "anonymous callers pull no authenticated mirror"
-    EDGE_ONLY = "only edges read upstream credentials"
+    EDGE_ONLY = "only edges read upstream credentials and the event feed"
     # Answered before any resource is asked about (see core.auth.gate):
     NO_CREDENTIALS = "no valid credentials"
     UNKNOWN_NAME = "the name addresses no repository"
@@ -154,7 +161,7 @@ def decide(who: Who, requested: Iterable[str], resource: Resource) -> Decision:
             return _catalog(who, wanted)
         case Mirror():
             return _mirror(who, wanted, resource)
-        case UpstreamCredentials():
+        case UpstreamCredentials() | EventFeed():
             return _upstream_credentials(who, wanted)
         case Org() | Project() if isinstance(who, Grant):
             return Decision(frozenset(), Reason.BEARER)

@@ -45,6 +45,10 @@ class Grant:
     #: The project a project-bound credential was limited to (the ``project`` claim; tokens
     #: issued before the claim existed have none and verify as before).
     project: str | None = None
+    #: The long-lived registry token it was issued for (its id; the ``parent`` claim), so
+    #: revoking that token refuses it at once at origin and at the edges. None: issued for
+    #: no such token (anonymous, an OIDC trust) or before the claim existed.
+    parent: str | None = None
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -172,6 +176,8 @@ def sign_grant(
     }
     if grant.project is not None:
         claims["project"] = grant.project
+    if grant.parent is not None:
+        claims["parent"] = grant.parent
     return jwt.encode(claims, private_key, algorithm=ALGORITHM, headers={"kid": kid})
 
 
@@ -260,6 +266,9 @@ def verify_grant(
     project = claims.get("project")
     if project is not None and (not isinstance(project, str) or not project):
         raise _fail("invalid project claim")
+    parent = claims.get("parent")
+    if parent is not None and (not isinstance(parent, str) or not parent):
+        raise _fail("invalid parent claim")
     if expires <= now - leeway:
         raise _fail("token expired")
     if not_before > now + leeway:
@@ -275,4 +284,5 @@ def verify_grant(
         expires_at=int(expires),
         token_id=_string(claims, "jti"),
         project=project,
+        parent=parent,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from core.errors import PathNotFound, StorageError
 
@@ -61,6 +61,9 @@ class Writer(Protocol):
 
 class Appender(Protocol):
     size: int
+    #: What the caller keeps to reopen this object (``open_appender(..., state=)``) once
+    #: ``flush()`` returned; None for a driver whose objects carry their own state.
+    state: bytes | None
 
     async def write(self, data: bytes) -> None: ...
 
@@ -86,8 +89,22 @@ class StorageDriver(Protocol):
 
     def open_writer(self, path: str) -> AbstractAsyncContextManager[Writer]: ...
 
-    def open_appender(self, path: str, truncate_to: int) -> AbstractAsyncContextManager[Appender]:
-        """Open (creating if needed) an appendable object, first truncated to ``truncate_to``."""
+    def open_appender(
+        self, path: str, truncate_to: int, state: bytes | None = None
+    ) -> AbstractAsyncContextManager[Appender]:
+        """Open (creating if needed) an appendable object, first truncated to ``truncate_to``.
+
+        ``state`` (not None) says the caller keeps the object's state: ``b""`` for a new
+        object, else the ``Appender.state`` of the flush that made it ``truncate_to`` bytes
+        long. A driver that needs such state (S3: the list of pieces) then stores nothing
+        beside the bytes, and the object is read or moved only after
+        :meth:`settle_appended`; the others ignore it.
+        """
+        ...
+
+    async def settle_appended(self, path: str, state: bytes | None) -> None:
+        """Make the appended object at ``path``, as ``state`` describes it, readable, movable
+        and deletable like any object (a no-op for drivers that keep no state)."""
         ...
 
     async def move(self, src: str, dst: str) -> None:
@@ -102,8 +119,24 @@ class StorageDriver(Protocol):
         """Direct children names under ``prefix`` (like ``os.listdir``); [] when absent."""
         ...
 
-    async def clean_temporary(self, older_than_seconds: float) -> int:
-        """Delete abandoned staging files of writers older than the age; return the count."""
+    async def clean_temporary(
+        self, older_than_seconds: float, *, in_use: Callable[[str], bool] | None = None
+    ) -> int:
+        """Delete abandoned staging files of writers older than the age; return the count.
+
+        ``in_use(path)`` is True for the appendable objects whose state the caller keeps
+        and still needs (open upload sessions, from the database): their staged parts are
+        spared whatever their age, whichever process wrote them."""
+        ...
+
+
+@runtime_checkable
+class PresignedReads(Protocol):
+    """A driver whose objects a client can fetch itself, by a short-lived URL (S3)."""
+
+    def presigned_get_url(self, path: str, expires_seconds: int) -> str:
+        """A URL that GETs the (plain, committed) object at ``path`` without credentials
+        until it expires. No request is made: the caller checked the object exists."""
         ...
 
 

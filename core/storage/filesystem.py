@@ -182,6 +182,7 @@ class _FileAppender(_BufferedFile):
     ) -> None:
         super().__init__(f, label, limiter)
         self.size = size
+        self.state: bytes | None = None
         self._directory = directory
         self._directory_synced = False
 
@@ -290,7 +291,9 @@ class FilesystemDriver(StorageDriver):
             await writer.discard_uncommitted()
 
     @asynccontextmanager
-    async def open_appender(self, path: str, truncate_to: int) -> AsyncIterator[Appender]:
+    async def open_appender(
+        self, path: str, truncate_to: int, state: bytes | None = None
+    ) -> AsyncIterator[Appender]:
         if truncate_to < 0:
             raise ValueError("truncate_to must be >= 0")
         full = self._full(path)
@@ -317,7 +320,12 @@ class FilesystemDriver(StorageDriver):
         with _translated(path):
             await self._run(fsio.delete, full)
 
-    async def clean_temporary(self, older_than_seconds: float) -> int:
+    async def settle_appended(self, path: str, state: bytes | None) -> None:
+        await trio.lowlevel.checkpoint()  # appended in place: readable as it is
+
+    async def clean_temporary(
+        self, older_than_seconds: float, *, in_use: Callable[[str], bool] | None = None
+    ) -> int:
         with _translated(STAGING_NAME):
             return await self._run(fsio.clean_staging, self._staging_dir, older_than_seconds)
 

@@ -9,7 +9,7 @@ method checkpoints before it acts, so cancellation behaves as with a real driver
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -88,6 +88,7 @@ class _MemoryWriter:
 class _MemoryAppender:
     def __init__(self, target: _Object, key: str) -> None:
         self.size = len(target.data)
+        self.state: bytes | None = None
         self._target = target
         self._key = key
         self._usable = True
@@ -179,7 +180,9 @@ class MemoryDriver(StorageDriver):
             writer.close()
 
     @asynccontextmanager
-    async def open_appender(self, path: str, truncate_to: int) -> AsyncIterator[Appender]:
+    async def open_appender(
+        self, path: str, truncate_to: int, state: bytes | None = None
+    ) -> AsyncIterator[Appender]:
         if truncate_to < 0:
             raise ValueError("truncate_to must be >= 0")
         key = self._key(path)
@@ -220,7 +223,12 @@ class MemoryDriver(StorageDriver):
         for name in [k for k in self._objects if k.startswith(below)]:
             del self._objects[name]
 
-    async def clean_temporary(self, older_than_seconds: float) -> int:
+    async def settle_appended(self, path: str, state: bytes | None) -> None:
+        await trio.lowlevel.checkpoint()  # appended in place: readable as it is
+
+    async def clean_temporary(
+        self, older_than_seconds: float, *, in_use: Callable[[str], bool] | None = None
+    ) -> int:
         # Staging lives in the writers themselves and dies with the process: nothing to clean.
         await trio.lowlevel.checkpoint()
         return 0

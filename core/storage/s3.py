@@ -356,23 +356,67 @@ class S3Driver(StorageDriver):
             await writer.discard_uncommitted()
 
     @asynccontextmanager
-    async def open_appender(self, path: str, truncate_to: int) -> AsyncIterator[Appender]:
+    async def open_appender(
+        self, path: str, truncate_to: int, state: bytes | None = None
+    ) -> AsyncIterator[Appender]:
         if truncate_to < 0:
             raise ValueError("truncate_to must be >= 0")
         key = self._key(path)
         session = self.composites.start_session()
+        etag: str | None
         try:
-            manifest, etag = await self._appendable(path, key, truncate_to, session)
+            if state is None:
+                manifest, etag = await self._appendable(path, key, truncate_to, session)
+            else:
+                manifest, etag = await self._from_state(path, key, truncate_to, state, session)
         except BaseException:
             self.composites.end_session(session)
             raise
-        appender = CompositeAppender(self.composites, path, key, manifest, etag, session)
+        appender = CompositeAppender(
+            self.composites,
+            path,
+            key,
+            manifest,
+            etag,
+            session,
+            caller_keeps_state=state is not None,
+        )
         try:
             yield appender
         except BaseException:
             await appender.close(keep_pending=False)
             raise
         await appender.close(keep_pending=True)
+
+    async def _from_state(
+        self, path: str, key: str, truncate_to: int, state: bytes, session: str
+    ) -> tuple[Manifest, None]:
+        """The composite a caller's state describes: no request, the pieces are its list.
+        ``b""`` with bytes recorded is a session begun before the caller kept state (its
+        manifest is in the bucket): read once, from then on kept by the caller."""
+        if not state:
+            if not truncate_to:
+                split_path(path)
+                await trio.lowlevel.checkpoint()
+                return Manifest(), None
+            manifest, _ = await self._appendable(path, key, truncate_to, session)
+            return manifest, None
+        manifest = Manifest.from_json(state, key)
+        if manifest.size != truncate_to:
+            raise StorageError(f"{path}: state of {manifest.size} bytes, {truncate_to} recorded")
+        await trio.lowlevel.checkpoint()
+        return manifest, None
+
+    async def settle_appended(self, path: str, state: bytes | None) -> None:
+        """Write the manifest a caller's state describes under ``path`` (once, when the
+        session is complete): from then on ``open_reader``, ``move`` and ``stat`` see it."""
+        if state is None:
+            await trio.lowlevel.checkpoint()
+            return
+        key = self._key(path)
+        manifest = Manifest.from_json(state, key) if state else Manifest()
+        await self.prepare_for_object(path)
+        await self.composites.publish(key, manifest)
 
     async def _appendable(
         self, path: str, key: str, truncate_to: int, session: str
@@ -451,7 +495,9 @@ class S3Driver(StorageDriver):
         )
         await self.client.delete_many(doomed)
 
-    async def clean_temporary(self, older_than_seconds: float) -> int:
+    async def clean_temporary(
+        self, older_than_seconds: float, *, in_use: Callable[[str], bool] | None = None
+    ) -> int:
         cutoff = time.time() - older_than_seconds
         removed = 0
         for upload in await self.client.pending_uploads(self.prefix):
@@ -459,7 +505,7 @@ class S3Driver(StorageDriver):
                 continue
             await self.client.abort_multipart(upload.key, upload.upload_id)
             removed += 1
-        return removed + await self.composites.sweep(cutoff)
+        return removed + await self.composites.sweep(cutoff, in_use)
 
     def presigned_get_url(self, path: str, expires_seconds: int = DEFAULT_PRESIGN_SECONDS) -> str:
         """A URL fetching ``path`` without credentials for ``expires_seconds``.

@@ -78,7 +78,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,6 +247,15 @@ class Composites:
         data, current = await self.client.get(key, if_match=head.etag)
         return Manifest.from_json(data, key), current.etag
 
+    async def publish(self, key: str, manifest: Manifest) -> None:
+        """Write the manifest at ``key`` whatever is there (the caller's state is the truth)."""
+        await self.client.put(
+            key,
+            manifest.to_json(),
+            metadata={COMPOSITE_FLAG: "1", COMPOSITE_SIZE: str(manifest.size)},
+            content_type=MANIFEST_CONTENT_TYPE,
+        )
+
     async def save(self, key: str, manifest: Manifest, *, replacing: str | None) -> str:
         """Write the manifest if ``key`` is still at ETag ``replacing`` (absent when None)."""
         return await self.client.put(
@@ -355,14 +364,17 @@ class Composites:
 
     # --- housekeeping ---------------------------------------------------------------------
 
-    async def sweep(self, cutoff: float) -> int:
-        """Delete pieces last modified before ``cutoff`` that no manifest names and no live
-        session of this process wrote; return how many."""
+    async def sweep(self, cutoff: float, in_use: Callable[[str], bool] | None = None) -> int:
+        """Delete pieces last modified before ``cutoff`` that no manifest names, no live
+        session of this process wrote and whose composite is not ``in_use`` (a session the
+        caller's database still holds, on whichever origin); return how many."""
         base = self.bucket_key(PIECES_DIR + "/")
         candidates: dict[str, list[ListedObject]] = {}
         for item in (await self.client.list(base)).objects:
             owner, _, name = item.key[len(base) :].rpartition("/")
             if item.modified > cutoff or name.partition("-")[0] in self._live or not owner:
+                continue
+            if in_use is not None and in_use(owner):
                 continue
             candidates.setdefault(owner, []).append(item)
         removed = 0
@@ -457,9 +469,21 @@ class CompositeAppender:
     """Appends to a composite (see the module docstring); made by ``S3Driver.open_appender``."""
 
     def __init__(
-        self, store: Composites, path: str, key: str, manifest: Manifest, etag: str, session: str
+        self,
+        store: Composites,
+        path: str,
+        key: str,
+        manifest: Manifest,
+        etag: str | None,
+        session: str,
+        *,
+        caller_keeps_state: bool = False,
     ) -> None:
         self.size = manifest.size
+        # Kept by the caller (the upload's database row): no manifest object is written, and
+        # ``state`` after each flush is what the caller records with the new size.
+        self._caller_keeps_state = caller_keeps_state
+        self.state: bytes | None = manifest.to_json() if caller_keeps_state else None
         self._store = store
         self._path = path
         self._key = key
@@ -509,6 +533,13 @@ class CompositeAppender:
                 await trio.lowlevel.checkpoint()
                 return
             manifest = Manifest(tuple(self._pieces))
+            if self._caller_keeps_state:
+                self.state = manifest.to_json()
+                self._saved = manifest
+                # Merged small pieces stay until the session ends (deleted with it): the
+                # caller may yet lose the race to record this state, and then the state it
+                # keeps still names them.
+                return
             self._etag = await self._store.save(self._key, manifest, replacing=self._etag)
             self._saved = manifest
         except BaseException:

@@ -76,6 +76,11 @@ HOT_MANIFEST_BYTES = 32 << 20
 
 _BLOB, _MANIFEST, _TAG, _LINK = "blob:", "manifest:", "tag:", "link:"
 _MEDIA_TYPE = "mediatype:"
+#: How long what origin's event feed dropped is guarded against a request that asked origin
+#: before the change and stores its answer after (a fill or revalidation in flight is bounded
+#: by the upstream deadline, far below this).
+TOMBSTONE_SECONDS = 60.0
+_MAX_TOMBSTONES = 100_000
 _SPOOL_SUFFIX = ".spool"
 
 
@@ -134,6 +139,9 @@ class EdgeCache:
         self._hot_links: Lru[str, bool] = Lru(262144, None)
         self._hot_media_types: Lru[str, str] = Lru(65536, None)
         self.namespace = ""  # of tags and links; "" for the origin's
+        # meta key → (what the event said: the edge's POSIX time for tags, or None for
+        # links; trio time it was set), shared by the namespaced views (keys differ).
+        self._tombstones: dict[str, tuple[float | None, float]] = {}
 
     def namespaced(self, namespace: str) -> EdgeCache:
         """A view of this cache whose tags and repository links live in ``namespace`` (one
@@ -315,15 +323,23 @@ class EdgeCache:
         media_type: str,
         fetched_at: float,
     ) -> None:
+        key = self._tag_key(repository, tag)
+        dropped = self._tombstone(key)
+        if dropped is not None and dropped[0] is not None and fetched_at <= dropped[0]:
+            return  # asked before origin's event said it changed: the answer may be older
         fields = {"digest": str(digest), "media_type": media_type, "fetched_at": fetched_at}
         text = json.dumps(fields)
-        await self._run(partial(self._meta.set, self._tag_key(repository, tag), text, retry=True))
+        await self._run(partial(self._meta.set, key, text, retry=True))
 
     async def drop_tag(self, repository: RepositoryName, tag: Tag) -> None:
         await self._run(partial(self._meta.delete, self._tag_key(repository, tag), retry=True))
 
     async def add_links(self, repository: RepositoryName, digests: Iterable[Digest]) -> None:
         keys = [self._link_key(repository, digest) for digest in digests]
+        if self._tombstones:
+            # Origin's event feed dropped it a moment ago: a fetch that asked before the
+            # deletion must not bring it back (the next request asks origin again).
+            keys = [key for key in keys if self._tombstone(key) is None]
         await self._run(self._set_all, keys)
         for key in keys:
             self._hot_links.put(key, True)
@@ -341,6 +357,92 @@ class EdgeCache:
         if found:
             self._hot_links.put(key, True)
         return found
+
+    # --- what origin's event feed says is gone (edge/events/) ------------------------------
+
+    async def forget_tag(self, repository: RepositoryName, tag: Tag, changed_at: float) -> None:
+        """Drop a tag origin's event feed says changed at about ``changed_at`` (the edge's
+        clock, as for ``fetched_at``): an answer from a revalidation that began before then
+        is not stored afterwards (:data:`TOMBSTONE_SECONDS`)."""
+        self._bury(self._tag_key(repository, tag), changed_at)
+        await self.drop_tag(repository, tag)
+
+    async def drop_links(self, repository: RepositoryName, digests: Iterable[Digest]) -> None:
+        """``repository`` may no longer be served ``digests`` from the cache: the next
+        request for one asks the upstream again (and a fill that asked before cannot link
+        it again for :data:`TOMBSTONE_SECONDS`)."""
+        keys = [self._link_key(repository, digest) for digest in digests]
+        for key in keys:
+            self._bury(key, None)
+            self._hot_links.pop(key)
+        await self._run(self._delete_all, keys)
+        for key in keys:  # a request that read the link meanwhile may have put it back
+            self._hot_links.pop(key)
+
+    def _delete_all(self, keys: list[str]) -> None:
+        with self._meta.transact(retry=True):
+            for key in keys:
+                self._meta.delete(key, retry=True)
+
+    async def drop_blob(self, digest: Digest) -> bool:
+        """Delete the blob's bytes (open readers go on); whether they were cached."""
+        return bool(await self._run(partial(self._cache.delete, _blob_key(digest), retry=True)))
+
+    async def stale_tags(self) -> int:
+        """Make every tag of this namespace stale (revalidated on its next request; still
+        served stale while the upstream fails); how many."""
+        return await self._run(self._stale_tags)
+
+    def _stale_tags(self) -> int:
+        changed = 0
+        for key in list(self._meta.iterkeys()):
+            if not self._mine(key, _TAG):
+                continue
+            text = self._meta.get(key, retry=True)
+            entry = None if text is None else _decode_tag(str(text))
+            if entry is None or entry.fetched_at == 0:
+                continue
+            fields = {"digest": str(entry.digest), "media_type": entry.media_type}
+            self._meta.set(key, json.dumps({**fields, "fetched_at": 0.0}), retry=True)
+            changed += 1
+        return changed
+
+    async def drop_all_links(self) -> int:
+        """Forget which repository may read which digest, in this namespace: each is
+        confirmed with the upstream again on its next request. How many."""
+        self._hot_links.clear()  # every namespace's: they are only copies of the disk
+        return await self._run(self._drop_all_links)
+
+    def _drop_all_links(self) -> int:
+        doomed = [key for key in self._meta.iterkeys() if self._mine(key, _LINK)]
+        self._delete_all([str(key) for key in doomed])
+        self._hot_links.clear()
+        return len(doomed)
+
+    def _bury(self, key: str, changed_at: float | None) -> None:
+        now = trio.current_time()
+        if len(self._tombstones) >= _MAX_TOMBSTONES:
+            for old in [
+                k for k, (_, at) in self._tombstones.items() if now - at >= TOMBSTONE_SECONDS
+            ]:
+                del self._tombstones[old]
+        self._tombstones[key] = (changed_at, now)
+
+    def _tombstone(self, key: str) -> tuple[float | None, float] | None:
+        found = self._tombstones.get(key)
+        if found is not None and trio.current_time() - found[1] >= TOMBSTONE_SECONDS:
+            del self._tombstones[key]
+            return None
+        return found
+
+    def _mine(self, key: object, prefix: str) -> bool:
+        """Whether meta ``key`` is a ``prefix`` entry of this namespace."""
+        if not isinstance(key, str) or not key.startswith(prefix):
+            return False
+        rest = key[len(prefix) :]
+        if self.namespace:
+            return rest.startswith(f"{self.namespace}|")
+        return "|" not in rest
 
     def _tag_key(self, repository: RepositoryName, tag: Tag) -> str:
         return f"{_TAG}{self._scope(repository)}:{tag}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -93,6 +94,14 @@ class OrgDirectory:
         finally:
             if not lock.statistics().tasks_waiting and not lock.locked():
                 self._locks.pop(slug, None)
+
+    def forget(self, slug: str | None = None) -> None:
+        """Ask origin again on the next lookup of ``slug`` (None: of every org): its
+        upstreams changed (origin's event feed). Sites whose upstream is unchanged are kept."""
+        for key in [slug] if slug is not None else list(self._entries):
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.fetched_at = -math.inf
 
     def _fresh(self, slug: str) -> OrgEntry | None:
         entry = self._entries.get(slug)

@@ -6,6 +6,8 @@ origin's own ways of knowing who asks.
   failed-credential limit (shared with ``/token`` and ``/api/v1/``: 429 past it).
 - Bearer: verified with origin's own keys; a token that fails verification is answered as
   anonymous (public repositories stay readable) with ``error="invalid_token"`` when refused.
+  So is one whose ``parent`` (the registry token it was issued for) is revoked or expired
+  now: revoking a token refuses its bearer tokens at once (one key lookup per request).
 - Legacy project ids are resolved against the tenancy store, and visibility is read there.
 """
 
@@ -96,15 +98,20 @@ class Gate:
                 )
             except Unauthorized:
                 return rules.Presented(rules.BEARER, ANONYMOUS, "invalid_token")
+            if grant.parent is not None and not await self._tenancy.token_in_force(
+                grant.parent, self._clock()
+            ):
+                # Its registry token was revoked (or expired): so is every grant it earned.
+                return rules.Presented(rules.BEARER, ANONYMOUS, "invalid_token")
             return rules.Presented(rules.BEARER, grant)
         if credentials.scheme == rules.BASIC:
             client = self._failures.client(view.remote_addr, view.forwarded_for)
-            self._failures.check(client)
+            await self._failures.check(client)
             principal = None
             if credentials.secret:
                 principal = await self._tenancy.authenticate(credentials.secret, self._clock())
             if principal is None:
-                self._failures.failed(client)
+                await self._failures.failed(client)
                 raise rules.invalid_credentials()
             return rules.Presented(rules.BASIC, principal)
         return rules.Presented(rules.NONE, ANONYMOUS)

@@ -28,6 +28,7 @@ from origin.auth.keys import KeyRing
 from origin.auth.oidc import OidcVerifier, TrustRule, principal_for
 from origin.auth.ratelimit import CredentialFailures
 from origin.auth.store import TenancyStore
+from origin.auth.token_format import KINDS as TOKEN_KINDS
 from origin.auth.token_format import looks_like_registry_token
 
 
@@ -81,10 +82,10 @@ class TokenIssuer:
         now = self._clock()
         principal = ANONYMOUS
         if password is not None:
-            self.failures.check(client)
+            await self.failures.check(client)
             found = await self._principal(password)
             if found is None:
-                self.failures.failed(client)
+                await self.failures.failed(client)
                 raise Unauthorized("invalid credentials")
             principal = found
         return await self._issue(principal, host, scopes, now)
@@ -154,6 +155,9 @@ class TokenIssuer:
             expires_at=expires_at,
             token_id=secrets.token_urlsafe(12),
             project=principal.project,
+            # A registry token's principal is named by the token's id: revoking the token
+            # refuses this grant too (origin's gate, the edges' event followers).
+            parent=principal.subject if principal.kind in TOKEN_KINDS else None,
         )
         key = self._keys.current
         token = sign_grant(

@@ -1,4 +1,7 @@
-"""The origin's token-signing keys: PEM files under ``<data dir>/keys``, newest signs.
+"""The origin's token-signing keys, newest signs: PEM files under ``<data dir>/keys`` for an
+origin on SQLite (one host); on a PostgreSQL database, shared by every origin through the
+``signing_keys`` table, so a token issued by one verifies at every other and all publish the
+same JWKS.
 
 Every key stays in the published JWKS until it is removed, so tokens signed before a
 rotation keep verifying (at edges too) until they expire.
@@ -12,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from core.auth.tokens import (
     dump_private_pem,
     generate_signing_key,
@@ -19,6 +24,9 @@ from core.auth.tokens import (
     load_private_pem,
     public_jwk,
 )
+from origin.auth.schema import signing_keys
+from origin.metadata.database import Database, advisory_key
+from origin.upstreams.cipher import CredentialCipher
 
 
 @dataclass(frozen=True)
@@ -68,3 +76,80 @@ def rotate(directory: Path) -> SigningKey:
         os.fsync(out.fileno())
     os.replace(temporary, path)
     return SigningKey(kid, private_key)
+
+
+# -- shared through the database -----------------------------------------------------------------
+
+#: Associated data binding a sealed key to its row (see ``origin/upstreams/cipher.py``): the
+#: empty org id is no org's, so no upstream credential row can be passed off as a key.
+_SEALED_AS = {"org_id": "", "name": "token-signing-key"}
+_KEYS_LOCK = "signing-keys"
+
+
+async def shared_key_ring(
+    database: Database, cipher: CredentialCipher, key_directory: Path, now: float
+) -> KeyRing:
+    """The keys every origin on ``database`` signs and verifies with, newest signing.
+
+    Under a transaction-scoped advisory lock (origins starting together agree on one set),
+    the key files of ``key_directory`` the database lacks are added, dated by their file
+    name: the first origin to start stores its keys (an origin moving from SQLite keeps its
+    tokens valid; a deployment's key Secret copied into the directory becomes the fleet's),
+    and a newer file added later (a rotation) joins at the next start. With no key anywhere,
+    a new one is made. DatabaseError when a key is sealed with another upstream credentials
+    key than this origin's."""
+    files = _keys_in(key_directory)
+    fresh = None
+    if not files:
+        private_key, kid = generate_signing_key()
+        fresh = (SigningKey(kid, private_key), now)
+
+    def sealed(key: SigningKey, created: float) -> tuple[str, str, float]:
+        pem = dump_private_pem(key.private_key).decode()
+        return key.kid, cipher.encrypt(pem, username=key.kid, **_SEALED_AS), created
+
+    rows = await database.write(
+        _merge_keys,
+        [sealed(key, created) for key, created in files],
+        None if fresh is None else sealed(*fresh),
+    )
+    keys = [
+        SigningKey(kid, load_private_pem(cipher.decrypt(text, username=kid, **_SEALED_AS).encode()))
+        for kid, text in rows
+    ]
+    return KeyRing(keys)
+
+
+def _keys_in(directory: Path) -> list[tuple[SigningKey, float]]:
+    """The keys of a key directory with their creation times (from ``<ms>-<kid>.pem``),
+    oldest first (start-up only: blocking reads)."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in sorted(directory.glob("*.pem")):
+        stamp, _, kid = path.stem.partition("-")
+        created = int(stamp) / 1000 if stamp.isdigit() else 0.0
+        found.append((SigningKey(kid, load_private_pem(path.read_bytes())), created))
+    return found
+
+
+def _merge_keys(
+    conn: sa.Connection,
+    files: list[tuple[str, str, float]],
+    fresh: tuple[str, str, float] | None,
+) -> list[tuple[str, str]]:
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(advisory_key(_KEYS_LOCK))))
+    known = {str(kid) for (kid,) in conn.execute(sa.select(signing_keys.c.kid))}
+    added = [row for row in files if row[0] not in known]
+    if not known and not added and fresh is not None:
+        added = [fresh]
+    if added:
+        conn.execute(
+            sa.insert(signing_keys),
+            [{"kid": kid, "sealed_pem": text, "created_at": at} for kid, text, at in added],
+        )
+    query = sa.select(signing_keys.c.kid, signing_keys.c.sealed_pem).order_by(
+        signing_keys.c.created_at, signing_keys.c.kid
+    )
+    return [(str(kid), str(text)) for kid, text in conn.execute(query)]

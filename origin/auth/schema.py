@@ -117,3 +117,15 @@ public_repositories = sa.Table(
     _ref("org_id", "orgs.id"),
     sa.Index("ix_public_repositories_org_id", "org_id"),
 )
+
+# Token-signing keys shared by every origin on one (PostgreSQL) database, so a token one origin
+# issued verifies at any other and the JWKS is the same everywhere (``origin/auth/keys.py``).
+# The private key is sealed (AES-GCM, the upstream credentials key, which origins sharing a
+# database share already): a copy of the database alone cannot sign tokens.
+signing_keys = sa.Table(
+    "signing_keys",
+    tenancy_metadata,
+    sa.Column("kid", sa.String(64), primary_key=True),
+    sa.Column("sealed_pem", sa.Text(), nullable=False),
+    _time("created_at"),
+)

@@ -23,6 +23,7 @@ import dataclasses
 import hmac
 import json
 import string
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,6 +46,7 @@ from origin.auth.schema import (
     users,
 )
 from origin.metadata.database import Database, Row
+from origin.metadata.events import TOKEN_REVOKED, VISIBILITY_CHANGED, append_event
 from origin.metadata.sql_store import SqlStore
 
 #: ``last_used_at`` is written at most this often per token, not on every request.
@@ -90,6 +92,9 @@ _MEMBER_SLUGS = (
 )
 _TRUST = sa.select(*trust_relationships.c, orgs.c.slug).select_from(
     trust_relationships.join(orgs, orgs.c.id == trust_relationships.c.org_id)
+)
+_TOKEN_STATE = sa.select(tokens.c.revoked_at, tokens.c.expires_at).where(
+    tokens.c.token_id == sa.bindparam("token_id")
 )
 _IS_PUBLIC = sa.select(sa.literal(1)).where(public_repositories.c.name == sa.bindparam("name"))
 
@@ -308,13 +313,29 @@ class TenancyStore(SqlStore):
         return [_token_record(row) for row in await self._all(stmt)]
 
     async def revoke_token(self, token_id: str, now: float) -> bool:
-        """Revoke the token; False if it does not exist or was already revoked."""
+        """Revoke the token; False if it does not exist or was already revoked. Edges
+        hear of it through the event log (its bearer tokens are refused at once)."""
+        return await self._write(self._revoke_token, token_id, now)
+
+    @staticmethod
+    def _revoke_token(conn: sa.Connection, token_id: str, now: float) -> bool:
         stmt = (
             sa.update(tokens)
             .where(tokens.c.token_id == token_id, tokens.c.revoked_at.is_(None))
             .values(revoked_at=now)
         )
-        return await self._change(stmt) > 0
+        if conn.execute(stmt).rowcount == 0:
+            return False
+        append_event(conn, TOKEN_REVOKED, now, subject=token_id)
+        return True
+
+    async def token_in_force(self, token_id: str, now: float) -> bool:
+        """Whether long-lived token ``token_id`` exists, unrevoked and unexpired at ``now``
+        (a bearer token naming it as its parent is refused otherwise); one key lookup."""
+        row = await self._lookup(_TOKEN_STATE, {"token_id": token_id})
+        if row is None or row.revoked_at is not None:
+            return False
+        return row.expires_at is None or now < row.expires_at
 
     async def authenticate(self, token: str, now: float) -> Principal | None:
         """The principal ``token`` stands for, or None if it is malformed, unknown, wrong,
@@ -439,6 +460,7 @@ class TenancyStore(SqlStore):
         slug = self._org_slug(conn, org_id)
         if org_of(name) != slug or "/" not in name:
             raise InputError(f"repository {name[:300]!r} is not in organization {slug!r}")
+        was_public = conn.execute(_IS_PUBLIC, {"name": name}).first() is not None
         if public:
             conn.execute(self._insert_public, {"name": name, "org_id": org_id})
         else:
@@ -447,6 +469,9 @@ class TenancyStore(SqlStore):
                     public_repositories.c.name == name, public_repositories.c.org_id == org_id
                 )
             )
+        if was_public != public:
+            # Edges drop what they decided for it (anonymous grants of a now private one).
+            append_event(conn, VISIBILITY_CHANGED, time.time(), repository=name, public=public)
 
     async def is_public(self, name: str) -> bool:
         """One primary-key lookup: may anyone pull repository ``name``?"""

@@ -29,6 +29,7 @@ from origin.builds.schema import (
     usage_accrual,
 )
 from origin.metadata.database import Database, Row, execute
+from origin.metadata.events import BUILD_DELETED, append_event, build_event_fields
 from origin.metadata.sql_store import SqlStore
 
 _ORG_PROJECT = ""  # build_retention.project_id of an org-wide setting
@@ -163,12 +164,7 @@ class BuildStore(SqlStore):
 
     async def delete_build(self, build_id: str, now: float) -> bool:
         """Mark the build deleted; False when it already was (or does not exist)."""
-        stmt = (
-            sa.update(builds)
-            .where(builds.c.id == build_id, builds.c.deleted_at.is_(None))
-            .values(deleted_at=now)
-        )
-        return await self._change(stmt) > 0
+        return await self._write(_delete_build, build_id, now)
 
     async def dead_unretired(self, now: float) -> list[BuildRecord]:
         """Expired or deleted builds whose tags have not been retired yet."""
@@ -267,6 +263,20 @@ class BuildStore(SqlStore):
         row = (await self._all(stmt))[0]
         accrued_at = None if row[1] is None else float(row[1])
         return UsageRecord(org_slug, month, float(row[0] or 0.0), accrued_at)
+
+
+def _delete_build(conn: sa.Connection, build_id: str, now: float) -> bool:
+    stmt = (
+        sa.update(builds)
+        .where(builds.c.id == build_id, builds.c.deleted_at.is_(None))
+        .values(deleted_at=now)
+    )
+    if conn.execute(stmt).rowcount == 0:
+        return False
+    build = conn.execute(sa.select(builds).where(builds.c.id == build_id)).one()
+    if build.digest is not None:  # never bound: nothing ever resolved
+        append_event(conn, BUILD_DELETED, now, **build_event_fields(conn, build))
+    return True
 
 
 def _insert_ignoring_conflicts(conn: sa.Connection, table: sa.Table) -> sa.Insert:

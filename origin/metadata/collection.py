@@ -26,12 +26,14 @@ Foreign keys are the last line: a link cannot outlive its blob row, a tag its ma
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 import sqlalchemy as sa
 import trio
 
+from origin.metadata.events import BLOB_DELETED, MANIFEST_DELETED, append_event
 from origin.metadata.records import BlobNode, Graph, ManifestKey, ManifestNode
 from origin.metadata.schema import (
     blobs,
@@ -119,6 +121,8 @@ def delete_manifest(conn: sa.Connection, repository_id: int, digest: str, cutoff
         )
     )
     conn.execute(sa.delete(manifests).where(*mine))
+    name = _repository_name(conn, repository_id)
+    append_event(conn, MANIFEST_DELETED, time.time(), repository=name, subject=digest)
     return True
 
 
@@ -137,6 +141,8 @@ def delete_link(conn: sa.Connection, repository_id: int, digest: str, cutoff: fl
     ):
         return False
     conn.execute(sa.delete(repo_blobs).where(*mine))
+    name = _repository_name(conn, repository_id)
+    append_event(conn, BLOB_DELETED, time.time(), repository=name, subject=digest)
     return True
 
 
@@ -156,6 +162,7 @@ def delete_blob(conn: sa.Connection, digest: str, cutoff: float, now: float) -> 
     conn.execute(sa.delete(blobs).where(blobs.c.digest == digest))
     conn.execute(sa.delete(collected_blobs).where(collected_blobs.c.digest == digest))
     conn.execute(sa.insert(collected_blobs), {"digest": digest, "collected_at": now})
+    append_event(conn, BLOB_DELETED, now, subject=digest)  # from every repository
     return int(row.size)
 
 
@@ -180,6 +187,11 @@ def delete_blob_bytes(
         conn.execute(sa.delete(blobs).where(blobs.c.digest == digest))
     conn.execute(sa.delete(collected_blobs).where(noted))
     return deleted
+
+
+def _repository_name(conn: sa.Connection, repository_id: int) -> str:
+    name = conn.execute(sa.select(repositories.c.name).where(repositories.c.id == repository_id))
+    return str(name.scalar_one())
 
 
 def collected_digests(conn: sa.Connection) -> list[str]:

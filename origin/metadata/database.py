@@ -2,8 +2,8 @@
 
 :class:`Database` owns the engines (``engine.py``), creates every table of the origin once
 (the registry's ``origin/metadata/schema.py``, the tenancy's ``origin/auth/schema.py``, the
-builds' ``origin/builds/schema.py``, the orgs' upstreams' ``origin/upstreams/schema.py``),
-and runs all SQL of the process:
+builds' ``origin/builds/schema.py``, the orgs' upstreams' ``origin/upstreams/schema.py``,
+the event log's ``origin/metadata/event_schema.py``), and runs all SQL of the process:
 
 * blocking calls run in worker threads through ``trio.to_thread.run_sync`` with one
   ``CapacityLimiter`` (:meth:`Database.read`, :meth:`Database.write`);
@@ -19,6 +19,9 @@ and runs all SQL of the process:
   Anything else, a scan or a range, goes through the thread limiter. PostgreSQL lookups take
   the thread pool too.
 
+A write transaction that appended events (``origin/metadata/events.py``) sets
+:attr:`Database.events_committed` once it has committed: the event feed's long polls wake.
+
 Every SQLAlchemy error leaves as :class:`core.errors.DatabaseError` with the driver's message
 only (no SQL, no parameters): a locked file past the busy timeout, a lost connection, a full
 disk, a violated constraint, and any call after :meth:`Database.close`. The web layer answers
@@ -27,9 +30,10 @@ those with 503 ``UNAVAILABLE`` and ``Retry-After``.
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar, TypeVarTuple
 
 import sqlalchemy as sa
@@ -39,6 +43,8 @@ from core.errors import DatabaseError
 from origin.auth.schema import tenancy_metadata
 from origin.builds.schema import builds_metadata
 from origin.metadata.engine import Engines, create_tables, open_engines
+from origin.metadata.event_schema import events_metadata
+from origin.metadata.event_signal import EventSignal
 from origin.metadata.schema import metadata as registry_metadata
 from origin.upstreams.schema import upstreams_metadata
 
@@ -51,7 +57,15 @@ DEFAULT_MAX_THREADS = 16
 #: How long a statement waits for a lock (SQLite's busy timeout, PostgreSQL's lock_timeout).
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
 #: Every table of the origin, created together by :meth:`Database.open`.
-TABLES = (registry_metadata, tenancy_metadata, builds_metadata, upstreams_metadata)
+TABLES = (
+    registry_metadata,
+    tenancy_metadata,
+    builds_metadata,
+    upstreams_metadata,
+    events_metadata,
+)
+#: Set in a write connection's ``info`` by ``events.append_event``: the commit wakes pollers.
+EVENTS_APPENDED = "depot.events_appended"
 
 
 def describe(exc: sa.exc.SQLAlchemyError) -> str:
@@ -81,6 +95,9 @@ class Database:
         self._closed = False
         #: Told ``(operation, seconds)`` after each lookup, read and write (the metrics).
         self.observe: Callable[[str, float], None] | None = None
+        #: Set after each commit that appended events (``origin/metadata/events.py``).
+        self.events_committed = EventSignal()
+        self._running_here: set[str] = set()  # SQLite: the passes this process runs
 
     @classmethod
     def open(
@@ -155,6 +172,56 @@ class Database:
         with self._timed("lookup"), _translated(), inline.connect() as conn:
             return first(conn, stmt, params or {})
 
+    # -- background work that runs once across processes -----------------------------------
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        """Try to become the one process running ``name`` (a GC pass, a sweep): yields True
+        to the one that holds it until the block ends, False (at once, no waiting) to the
+        others, which skip their pass.
+
+        PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) on a pooled connection
+        held for the block, so every origin on the database competes; if that connection
+        dies, the server releases the lock. SQLite means one host and, in practice, one
+        serving process per data directory: a lock of this process is enough.
+        """
+        self._check_open()
+        if self.dialect != "postgresql":
+            await trio.lowlevel.checkpoint()
+            if name in self._running_here:
+                yield False
+                return
+            self._running_here.add(name)
+            try:
+                yield True
+            finally:
+                self._running_here.discard(name)
+            return
+        key = advisory_key(name)
+        conn, held = await self._in_thread(self._try_advisory_lock, key)
+        try:
+            yield held
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._in_thread(self._advisory_unlock, conn, key, held)
+
+    def _try_advisory_lock(self, key: int) -> tuple[sa.Connection, bool]:
+        conn = self._engines.reader.connect()
+        try:
+            held = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
+        except BaseException:
+            conn.close()
+            raise
+        return conn, held
+
+    @staticmethod
+    def _advisory_unlock(conn: sa.Connection, key: int, held: bool) -> None:
+        try:
+            if held:
+                conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+        finally:
+            conn.close()
+
     # -- writes ---------------------------------------------------------------------------
 
     async def write(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
@@ -165,11 +232,23 @@ class Database:
         self._check_open()
         with self._timed("write"):
             async with self._write_gate:
-                return await self._in_thread(self._in_transaction, fn, *args)
+                result, appended = await self._in_thread(self._in_transaction, fn, *args)
+        if appended:
+            self.events_committed.notify()
+        return result
 
-    def _in_transaction(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> T:
+    def _in_transaction(self, fn: Callable[[sa.Connection, *Ts], T], *args: *Ts) -> tuple[T, bool]:
         with self._engines.writer.begin() as conn:
-            return fn(conn, *args)
+            conn.info.pop(EVENTS_APPENDED, None)  # a failed transaction's leftover
+            result = fn(conn, *args)
+            appended = bool(conn.info.pop(EVENTS_APPENDED, False))
+        return result, appended
+
+
+def advisory_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (signed 64-bit) for a pass's name, the same in every
+    process (Python's ``hash`` of a string is salted per process)."""
+    return int.from_bytes(hashlib.sha256(f"depot:{name}".encode()).digest()[:8], signed=True)
 
 
 # -- statement helpers, for functions run by read() and write() ------------------------------

@@ -24,6 +24,7 @@ from origin.metadata.schema import (
     repo_blobs,
     repositories,
     tags,
+    upload_states,
     uploads,
 )
 
@@ -177,8 +178,13 @@ UPLOAD = (
         uploads.c.size,
         uploads.c.created_at,
         uploads.c.updated_at,
+        upload_states.c.state,
     )
-    .select_from(uploads.join(repositories, repositories.c.id == uploads.c.repository_id))
+    .select_from(
+        uploads.join(repositories, repositories.c.id == uploads.c.repository_id).outerjoin(
+            upload_states, upload_states.c.upload_id == uploads.c.id
+        )
+    )
     .where(uploads.c.id == sa.bindparam("upload_id"))
 )
 

@@ -51,6 +51,8 @@ class UploadRecord:
     size: int  # bytes durably received so far
     created_at: float
     updated_at: float
+    #: The storage driver's state of the staged bytes (``StorageDriver.open_appender``).
+    state: bytes | None = None
 
 
 # -- the graph of garbage collection -----------------------------------------------------------

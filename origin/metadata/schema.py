@@ -134,3 +134,15 @@ uploads = sa.Table(
     # The expiry sweep scans by age.
     sa.Index("ix_uploads_updated_at", "updated_at"),
 )
+
+# The storage driver's state of an upload session's staged bytes, beside its row in ``uploads``
+# (a table of its own so databases created before it need no ALTER: ``create_all`` adds it).
+# For the S3 driver it is the session's list of pieces (their keys, sizes and ETags); the
+# filesystem driver keeps none. Written in the same transaction as the size it describes
+# (``advance_upload``), so any origin on the database continues the session where it stands.
+upload_states = sa.Table(
+    "upload_states",
+    metadata,
+    sa.Column("upload_id", sa.String(), sa.ForeignKey("uploads.id"), primary_key=True),
+    sa.Column("state", sa.LargeBinary(), nullable=False),
+)

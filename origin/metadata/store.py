@@ -16,6 +16,7 @@ collection reach the registry's tables through it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar, TypeVarTuple
 
@@ -26,6 +27,13 @@ from core.errors import DatabaseError, ManifestBlobUnknown
 from origin.metadata import collection
 from origin.metadata import queries as q
 from origin.metadata.database import Database, execute
+from origin.metadata.events import (
+    BLOB_DELETED,
+    MANIFEST_DELETED,
+    TAG_DELETED,
+    TAG_MOVED,
+    append_event,
+)
 from origin.metadata.records import (
     BlobRecord,
     Graph,
@@ -41,6 +49,7 @@ from origin.metadata.schema import (
     repo_blobs,
     repositories,
     tags,
+    upload_states,
     uploads,
 )
 from origin.metadata.sql_store import SqlStore
@@ -227,10 +236,18 @@ class MetadataStore(SqlStore):
         return None if row is None else BlobRecord(digest=row.digest, size=int(row.size))
 
     async def unlink_blob(self, repository_id: int, digest: str) -> bool:
+        return await self._write(self._unlink_blob, repository_id, digest)
+
+    @staticmethod
+    def _unlink_blob(conn: sa.Connection, repository_id: int, digest: str) -> bool:
         stmt = sa.delete(repo_blobs).where(
             repo_blobs.c.repository_id == repository_id, repo_blobs.c.digest == digest
         )
-        return await self._change(stmt) > 0
+        if execute(conn, stmt, {}) == 0:
+            return False
+        name = repository_name(conn, repository_id)
+        append_event(conn, BLOB_DELETED, time.time(), repository=name, subject=digest)
+        return True
 
     # -- manifests ------------------------------------------------------------------------
 
@@ -311,6 +328,11 @@ class MetadataStore(SqlStore):
             ]
             conn.execute(self._writes.insert_reference, reference_rows)
         if tag is not None:
+            previous = conn.execute(
+                sa.select(tags.c.digest).where(
+                    tags.c.repository_id == repository_id, tags.c.name == tag
+                )
+            ).scalar()
             conn.execute(
                 self._writes.upsert_tag,
                 {
@@ -320,6 +342,17 @@ class MetadataStore(SqlStore):
                     "updated_at": now,
                 },
             )
+            if previous is not None and previous != record.digest:
+                # Edges holding the old answer drop it (a new tag: they hold none).
+                append_event(
+                    conn,
+                    TAG_MOVED,
+                    now,
+                    repository=repository_name(conn, repository_id),
+                    subject=tag,
+                    digest=record.digest,
+                    previous=str(previous),
+                )
 
     @staticmethod
     def _lock_references(
@@ -363,9 +396,9 @@ class MetadataStore(SqlStore):
         return await self._write(self._delete_manifest, repository_id, digest)
 
     def _delete_manifest(self, conn: sa.Connection, repository_id: int, digest: str) -> bool:
-        conn.execute(
-            sa.delete(tags).where(tags.c.repository_id == repository_id, tags.c.digest == digest)
-        )
+        on_it = (tags.c.repository_id == repository_id, tags.c.digest == digest)
+        tagged = [str(row[0]) for row in conn.execute(sa.select(tags.c.name).where(*on_it))]
+        conn.execute(sa.delete(tags).where(*on_it))
         conn.execute(
             sa.delete(manifest_references).where(
                 manifest_references.c.repository_id == repository_id,
@@ -375,7 +408,14 @@ class MetadataStore(SqlStore):
         stmt = sa.delete(manifests).where(
             manifests.c.repository_id == repository_id, manifests.c.digest == digest
         )
-        return execute(conn, stmt, {}) > 0
+        deleted = execute(conn, stmt, {}) > 0
+        if deleted or tagged:
+            name, now = repository_name(conn, repository_id), time.time()
+            for tag in tagged:
+                append_event(conn, TAG_DELETED, now, repository=name, subject=tag, digest=digest)
+            if deleted:
+                append_event(conn, MANIFEST_DELETED, now, repository=name, subject=digest)
+        return deleted
 
     async def referrers(
         self, repository_id: int, subject: str, artifact_type: str | None
@@ -399,8 +439,18 @@ class MetadataStore(SqlStore):
     # -- tags -----------------------------------------------------------------------------
 
     async def delete_tag(self, repository_id: int, tag: str) -> bool:
-        stmt = sa.delete(tags).where(tags.c.repository_id == repository_id, tags.c.name == tag)
-        return await self._change(stmt) > 0
+        return await self._write(self._delete_tag, repository_id, tag)
+
+    @staticmethod
+    def _delete_tag(conn: sa.Connection, repository_id: int, tag: str) -> bool:
+        mine = (tags.c.repository_id == repository_id, tags.c.name == tag)
+        digest = conn.execute(sa.select(tags.c.digest).where(*mine)).scalar()
+        if digest is None:
+            return False
+        conn.execute(sa.delete(tags).where(*mine))
+        name = repository_name(conn, repository_id)
+        append_event(conn, TAG_DELETED, time.time(), repository=name, subject=tag, digest=digest)
+        return True
 
     async def list_tags(self, repository_id: int, n: int | None, last: str | None) -> list[str]:
         """Tag names in byte-wise order, after ``last``, at most ``n``."""
@@ -457,23 +507,60 @@ class MetadataStore(SqlStore):
             size=int(row.size),
             created_at=float(row.created_at),
             updated_at=float(row.updated_at),
+            state=None if row.state is None else bytes(row.state),
         )
 
     async def advance_upload(
-        self, upload_id: str, expected_size: int, new_size: int, now: float
+        self,
+        upload_id: str,
+        expected_size: int,
+        new_size: int,
+        now: float,
+        state: bytes | None = None,
     ) -> bool:
-        """Compare-and-set the received size: False if it is no longer ``expected_size`` (a
-        concurrent PATCH won) or the upload is gone."""
+        """Compare-and-set the received size, and with it the storage driver's ``state`` of
+        the staged bytes (one transaction: size and state never disagree). False if the size
+        is no longer ``expected_size`` (a concurrent PATCH won) or the upload is gone."""
+        return await self._write(
+            self._advance_upload, upload_id, expected_size, new_size, now, state
+        )
+
+    @staticmethod
+    def _advance_upload(
+        conn: sa.Connection,
+        upload_id: str,
+        expected_size: int,
+        new_size: int,
+        now: float,
+        state: bytes | None,
+    ) -> bool:
         stmt = (
             sa.update(uploads)
             .where(uploads.c.id == upload_id, uploads.c.size == expected_size)
             .values(size=new_size, updated_at=now)
         )
-        return await self._change(stmt) > 0
+        if execute(conn, stmt, {}) == 0:
+            return False
+        if state is not None:
+            # The row's size changed under this transaction's lock: no other writer races
+            # us for the state row, so delete-then-insert is an upsert on both backends.
+            execute(
+                conn, sa.delete(upload_states).where(upload_states.c.upload_id == upload_id), {}
+            )
+            execute(conn, sa.insert(upload_states), {"upload_id": upload_id, "state": state})
+        return True
 
     async def delete_upload(self, upload_id: str) -> bool:
-        stmt = sa.delete(uploads).where(uploads.c.id == upload_id)
-        return await self._change(stmt) > 0
+        return await self._write(self._delete_upload, upload_id)
+
+    @staticmethod
+    def _delete_upload(conn: sa.Connection, upload_id: str) -> bool:
+        execute(conn, sa.delete(upload_states).where(upload_states.c.upload_id == upload_id), {})
+        return execute(conn, sa.delete(uploads).where(uploads.c.id == upload_id), {}) > 0
+
+    async def upload_ids(self) -> set[str]:
+        """Every open upload session's id: what the storage sweep must spare."""
+        return {str(row[0]) for row in await self._all(sa.select(uploads.c.id))}
 
     async def expired_uploads(self, updated_before: float) -> list[str]:
         """Ids of uploads last advanced before ``updated_before``, oldest first."""
@@ -518,6 +605,15 @@ class MetadataStore(SqlStore):
         """Blobs whose rows were collected but whose bytes may remain (a collector was
         stopped in between): :meth:`collect_blob_bytes` finishes them."""
         return await self.database.read(collection.collected_digests)
+
+
+def repository_name(conn: sa.Connection, repository_id: int) -> str:
+    """The name of repository ``repository_id`` (events name repositories, not ids)."""
+    return str(
+        conn.execute(
+            sa.select(repositories.c.name).where(repositories.c.id == repository_id)
+        ).scalar_one()
+    )
 
 
 def _unique(references: list[Reference]) -> list[Reference]:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from core.digest import Digest
 from core.errors import BlobUnknown, Unavailable
 from core.reference import RepositoryName
-from core.storage.driver import PathNotFound, StorageDriver, StorageError
+from core.storage.driver import PathNotFound, PresignedReads, StorageDriver, StorageError
 from core.storage.filesystem import FilesystemDriver
 from core.web.blobs import BlobInfo
 from core.web.file_body import FileChunks
@@ -30,6 +30,13 @@ class Blobs:
         if record is None:
             raise BlobUnknown(detail={"digest": str(digest)})
         return BlobInfo(str(digest), record.size)
+
+    def redirect_url(self, digest: Digest, expires_seconds: int) -> str | None:
+        """A short-lived URL fetching the blob from the storage itself, or None when the
+        driver has none (the filesystem). Call only after :meth:`stat` allowed the read."""
+        if not isinstance(self._storage, PresignedReads):
+            return None
+        return self._storage.presigned_get_url(blob_path(digest), expires_seconds)
 
     @asynccontextmanager
     async def open(

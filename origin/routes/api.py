@@ -115,12 +115,12 @@ class ManagementApi:
             client = self._failures.client(
                 request.remote_addr, request.headers.get("X-Forwarded-For")
             )
-            self._failures.check(client)
+            await self._failures.check(client)
         principal = None
         if credentials.scheme in ("bearer", "basic") and credentials.secret:
             principal = await self._tenancy.authenticate(credentials.secret, self._clock())
         if principal is None and self._failures is not None and client is not None:
-            self._failures.failed(client)
+            await self._failures.failed(client)
         return management.require_principal(principal)
 
     async def _org(self, ref: str, action: str = READ) -> tuple[Principal, OrgRecord]:

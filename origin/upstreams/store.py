@@ -14,12 +14,15 @@ credentials that do not decrypt, :class:`core.errors.DatabaseError`.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
 from core.errors import AlreadyExists, DatabaseError
+from origin.auth.schema import orgs
 from origin.metadata.database import Database, Row
+from origin.metadata.events import ORG_UPSTREAMS_CHANGED, append_event
 from origin.metadata.sql_store import SqlStore
 from origin.upstreams.cipher import CredentialCipher
 from origin.upstreams.schema import org_upstreams
@@ -83,6 +86,7 @@ class UpstreamStore(SqlStore):
         if conn.execute(taken).first() is not None:
             raise AlreadyExists(f"the org already has an upstream named {values['name']!r}")
         conn.execute(sa.insert(org_upstreams), values)
+        _changed(conn, str(values["org_id"]), float(str(values["created_at"])))
 
     async def of_org(self, org_id: str) -> list[UpstreamRecord]:
         return [_record(row) for row in await self._all(_LISTED, {"org_id": org_id})]
@@ -107,10 +111,23 @@ class UpstreamStore(SqlStore):
 
     async def remove(self, org_id: str, name: str) -> bool:
         """False when the org has no upstream of that name."""
-        stmt = sa.delete(org_upstreams).where(
-            org_upstreams.c.org_id == org_id, org_upstreams.c.name == name
-        )
-        return await self._change(stmt) > 0
+        return await self._write(_remove, org_id, name)
+
+
+def _remove(conn: sa.Connection, org_id: str, name: str) -> bool:
+    stmt = sa.delete(org_upstreams).where(
+        org_upstreams.c.org_id == org_id, org_upstreams.c.name == name
+    )
+    if conn.execute(stmt).rowcount == 0:
+        return False
+    _changed(conn, org_id, time.time())
+    return True
+
+
+def _changed(conn: sa.Connection, org_id: str, now: float) -> None:
+    """Edges ask origin for the org's upstreams again (they keep them for a while)."""
+    slug = conn.execute(sa.select(orgs.c.slug).where(orgs.c.id == org_id)).scalar()
+    append_event(conn, ORG_UPSTREAMS_CHANGED, now, subject=str(slug or org_id))
 
 
 def _record(row: Row) -> UpstreamRecord:

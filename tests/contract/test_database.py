@@ -156,3 +156,22 @@ def test_unusable_urls_are_refused(url: str) -> None:
 def test_a_missing_directory_is_a_database_error(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError):
         Database.open(f"sqlite:///{tmp_path / 'missing-dir' / 'metadata.db'}")
+
+
+async def test_one_process_at_a_time_runs_a_named_pass(
+    store_url: str, open_database: Callable[[], Database]
+) -> None:
+    """``exclusive``: the holder runs, every other try (another origin on PostgreSQL; this
+    process on SQLite, which means one host) is refused at once, and it is free again after."""
+    first_db = open_database()
+    # PostgreSQL: another origin (its own engines); SQLite: the same process.
+    other = open_database() if store_url.startswith("postgresql") else first_db
+    with trio.fail_after(20):
+        async with first_db.exclusive("garbage-collection") as mine:
+            assert mine
+            async with other.exclusive("garbage-collection") as theirs:
+                assert not theirs
+            async with other.exclusive("upload-sweep") as different:
+                assert different  # another pass is another lock
+        async with other.exclusive("garbage-collection") as theirs:
+            assert theirs

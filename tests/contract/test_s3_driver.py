@@ -234,6 +234,45 @@ async def test_two_origins_appending_at_once_cannot_both_win(
         assert await s3.clean_temporary(0) == 0  # the loser's piece went with it
 
 
+async def test_state_kept_by_the_caller_continues_on_another_origin_without_manifest_objects(
+    s3: S3Driver, other_origin: S3Driver
+) -> None:
+    """The upload's database row keeps the pieces list (``state``): appending writes no
+    manifest object and reads none, another origin continues from the state alone, small
+    chunks merge, and the sweep spares a session the caller says is in use."""
+    chunks = [payload(6 * MiB, 21), b"small", payload(3 * MiB, 22), payload(PART, 23)]
+    path = "uploads/u7/data"
+    state, size, expected = b"", 0, b""
+    with trio.fail_after(60):
+        for index, chunk in enumerate(chunks):
+            origin = (s3, other_origin)[index % 2]
+            async with origin.open_appender(path, size, state) as appender:
+                assert appender.size == size
+                await appender.write(chunk)
+                await appender.flush()
+            assert appender.state is not None
+            state, size, expected = appender.state, appender.size, expected + chunk
+            assert not await s3.client.exists(path)  # no manifest object: the state is it
+        pieces = json.loads(state)["pieces"]
+        assert sum(p["size"] for p in pieces) == len(expected)
+        assert_mergeable([Piece(p["key"], p["size"], p["etag"]) for p in pieces])
+
+        # Whatever its age, an open session's pieces stay.
+        assert await s3.clean_temporary(0, in_use={path}.__contains__) == 0
+        assert len(await bucket_keys(s3, PIECES_DIR)) >= len(pieces)
+
+        # A state recorded for another length is refused, not trusted.
+        with pytest.raises(StorageError):
+            async with s3.open_appender(path, size + 1, state):
+                pass
+
+        await other_origin.settle_appended(path, state)
+        assert (await s3.stat(path)).size == len(expected)
+        await s3.move(path, "blobs/u7")
+        assert await other_origin.get("blobs/u7") == expected
+        assert await bucket_keys(s3, PIECES_DIR) == []
+
+
 # --- abandoned work ---------------------------------------------------------------------------
 
 _KILLED_WRITER = """

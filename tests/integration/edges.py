@@ -130,7 +130,14 @@ async def edges_fixture(
     started: list[RunningEdge] = []
 
     async def start(name: str = "edge", **overrides: object) -> RunningEdge:
-        settings: dict[str, Any] = {"upstream": proxy.url, "graceful_timeout_seconds": 2}
+        # No event follower unless asked for: its long polls would be among the requests
+        # these tests count, hold and fail at the proxy (tests/integration/test_events_edge.py
+        # follows events).
+        settings: dict[str, Any] = {
+            "upstream": proxy.url,
+            "graceful_timeout_seconds": 2,
+            "events": False,
+        }
         settings.update(overrides)
         edge = await start_edge(nursery, tenants, tmp_path / name, **settings)
         started.append(edge)
