@@ -289,7 +289,9 @@ async def collect_garbage_periodically(
     keeps what other origins are uploading right now (blobs not yet in a manifest, sessions
     younger than the upload timeout: their rows are in the shared database)."""
 
-    async def one_pass(reports: list[GcReport]) -> None:
+    reports: list[GcReport] = []
+
+    async def one_pass() -> None:
         if before is not None:
             # e.g. retire expired builds' tags: they are not roots
             await once_across_origins(database, "build-retirement", before)
@@ -306,16 +308,18 @@ async def collect_garbage_periodically(
     while True:
         await trio.sleep(settings.gc_interval_seconds)
         try:
-            reports: list[GcReport] = []
-            await once_across_origins(database, "garbage-collection", partial(one_pass, reports))
-            report = reports[0] if reports else None
+            ran = await once_across_origins(database, "garbage-collection", one_pass)
         except Exception:  # keep collecting; the next round retries
             log.exception("garbage collection failed")
             if metrics is not None:
                 metrics.gc_runs.labels("failed").inc()
         else:
-            if metrics is not None and report is not None:  # None: another origin ran it
-                metrics.collected(report)
+            if metrics is not None:
+                if ran and reports:
+                    metrics.collected(reports[-1])
+                else:  # another origin on the database ran this pass
+                    metrics.gc_runs.labels("skipped").inc()
+        reports.clear()
 
 
 @dataclass

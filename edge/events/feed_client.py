@@ -52,6 +52,8 @@ class FeedClient:
     async def open(
         cls, origin_url: str, edge_token: str, *, verify: ssl.SSLContext | bool = True
     ) -> AsyncIterator[FeedClient]:
+        """``verify``: how an https origin's certificate is checked (the edge's
+        ``--upstream-ca``, core/client/trust.py)."""
         async with open_http_client(
             origin_url, auth_header=None, max_connections=1, verify=verify
         ) as http:
