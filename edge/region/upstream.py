@@ -142,8 +142,18 @@ class _Flow:
             while True:
                 holder = await self._directory.claim(self._digest)
                 if holder is None:
-                    self._lead()
-                    break
+                    # A peer may have finished the blob since we looked (it advertises
+                    # before it releases the lock): take it from there, not upstream.
+                    late = await self._advertised()
+                    if not late:
+                        self._lead()
+                        break
+                    await self._directory.release(self._digest)
+                    for peer_id, url in late:
+                        opened = await self._try_peer(peer_id, url, offset)
+                        if opened is not None:
+                            return opened
+                    continue  # they failed us (now skipped): claim again
                 if trio.current_time() > give_up:
                     log.warning("edge %s holds %s but cannot serve it", holder, self._digest)
                     break
