@@ -153,6 +153,25 @@ class Usage:
     rss: int
 
 
+def descriptor_targets(pid: int) -> list[str]:
+    """What ``pid``'s descriptors (not its children's) point at, for failure messages."""
+    directory = f"/proc/{pid}/fd"
+    targets = []
+    for name in os.listdir(directory):
+        try:
+            targets.append(os.readlink(f"{directory}/{name}"))
+        except FileNotFoundError:
+            continue
+    return sorted(targets)
+
+
+def sqlite_descriptors(pid: int) -> int:
+    """Descriptors of ``pid`` on SQLite files (``*.db``, ``-wal``, ``-shm``): diskcache holds
+    one connection per worker thread, so these follow how many threads trio keeps (bounded
+    by the limiters, retired when idle), not how many requests came."""
+    return sum(target.endswith((".db", ".db-wal", ".db-shm")) for target in descriptor_targets(pid))
+
+
 def usage(server: OriginProcess) -> Usage:
     pid = server.process.pid
     return Usage(open_descriptors(pid), open_descriptors(pid, "socket:"), rss_bytes(pid))
