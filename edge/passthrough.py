@@ -20,6 +20,12 @@ for a slot when only the total is reached). A read waits at most the upstream de
 origin's answer, and reads tell the circuit breaker how origin is doing; while the circuit
 is open they are answered at once (``/token`` from memory when it can be: see
 :mod:`edge.token_memory`).
+
+One read is different: a long poll of origin's event feed (``GET /api/v1/events?wait=S``,
+an edge below this one following the feed through it). It waits at origin by design, so its
+deadline is the read deadline plus its ``wait``, and it has no part in the circuit breaker
+(as the edge's own feed client has none): a poll that origin answers late is no sign that
+origin is down, and three of them must not open the circuit for every pull of a shield.
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 #: Origin answers meaning "not now" rather than "no": they count against the circuit, and
 #: ``/token`` is then answered from memory.
 UNREACHABLE_STATUSES = frozenset({502, 503, 504})
+#: Origin's event feed: long polls, see the module's docstring.
+FEED_PATH = "/api/v1/events"
+#: The longest wait a feed poll is given on top of the read deadline (origin caps it so too).
+FEED_MAX_WAIT_SECONDS = 60.0
 #: A ``/token`` form body (OAuth2 password grant) is read whole, up to this.
 MAX_TOKEN_FORM_BYTES = 64 * 1024
 #: A ``/token`` answer is read whole (to remember it), up to this.
@@ -284,9 +294,12 @@ class PassThrough:
         lane = self._read_lane if read else self._write_lane
         slot = await lane.take(client, self._limits.queue_seconds)
         try:
-            if read and not self._breaker.allow():
-                raise self._breaker.unavailable()
-            upstream = await self._exchange(outgoing, read)
+            if read and request.path == FEED_PATH:
+                upstream = await self._long_poll(outgoing, feed_wait(request.args.get("wait")))
+            else:
+                if read and not self._breaker.allow():
+                    raise self._breaker.unavailable()
+                upstream = await self._exchange(outgoing, read)
         except BaseException:
             slot.release()
             raise
@@ -315,6 +328,29 @@ class PassThrough:
         else:
             self._breaker.succeeded()
         return upstream
+
+
+    async def _long_poll(self, outgoing: httpx.Request, wait: float) -> httpx.Response:
+        """Send a feed poll: the read deadline plus its wait, and never the breaker's."""
+        try:
+            with trio.fail_after(self._limits.read_deadline_seconds + wait):
+                return await self._reads.send(outgoing, stream=True)
+        except (trio.TooSlowError, httpx.HTTPError) as exc:
+            log.warning("origin's event feed unreachable: %r", exc)
+            retry = str(self._limits.retry_after_seconds)
+            raise Unavailable("origin unavailable", headers={"Retry-After": retry}) from exc
+
+
+def feed_wait(value: str | None) -> float:
+    """A feed poll's ``wait`` argument as seconds within [0, FEED_MAX_WAIT_SECONDS] (what
+    is not a number waits 0: origin refuses or answers it at once)."""
+    try:
+        wait = float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+    if wait != wait:  # NaN
+        return 0.0
+    return min(max(wait, 0.0), FEED_MAX_WAIT_SECONDS)
 
 
 async def _respond(method: str, upstream: httpx.Response, slot: Slot, whole: bool) -> Response:

@@ -16,6 +16,8 @@ from tests.integration.edges import (
     EdgeFactory,
     edge_client,
     fetch,
+    metric,
+    metrics,
     start_edge,
     upstream_gets,
 )
@@ -83,3 +85,38 @@ async def test_a_pull_through_a_shield_fetches_from_origin_once(
             for blob in image.blobs:
                 fetched = await fetch(http, f"/v2/acme/app/blobs/{blob.digest}")
                 assert (fetched.status, fetched.digest) == (200, blob.digest)
+
+
+async def test_feed_long_polls_through_a_shield_never_open_its_circuit(
+    tmp_path: Path, tenants: Tenants, proxy: OriginProxy, edges: EdgeFactory
+) -> None:
+    """An edge below a shield follows origin's feed through it: long polls that origin answers
+    only after their wait, longer than the shield's upstream deadline. They are answered (the
+    deadline is stretched by the wait) and do not count as origin failures: before, three of
+    them opened the shield's circuit and every pull through it was refused with 503."""
+    image = new_image()
+    with trio.fail_after(TIMEOUT):
+        async with edge_client(tenants.url, basic(tenants.acme)) as origin:
+            await push_manifest(origin, "acme/app", image, "v1")
+        shield = await edges("shield", upstream_deadline_seconds=0.5)
+        edge_token = (tmp_path / "shield" / "edge.token").read_text()
+        async with edge_client(shield.url, basic(edge_token)) as http:
+            head = await http.get("/api/v1/events", params={"wait": "0"})
+            assert head.status_code == 200, head.text
+            after = str(head.json()["last"])
+            answers: list[int] = []
+
+            async def poll() -> None:
+                got = await http.get("/api/v1/events", params={"after": after, "wait": "1.5"})
+                answers.append(got.status_code)
+
+            async with trio.open_nursery() as polls:
+                for _ in range(4):
+                    polls.start_soon(poll)
+            assert answers == [200] * 4  # each waited its 1.5 s at origin, past the deadline
+            assert metric(await metrics(http), "depot_edge_origin_circuit_open") == 0
+            http.headers.update(
+                await bearer_for(http, tenants.acme_pull, "repository:acme/app:pull")
+            )
+            got = await http.get("/v2/acme/app/manifests/v1")
+            assert got.status_code == 200, got.text
