@@ -329,7 +329,6 @@ class PassThrough:
             self._breaker.succeeded()
         return upstream
 
-
     async def _long_poll(self, outgoing: httpx.Request, wait: float) -> httpx.Response:
         """Send a feed poll: the read deadline plus its wait, and never the breaker's."""
         try:
