@@ -297,7 +297,9 @@ MANIFEST_TYPES = ", ".join(
 async def test_fleet(tmp_path: Path) -> None:
     with redis_server(tmp_path / "redis") as redis, trio.fail_after(TEST_SECONDS):
         await redis.start()
+        began = time.perf_counter()
         async with running_fleet(tmp_path, redis) as (running, at_origin, at_shield):
+            print(f"fleet started in {time.perf_counter() - began:.1f} s")
             try:
                 await _scenario(running, at_origin, at_shield, redis)
             except BaseException:
@@ -310,6 +312,11 @@ async def _scenario(
     fleet: Fleet, at_origin: OriginProxy, at_shield: OriginProxy, redis: RedisServer
 ) -> None:
     token = fleet.accounts.pull
+    started = time.perf_counter()
+
+    def phase(name: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f} s] {name}")
+
     edges = [fleet.edges[f"edge{i}"].url for i in (1, 2, 3)]
 
     # 1. A cold blob, CLIENTS concurrent clients over the three edges: fetched once.
@@ -338,6 +345,7 @@ async def _scenario(
             peer_fetches += metric(await metrics(http), "depot_edge_region_peer_fetches")
     assert peer_fetches >= 2
 
+    phase("leader killed mid-fill")
     # 2. The leader killed mid-fill: the others take over and finish with the right bytes.
     blob = await push_blob_image(fleet, 8 * MIB, "kill")
     at_origin.stall_blob_after_bytes = 2 * MIB
@@ -381,6 +389,7 @@ async def _scenario(
     edges[0] = (await fleet.start_edge("edge1")).url
     assert await pull(edges[0], token, blob) == blob.digest
 
+    phase("changes at origin")
     # 3. Changes at origin reach every edge at once; a restarted edge catches up.
     moving, deleted = new_image(), new_image()
     async with client(fleet.origins[1].url, fleet.accounts.acme) as origin:
@@ -457,6 +466,7 @@ async def _scenario(
         f"(median {statistics.median(timings.values()) * 1000:.0f} ms)",
     )
 
+    phase("Redis killed mid-fill")
     # 4. Redis killed mid-fill, then restarted.
     blob = await push_blob_image(fleet, 8 * MIB, "redis-mid")
     at_shield.stall_blob_after_bytes = MIB
@@ -496,3 +506,4 @@ async def _scenario(
     assert finished == [together.digest] * 12
     assert upstream_gets(at_shield, together.digest) == 1  # coordination resumed
     assert upstream_gets(at_origin, together.digest) == 1
+    phase("done")
