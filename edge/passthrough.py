@@ -26,14 +26,19 @@ an edge below this one following the feed through it). It waits at origin by des
 deadline is the read deadline plus its ``wait``, and it has no part in the circuit breaker
 (as the edge's own feed client has none): a poll that origin answers late is no sign that
 origin is down, and three of them must not open the circuit for every pull of a shield.
+A shield that follows the feed itself passes an answer on only once it has acted on it
+(``feed_barrier``, up to :data:`FEED_BARRIER_SECONDS`): an edge below that dropped a moved
+tag or a deleted manifest and asked its shield again before the shield had acted would be
+answered from the shield's stale copy and keep it for its whole freshness window.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeGuard
@@ -78,6 +83,9 @@ UNREACHABLE_STATUSES = frozenset({502, 503, 504})
 FEED_PATH = "/api/v1/events"
 #: The longest wait a feed poll is given on top of the read deadline (origin caps it so too).
 FEED_MAX_WAIT_SECONDS = 60.0
+#: The longest a feed answer waits for this edge's own follower to have acted on it (when
+#: the follower cannot keep up, the edges below act anyway: the freshness windows remain).
+FEED_BARRIER_SECONDS = 5.0
 #: A ``/token`` form body (OAuth2 password grant) is read whole, up to this.
 MAX_TOKEN_FORM_BYTES = 64 * 1024
 #: A ``/token`` answer is read whole (to remember it), up to this.
@@ -190,6 +198,9 @@ class PassThrough:
         self._clock = clock
         self._read_lane = Lane("reads", limits.reads, limits.per_client)
         self._write_lane = Lane("writes", limits.writes, limits.per_client)
+        #: Returns once this edge's own follower has acted on the log up to a position (set
+        #: by the server when the edge follows origin's feed; see the module's docstring).
+        self.feed_barrier: Callable[[int], Awaitable[None]] | None = None
 
     @classmethod
     @asynccontextmanager
@@ -293,8 +304,9 @@ class PassThrough:
             raise BadRequest("invalid request target") from exc
         lane = self._read_lane if read else self._write_lane
         slot = await lane.take(client, self._limits.queue_seconds)
+        feed = read and request.path == FEED_PATH
         try:
-            if read and request.path == FEED_PATH:
+            if feed:
                 upstream = await self._long_poll(outgoing, feed_wait(request.args.get("wait")))
             else:
                 if read and not self._breaker.allow():
@@ -303,7 +315,22 @@ class PassThrough:
         except BaseException:
             slot.release()
             raise
+        if feed and method == "GET":
+            return await self._relay_feed(upstream, slot)
         return await _respond(method, upstream, slot, whole)
+
+    async def _relay_feed(self, upstream: httpx.Response, slot: Slot) -> Response:
+        """A feed answer, read whole and passed on once this edge acted on it."""
+        response = await _respond("GET", upstream, slot, True)
+        if upstream.status_code != 200 or self.feed_barrier is None:
+            return response
+        last = feed_last(await response.get_data(as_text=False))
+        if last is not None:
+            with trio.move_on_after(FEED_BARRIER_SECONDS) as waited:
+                await self.feed_barrier(last)
+            if waited.cancelled_caught:
+                log.info("feed answer up to %d passed on before this edge acted on it", last)
+        return response
 
     async def _exchange(self, outgoing: httpx.Request, read: bool) -> httpx.Response:
         """Send; a read waits at most the read deadline and tells the breaker how it went."""
@@ -338,6 +365,16 @@ class PassThrough:
             log.warning("origin's event feed unreachable: %r", exc)
             retry = str(self._limits.retry_after_seconds)
             raise Unavailable("origin unavailable", headers={"Retry-After": retry}) from exc
+
+
+def feed_last(body: bytes) -> int | None:
+    """The position a feed answer brings its reader to (``last``), or None."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    last = document.get("last") if isinstance(document, dict) else None
+    return last if isinstance(last, int) and not isinstance(last, bool) else None
 
 
 def feed_wait(value: str | None) -> float:

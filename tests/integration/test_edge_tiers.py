@@ -120,3 +120,55 @@ async def test_feed_long_polls_through_a_shield_never_open_its_circuit(
             )
             got = await http.get("/v2/acme/app/manifests/v1")
             assert got.status_code == 200, got.text
+
+
+async def test_an_edge_below_a_shield_hears_of_a_change_once_the_shield_acted(
+    tenants: Tenants, proxy: OriginProxy, edges: EdgeFactory
+) -> None:
+    """A tag moved at origin while the shield's own follower is behind: the leaf must not
+    drop its tag and re-ask the shield before the shield dropped its copy (it would cache
+    the old digest again, for its whole freshness window). The shield passes feed answers on
+    once it has acted on them."""
+    first, second = new_image(), new_image()
+    path = "/v2/acme/app/manifests/v1"
+    with trio.fail_after(TIMEOUT):
+        async with edge_client(tenants.url, basic(tenants.acme)) as origin:
+            await push_manifest(origin, "acme/app", first, "v1")
+            shield = await edges("shield", events=True, events_wait_seconds=0.3)
+            leaf = await edges(
+                "leaf",
+                upstream=shield.url,
+                events=True,
+                events_wait_seconds=5,
+                tag_freshness_seconds=3600,
+            )
+            async with edge_client(leaf.url, basic(tenants.acme_pull)) as http:
+
+                async def digest() -> str:
+                    got = await http.get(path)
+                    assert got.status_code == 200, got.text
+                    return got.headers["Docker-Content-Digest"]
+
+                assert await digest() == first.digest  # cached at the leaf and the shield
+
+                # The shield's own polls (no X-Forwarded-For: not passed through for an edge
+                # below) wait at the proxy: the shield falls behind origin's log.
+                def shield_follows(method: str, path: str, headers: list[tuple[str, str]]) -> bool:
+                    forwarded = any(k.lower() == "x-forwarded-for" for k, _ in headers)
+                    return path == "/api/v1/events" and not forwarded
+
+                proxy.hold_when = shield_follows
+                await proxy.wait_for(lambda p: p.waiting >= 1)
+                position = metric(await metrics(http), "depot_edge_events_position")
+                await push_manifest(origin, "acme/app", second, "v1")  # the tag moves
+                # While the shield is behind, the leaf keeps being asked (and, had it heard
+                # of the move already, it would have asked the shield again by now).
+                with trio.move_on_after(2):
+                    while metric(await metrics(http), "depot_edge_events_position") == position:
+                        await digest()
+                        await trio.sleep(0.05)
+                proxy.hold_when = None
+                proxy.release()  # the shield catches up
+                with trio.fail_after(10):
+                    while await digest() != second.digest:  # noqa: ASYNC110
+                        await trio.sleep(0.05)
