@@ -56,7 +56,7 @@ from tests.integration.oci import (
 from tests.integration.origin_proxy import OriginProxy
 from tests.integration.tenants import OwnTenancyStore, basic, bearer_for
 from tests.postgres import fresh_schema, require_postgres
-from tests.processes import OriginProcess, edge_process, origin_process
+from tests.processes import OriginProcess, edge_process, origin_process, tail
 from tests.redis_server import RedisServer, redis_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -183,6 +183,11 @@ class Fleet:
             path.read_text(errors="replace") for path in sorted(self.root.glob("*.log"))
         )
 
+    def log_tails(self, lines: int = 40) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{tail(path, lines)}" for path in sorted(self.root.glob("*.log"))
+        )
+
 
 @asynccontextmanager
 async def running_fleet(
@@ -276,7 +281,14 @@ async def all_acted(
             if pending:
                 await trio.sleep(0.005)
     took = time.perf_counter() - began
-    print(f"every edge acted on {what}: {took * 1000:.0f} ms after origin's answer")
+    lags = []
+    for url in urls:
+        async with client(url) as http:
+            lags.append(metric(await metrics(http), "depot_edge_events_lag_seconds"))
+    print(
+        f"every edge acted on {what}: {took * 1000:.0f} ms after origin's answer; each edge's"
+        f" own lag from origin's append to acting: {', '.join(f'{s * 1000:.0f}' for s in lags)} ms"
+    )
     return took
 
 
@@ -303,7 +315,7 @@ async def test_fleet(tmp_path: Path) -> None:
             try:
                 await _scenario(running, at_origin, at_shield, redis)
             except BaseException:
-                print(running.logs()[-20000:])
+                print(running.log_tails())
                 raise
         assert "Traceback" not in running.logs()
 
@@ -412,7 +424,7 @@ async def _scenario(
             while not (position := metric(await metrics(http), "depot_edge_events_position")):  # noqa: ASYNC110
                 await trio.sleep(0.01)
     assert await restarted.stop() == 0
-    running = edges[:2]
+    watched = [*edges[:2], fleet.shield_url]  # the running edges, and the shield
 
     moved = new_image()
     timings: dict[str, float] = {}
@@ -422,7 +434,7 @@ async def _scenario(
         async def tag_moved(http: httpx.AsyncClient) -> bool:
             return await digest_at(http, tag_path, token) == moved.digest
 
-        timings["tag moved"] = await all_acted("tag moved", running, tag_moved)
+        timings["tag moved"] = await all_acted("tag moved", watched, tag_moved)
 
     async with client(fleet.origins[1].url, fleet.accounts.acme) as origin:
         answer = await origin.delete(deleted_path)
@@ -431,7 +443,7 @@ async def _scenario(
         async def manifest_gone(http: httpx.AsyncClient) -> bool:
             return (await http.get(deleted_path, headers=basic(token))).status_code == 404
 
-        timings["manifest deleted"] = await all_acted("manifest deleted", running, manifest_gone)
+        timings["manifest deleted"] = await all_acted("manifest deleted", watched, manifest_gone)
 
     parsed = parse_token(fleet.accounts.doomed)
     assert parsed is not None
@@ -446,7 +458,7 @@ async def _scenario(
             ]
             return all(answer.status_code == 401 for answer in answers)
 
-        timings["token revoked"] = await all_acted("token revoked", running, token_refused)
+        timings["token revoked"] = await all_acted("token revoked", watched, token_refused)
 
     edges[2] = (await fleet.start_edge("edge3")).url
     began = time.perf_counter()
