@@ -34,7 +34,7 @@ import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from itertools import cycle
 from pathlib import Path
@@ -144,15 +144,50 @@ def write_edge_settings(path: Path, **fields: object) -> Path:
     return path
 
 
+@dataclass
+class Kept:
+    """A process held open by a task of its own, so that several start and stop at once."""
+
+    process: OriginProcess
+    stop: trio.Event
+    stopped: trio.Event
+
+
+async def keep(nursery: trio.Nursery, manager: AbstractAsyncContextManager[OriginProcess]) -> Kept:
+    """Enter ``manager`` (a process) in a task of ``nursery``; it leaves on ``stop``."""
+
+    async def hold(task_status: trio.TaskStatus[Kept]) -> None:
+        stop, stopped = trio.Event(), trio.Event()
+        try:
+            async with manager as running:
+                task_status.started(Kept(running, stop, stopped))
+                await stop.wait()
+        finally:
+            stopped.set()
+
+    kept: Kept = await nursery.start(hold)
+    return kept
+
+
+async def stop_all(kept: list[Kept]) -> None:
+    """Stop them all at once (SIGTERM each, then wait for every one)."""
+    with trio.CancelScope(shield=True):
+        for each in kept:
+            each.stop.set()
+        for each in kept:
+            await each.stopped.wait()
+
+
 class Fleet:
     """The running processes; edges are started, killed and restarted by name."""
 
-    def __init__(self, root: Path, stack: AsyncExitStack, accounts: Accounts) -> None:
+    def __init__(self, root: Path, nursery: trio.Nursery, accounts: Accounts) -> None:
         self.root = root
-        self.stack = stack
+        self.nursery = nursery
         self.accounts = accounts
         self.origins: list[OriginProcess] = []
         self.edges: dict[str, OriginProcess] = {}
+        self.kept: list[Kept] = []  # every edge process started, running or not
         self.shield_url = ""
         self.redis_url = ""
         self.region = f"r-{uuid.uuid4().hex[:8]}"
@@ -166,17 +201,22 @@ class Fleet:
             region=self.region,
             region_lock_seconds=2,
         )
-        running = await self.stack.enter_async_context(
+        kept = await keep(
+            self.nursery,
             edge_process(
                 self.shield_url,
                 self.accounts.edge,
                 directory / "cache",
                 self.root / f"{name}.log",
                 ["--config", str(config)],
-            )
+            ),
         )
-        self.edges[name] = running
-        return running
+        self.kept.append(kept)
+        self.edges[name] = kept.process
+        return kept.process
+
+    async def stop_edges(self) -> None:
+        await stop_all(self.kept)
 
     def logs(self) -> str:
         return "\n".join(
@@ -193,45 +233,50 @@ class Fleet:
 async def running_fleet(
     root: Path, redis: RedisServer
 ) -> AsyncIterator[tuple[Fleet, OriginProxy, OriginProxy]]:
-    """Origins, proxies, shield and region edges, all running; stopped on exit."""
+    """Origins, proxies, shield and region edges, all running; stopped on exit (the edges,
+    then the shield, then the origins)."""
     server_url = require_postgres()
     with fresh_schema(server_url) as database_url:
         config = write_origin_settings(root, database_url)
         async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
             origins = []
-            for name in ("origin1", "origin2"):
+            for name in ("origin1", "origin2"):  # one after the other: the first migrates
                 data_dir = root / name
                 data_dir.mkdir()
+                log = root / f"{name}.log"
                 origins.append(
-                    await stack.enter_async_context(
-                        origin_process(data_dir, root / f"{name}.log", ["--config", str(config)])
-                    )
+                    await keep(nursery, origin_process(data_dir, log, ["--config", str(config)]))
                 )
+            stack.push_async_callback(stop_all, origins)
             account = await accounts(database_url, root)
             stack.callback(account.store.close)
-            at_origin = BalancingProxy([origin.url for origin in origins])
+            at_origin = BalancingProxy([origin.process.url for origin in origins])
             await at_origin.start(nursery)
             stack.push_async_callback(_stop_proxy, at_origin)
             shield_dir = root / "shield"
             shield_dir.mkdir()
-            shield = await stack.enter_async_context(
+            shield = await keep(
+                nursery,
                 edge_process(
                     at_origin.url,
                     account.edge,
                     shield_dir / "cache",
                     root / "shield.log",
                     ["--config", str(write_edge_settings(shield_dir / "edge.toml"))],
-                )
+                ),
             )
-            at_shield = OriginProxy(shield.url)
+            stack.push_async_callback(stop_all, [shield])
+            at_shield = OriginProxy(shield.process.url)
             await at_shield.start(nursery)
             stack.push_async_callback(_stop_proxy, at_shield)
-            running = Fleet(root, stack, account)
-            running.origins = origins
+            running = Fleet(root, nursery, account)
+            running.origins = [origin.process for origin in origins]
             running.shield_url = at_shield.url
             running.redis_url = redis.url
-            for name in ("edge1", "edge2", "edge3"):
-                await running.start_edge(name)
+            stack.push_async_callback(running.stop_edges)
+            async with trio.open_nursery() as starting:
+                for name in ("edge1", "edge2", "edge3"):
+                    starting.start_soon(running.start_edge, name)
             yield running, at_origin, at_shield
 
 
