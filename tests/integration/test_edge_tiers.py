@@ -172,3 +172,28 @@ async def test_an_edge_below_a_shield_hears_of_a_change_once_the_shield_acted(
                 with trio.fail_after(10):
                     while await digest() != second.digest:  # noqa: ASYNC110
                         await trio.sleep(0.05)
+
+
+async def test_a_manifest_deleted_at_origin_stops_being_served_through_a_shield(
+    tenants: Tenants, proxy: OriginProxy, edges: EdgeFactory
+) -> None:
+    image = new_image()
+    path = f"/v2/acme/app/manifests/{image.digest}"
+    with trio.fail_after(TIMEOUT):
+        async with edge_client(tenants.url, basic(tenants.acme)) as origin:
+            await push_manifest(origin, "acme/app", image, "v1")
+            shield = await edges("shield", events=True, events_wait_seconds=2)
+            leaf = await edges("leaf", upstream=shield.url, events=True, events_wait_seconds=2)
+            async with (
+                edge_client(leaf.url, basic(tenants.acme_pull)) as at_leaf,
+                edge_client(shield.url, basic(tenants.acme_pull)) as at_shield,
+            ):
+                assert (await at_leaf.get(path)).status_code == 200
+                assert (await at_shield.get(path)).status_code == 200
+                deleted = await origin.delete(path)
+                assert deleted.status_code == 202, deleted.text
+                with trio.fail_after(10):
+                    while (await at_leaf.get(path)).status_code != 404:
+                        await at_shield.get(path)
+                        await trio.sleep(0.005)
+                assert (await at_shield.get(path)).status_code == 404
