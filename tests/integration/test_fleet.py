@@ -19,9 +19,10 @@ reached origin through the tier. One sequential scenario, as a fleet lives it:
 1. a cold blob pulled by 64 concurrent clients spread over the region: one GET at the shield,
    one at origin, 64 verified bodies;
 2. the region's leader killed (SIGKILL) mid-fill: the others finish with the right bytes;
-3. a tag moved, a manifest deleted and a token revoked at origin (each on the other origin
-   than the edges' feed may be on): every running edge acts (time printed), and an edge
-   stopped before the changes catches up from its saved position when it restarts;
+3. a tag moved, a manifest deleted and a token revoked at origin (through either origin):
+   every running edge and the shield act within ``ACT_WITHIN_SECONDS`` (printed: the time
+   from origin's answer, and each edge's own lag from origin's append to acting), and an
+   edge stopped before the changes catches up from its saved position when it restarts;
 4. Redis killed mid-fill and restarted: no wrong bytes, every pull served, and one GET at the
    shield again for a new cold blob once the edges are back on Redis.
 """
