@@ -20,15 +20,26 @@ for a slot when only the total is reached). A read waits at most the upstream de
 origin's answer, and reads tell the circuit breaker how origin is doing; while the circuit
 is open they are answered at once (``/token`` from memory when it can be: see
 :mod:`edge.token_memory`).
+
+One read is different: a long poll of origin's event feed (``GET /api/v1/events?wait=S``,
+an edge below this one following the feed through it). It waits at origin by design, so its
+deadline is the read deadline plus its ``wait``, and it has no part in the circuit breaker
+(as the edge's own feed client has none): a poll that origin answers late is no sign that
+origin is down, and three of them must not open the circuit for every pull of a shield.
+A shield that follows the feed itself passes an answer on only once it has acted on it
+(``feed_barrier``, up to :data:`FEED_BARRIER_SECONDS`): an edge below that dropped a moved
+tag or a deleted manifest and asked its shield again before the shield had acted would be
+answered from the shield's stale copy and keep it for its whole freshness window.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeGuard
@@ -69,6 +80,13 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 #: Origin answers meaning "not now" rather than "no": they count against the circuit, and
 #: ``/token`` is then answered from memory.
 UNREACHABLE_STATUSES = frozenset({502, 503, 504})
+#: Origin's event feed: long polls, see the module's docstring.
+FEED_PATH = "/api/v1/events"
+#: The longest wait a feed poll is given on top of the read deadline (origin caps it so too).
+FEED_MAX_WAIT_SECONDS = 60.0
+#: The longest a feed answer waits for this edge's own follower to have acted on it (when
+#: the follower cannot keep up, the edges below act anyway: the freshness windows remain).
+FEED_BARRIER_SECONDS = 5.0
 #: A ``/token`` form body (OAuth2 password grant) is read whole, up to this.
 MAX_TOKEN_FORM_BYTES = 64 * 1024
 #: A ``/token`` answer is read whole (to remember it), up to this.
@@ -181,6 +199,9 @@ class PassThrough:
         self._clock = clock
         self._read_lane = Lane("reads", limits.reads, limits.per_client)
         self._write_lane = Lane("writes", limits.writes, limits.per_client)
+        #: Returns once this edge's own follower has acted on the log up to a position (set
+        #: by the server when the edge follows origin's feed; see the module's docstring).
+        self.feed_barrier: Callable[[int], Awaitable[None]] | None = None
 
     @classmethod
     @asynccontextmanager
@@ -289,14 +310,33 @@ class PassThrough:
             raise BadRequest("invalid request target") from exc
         lane = self._read_lane if read else self._write_lane
         slot = await lane.take(client, self._limits.queue_seconds)
+        feed = read and request.path == FEED_PATH
         try:
-            if read and not self._breaker.allow():
-                raise self._breaker.unavailable()
-            upstream = await self._exchange(outgoing, read)
+            if feed:
+                upstream = await self._long_poll(outgoing, feed_wait(request.args.get("wait")))
+            else:
+                if read and not self._breaker.allow():
+                    raise self._breaker.unavailable()
+                upstream = await self._exchange(outgoing, read)
         except BaseException:
             slot.release()
             raise
+        if feed and method == "GET":
+            return await self._relay_feed(upstream, slot)
         return await _respond(method, upstream, slot, whole)
+
+    async def _relay_feed(self, upstream: httpx.Response, slot: Slot) -> Response:
+        """A feed answer, read whole and passed on once this edge acted on it."""
+        response = await _respond("GET", upstream, slot, True)
+        if upstream.status_code != 200 or self.feed_barrier is None:
+            return response
+        last = feed_last(await response.get_data(as_text=False))
+        if last is not None:
+            with trio.move_on_after(FEED_BARRIER_SECONDS) as waited:
+                await self.feed_barrier(last)
+            if waited.cancelled_caught:
+                log.info("feed answer up to %d passed on before this edge acted on it", last)
+        return response
 
     async def _exchange(self, outgoing: httpx.Request, read: bool) -> httpx.Response:
         """Send; a read waits at most the read deadline and tells the breaker how it went."""
@@ -321,6 +361,38 @@ class PassThrough:
         else:
             self._breaker.succeeded()
         return upstream
+
+    async def _long_poll(self, outgoing: httpx.Request, wait: float) -> httpx.Response:
+        """Send a feed poll: the read deadline plus its wait, and never the breaker's."""
+        try:
+            with trio.fail_after(self._limits.read_deadline_seconds + wait):
+                return await self._reads.send(outgoing, stream=True)
+        except (trio.TooSlowError, httpx.HTTPError) as exc:
+            log.warning("origin's event feed unreachable: %r", exc)
+            retry = str(self._limits.retry_after_seconds)
+            raise Unavailable("origin unavailable", headers={"Retry-After": retry}) from exc
+
+
+def feed_last(body: bytes) -> int | None:
+    """The position a feed answer brings its reader to (``last``), or None."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    last = document.get("last") if isinstance(document, dict) else None
+    return last if isinstance(last, int) and not isinstance(last, bool) else None
+
+
+def feed_wait(value: str | None) -> float:
+    """A feed poll's ``wait`` argument as seconds within [0, FEED_MAX_WAIT_SECONDS] (what
+    is not a number waits 0: origin refuses or answers it at once)."""
+    try:
+        wait = float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+    if wait != wait:  # NaN
+        return 0.0
+    return min(max(wait, 0.0), FEED_MAX_WAIT_SECONDS)
 
 
 async def _respond(method: str, upstream: httpx.Response, slot: Slot, whole: bool) -> Response:

@@ -275,18 +275,17 @@ async def serve(
                 mirrors[spec.name] = make_site(spec)
                 closing.append(mirrors[spec.name].aclose)
             if settings.events:
-                await _follow_events(
-                    root,
-                    Follower(
-                        feed,
-                        EventActions(cache, gate, passthrough.memory, orgs, clock),
-                        revocations,
-                        state_path(settings.cache_dir),
-                        wait_seconds=settings.events_wait_seconds,
-                        clock=clock,
-                    ),
-                    metrics,
+                follower = Follower(
+                    feed,
+                    EventActions(cache, gate, passthrough.memory, orgs, clock),
+                    revocations,
+                    state_path(settings.cache_dir),
+                    wait_seconds=settings.events_wait_seconds,
+                    clock=clock,
                 )
+                # Edges below this one (a shield) hear of a change once it has acted on it.
+                passthrough.feed_barrier = follower.reached
+                await _follow_events(root, follower, metrics)
 
             def router(origin: V2Routes) -> Chooser:
                 return Router(

@@ -50,15 +50,20 @@ def require_postgres() -> str:
 
 @contextmanager
 def fresh_schema(server_url: str) -> Iterator[str]:
-    """A URL whose tables live in a new, empty schema; the schema is dropped on exit."""
+    """A URL whose tables live in a new, empty schema; the schema is dropped on exit, a
+    failed test's too (else every failure leaves one behind in the shared database)."""
     schema = f"contract_{uuid.uuid4().hex}"
     admin = sa.create_engine(server_url)
     try:
         with admin.begin() as conn:
             conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        yield f"{server_url}?options=-csearch_path%3D{schema}"
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        try:
+            yield f"{server_url}?options=-csearch_path%3D{schema}"
+        finally:
+            with admin.begin() as conn:
+                # A session a failed test left holding a lock must not hang the run.
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
+                conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
     finally:
         admin.dispose()
 

@@ -372,6 +372,12 @@ class EdgeCache:
             # deletion must not bring it back (the next request asks origin again).
             keys = [key for key in keys if self._tombstone(key) is None]
         await self._run(self._set_all, keys)
+        if self._tombstones:
+            # Dropped while this was being written (the drop's delete may have run first).
+            buried = [key for key in keys if self._tombstone(key) is not None]
+            if buried:
+                await self._run(self._delete_all, buried)
+                keys = [key for key in keys if key not in buried]
         for key in keys:
             self._hot_links.put(key, True)
 
@@ -385,6 +391,10 @@ class EdgeCache:
         if self._hot_links.get(key):
             return True
         found = await self._run(partial(self._meta.get, key, retry=True)) is not None
+        if found and self._tombstones and self._tombstone(key) is not None:
+            # Dropped while it was being read (origin's event feed): nothing may link it
+            # during the tombstone's life, and remembering it here would keep serving it.
+            return False
         if found:
             self._hot_links.put(key, True)
         return found

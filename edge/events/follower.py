@@ -78,6 +78,11 @@ class Follower:
         #: Set each time a batch was acted on (tests wait on it; replaced after each set).
         self.progressed = trio.Event()
 
+    async def reached(self, position: int) -> None:
+        """Return once this edge has acted on origin's log up to ``position``."""
+        while self.stats.last < position:
+            await self.progressed.wait()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         saved = await trio.to_thread.run_sync(load_position, self._state)
         self._revocations.restore(saved.revocations)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,40 @@ async def test_each_event_acts_on_origin_s_namespace_only(tmp_path: Path) -> Non
         assert await mirror.has_link(REPO, digest(2))
         assert len(memory) == 0 and orgs.forgotten[-1] is None
         cache.close()
+
+
+async def test_a_link_read_while_it_is_dropped_is_not_remembered(tmp_path: Path) -> None:
+    """``has_link`` reads the disk in a thread; a drop (origin deleted the manifest) that
+    completed meanwhile must win: before, the read put the link back into memory and the edge
+    served the deleted manifest until that memory forgot it (seen with a shield hammered by
+    the edges below it, tests/integration/test_fleet.py)."""
+    with trio.fail_after(30):
+        cache = EdgeCache.open(tmp_path / "cache", 1 << 30)
+        await cache.add_links(REPO, [digest(1)])
+        cache._hot_links.clear()  # as after a restart: the next has_link reads the disk
+        original = cache._meta.get
+        read, go_on = threading.Event(), threading.Event()
+
+        def slow_get(key: str, *args: Any, **kwargs: Any) -> Any:
+            value = original(key, *args, **kwargs)
+            read.set()
+            go_on.wait(10)
+            return value
+
+        cache._meta.get = slow_get  # type: ignore[method-assign]
+        answers: list[bool] = []
+        async with trio.open_nursery() as nursery:
+
+            async def ask() -> None:
+                answers.append(await cache.has_link(REPO, digest(1)))
+
+            nursery.start_soon(ask)
+            await trio.to_thread.run_sync(read.wait, 10)  # it read the link: still there
+            await cache.drop_links(REPO, [digest(1)])
+            go_on.set()
+        cache._meta.get = original  # type: ignore[method-assign]
+        assert answers == [False]
+        assert not await cache.has_link(REPO, digest(1))
+        # Nor does a fill that linked it meanwhile bring it back.
+        await cache.add_links(REPO, [digest(1)])
+        assert not await cache.has_link(REPO, digest(1))

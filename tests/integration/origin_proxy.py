@@ -13,6 +13,7 @@ switches a test flips at any time:
   and ``await reconnect()`` listens on the same port again;
 - ``status_for_manifests`` / ``status_for_blobs``: GET/HEAD of that kind answered so;
 - ``hold``: requests of these kinds wait before being forwarded until ``release()``;
+  ``hold_when(method, path, headers)``: so do requests for which it returns True;
 - ``add_headers``: sent with every forwarded answer (e.g. Docker Hub's ``ratelimit-remaining``);
 - on blob GET bodies (200/206): ``stall_blob_after_bytes`` (relay N bytes, then nothing
   until ``release()``), ``fail_blob_after_bytes`` (relay N bytes, then cut the connection),
@@ -80,6 +81,7 @@ class OriginProxy:
         self.status_for_manifests: int | None = None
         self.status_for_blobs: int | None = None
         self.hold: frozenset[str] = frozenset()
+        self.hold_when: Callable[[str, str, list[tuple[str, str]]], bool] | None = None
         self.stall_blob_after_bytes: int | None = None
         self.fail_blob_after_bytes: int | None = None
         self.corrupt_blob = False
@@ -113,6 +115,7 @@ class OriginProxy:
         self.down, self.down_status = False, 503
         self.status_for_manifests = self.status_for_blobs = None
         self.hold = frozenset()
+        self.hold_when = None
         self.stall_blob_after_bytes = self.fail_blob_after_bytes = None
         self.corrupt_blob = False
         self.release()
@@ -192,7 +195,9 @@ class OriginProxy:
         if reads and kind == "blob" and self.status_for_blobs is not None:
             await _answer(send, method, self.status_for_blobs)
             return
-        if kind in self.hold:
+        if kind in self.hold or (
+            self.hold_when is not None and self.hold_when(method, scope["path"], headers)
+        ):
             await self._wait_released()
         query = scope.get("query_string", b"").decode("latin-1")
         url = self.target + scope["raw_path"].decode("latin-1") + (f"?{query}" if query else "")

@@ -16,6 +16,8 @@ from tests.integration.edges import (
     EdgeFactory,
     edge_client,
     fetch,
+    metric,
+    metrics,
     start_edge,
     upstream_gets,
 )
@@ -83,3 +85,115 @@ async def test_a_pull_through_a_shield_fetches_from_origin_once(
             for blob in image.blobs:
                 fetched = await fetch(http, f"/v2/acme/app/blobs/{blob.digest}")
                 assert (fetched.status, fetched.digest) == (200, blob.digest)
+
+
+async def test_feed_long_polls_through_a_shield_never_open_its_circuit(
+    tmp_path: Path, tenants: Tenants, proxy: OriginProxy, edges: EdgeFactory
+) -> None:
+    """An edge below a shield follows origin's feed through it: long polls that origin answers
+    only after their wait, longer than the shield's upstream deadline. They are answered (the
+    deadline is stretched by the wait) and do not count as origin failures: before, three of
+    them opened the shield's circuit and every pull through it was refused with 503."""
+    image = new_image()
+    with trio.fail_after(TIMEOUT):
+        async with edge_client(tenants.url, basic(tenants.acme)) as origin:
+            await push_manifest(origin, "acme/app", image, "v1")
+        shield = await edges("shield", upstream_deadline_seconds=0.5)
+        edge_token = (tmp_path / "shield" / "edge.token").read_text()
+        async with edge_client(shield.url, basic(edge_token)) as http:
+            head = await http.get("/api/v1/events", params={"wait": "0"})
+            assert head.status_code == 200, head.text
+            after = str(head.json()["last"])
+            answers: list[int] = []
+
+            async def poll() -> None:
+                got = await http.get("/api/v1/events", params={"after": after, "wait": "1.5"})
+                answers.append(got.status_code)
+
+            async with trio.open_nursery() as polls:
+                for _ in range(4):
+                    polls.start_soon(poll)
+            assert answers == [200] * 4  # each waited its 1.5 s at origin, past the deadline
+            assert metric(await metrics(http), "depot_edge_origin_circuit_open") == 0
+            http.headers.update(
+                await bearer_for(http, tenants.acme_pull, "repository:acme/app:pull")
+            )
+            got = await http.get("/v2/acme/app/manifests/v1")
+            assert got.status_code == 200, got.text
+
+
+async def test_an_edge_below_a_shield_hears_of_a_change_once_the_shield_acted(
+    tenants: Tenants, proxy: OriginProxy, edges: EdgeFactory
+) -> None:
+    """A tag moved at origin while the shield's own follower is behind: the leaf must not
+    drop its tag and re-ask the shield before the shield dropped its copy (it would cache
+    the old digest again, for its whole freshness window). The shield passes feed answers on
+    once it has acted on them."""
+    first, second = new_image(), new_image()
+    path = "/v2/acme/app/manifests/v1"
+    with trio.fail_after(TIMEOUT):
+        async with edge_client(tenants.url, basic(tenants.acme)) as origin:
+            await push_manifest(origin, "acme/app", first, "v1")
+            shield = await edges("shield", events=True, events_wait_seconds=0.3)
+            leaf = await edges(
+                "leaf",
+                upstream=shield.url,
+                events=True,
+                events_wait_seconds=5,
+                tag_freshness_seconds=3600,
+            )
+            async with edge_client(leaf.url, basic(tenants.acme_pull)) as http:
+
+                async def digest() -> str:
+                    got = await http.get(path)
+                    assert got.status_code == 200, got.text
+                    return got.headers["Docker-Content-Digest"]
+
+                assert await digest() == first.digest  # cached at the leaf and the shield
+
+                # The shield's own polls (no X-Forwarded-For: not passed through for an edge
+                # below) wait at the proxy: the shield falls behind origin's log.
+                def shield_follows(method: str, path: str, headers: list[tuple[str, str]]) -> bool:
+                    forwarded = any(k.lower() == "x-forwarded-for" for k, _ in headers)
+                    return path == "/api/v1/events" and not forwarded
+
+                proxy.hold_when = shield_follows
+                await proxy.wait_for(lambda p: p.waiting >= 1)
+                position = metric(await metrics(http), "depot_edge_events_position")
+                await push_manifest(origin, "acme/app", second, "v1")  # the tag moves
+                # While the shield is behind, the leaf keeps being asked (and, had it heard
+                # of the move already, it would have asked the shield again by now).
+                with trio.move_on_after(2):
+                    while metric(await metrics(http), "depot_edge_events_position") == position:
+                        await digest()
+                        await trio.sleep(0.05)
+                proxy.hold_when = None
+                proxy.release()  # the shield catches up
+                with trio.fail_after(10):
+                    while await digest() != second.digest:  # noqa: ASYNC110
+                        await trio.sleep(0.05)
+
+
+async def test_a_manifest_deleted_at_origin_stops_being_served_through_a_shield(
+    tenants: Tenants, proxy: OriginProxy, edges: EdgeFactory
+) -> None:
+    image = new_image()
+    path = f"/v2/acme/app/manifests/{image.digest}"
+    with trio.fail_after(TIMEOUT):
+        async with edge_client(tenants.url, basic(tenants.acme)) as origin:
+            await push_manifest(origin, "acme/app", image, "v1")
+            shield = await edges("shield", events=True, events_wait_seconds=2)
+            leaf = await edges("leaf", upstream=shield.url, events=True, events_wait_seconds=2)
+            async with (
+                edge_client(leaf.url, basic(tenants.acme_pull)) as at_leaf,
+                edge_client(shield.url, basic(tenants.acme_pull)) as at_shield,
+            ):
+                assert (await at_leaf.get(path)).status_code == 200
+                assert (await at_shield.get(path)).status_code == 200
+                deleted = await origin.delete(path)
+                assert deleted.status_code == 202, deleted.text
+                with trio.fail_after(10):
+                    while (await at_leaf.get(path)).status_code != 404:
+                        await at_shield.get(path)
+                        await trio.sleep(0.005)
+                assert (await at_shield.get(path)).status_code == 404
