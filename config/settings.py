@@ -239,3 +239,7 @@ class EdgeSettings:
     #: in the background, this many at once, largest first, so the client's blob GETs join
     #: fills already running. 0 turns it off.
     prefetch_blobs: int = 3
+    #: Worker processes sharing the listening socket and the cache directory, one fill per
+    #: digest across them (edge/coord/host_lock.py). 1 (not the core count) by default:
+    #: each worker follows origin's event feed and keeps its own memory and metrics.
+    workers: int = 1

@@ -11,7 +11,12 @@ import argparse
 import json
 import logging
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -22,6 +27,7 @@ import trio
 
 from config.loader import ConfigError, load
 from config.settings import EdgeSettings
+from core.cli import main as cli_main
 from core.client.trust import verifying_context
 from core.web.serving import bind_socket, bound_url, serve_until_signal
 from core.web.tls import add_tls_flags, server_tls_context
@@ -37,6 +43,31 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     edge_commands = edge.add_subparsers(dest="command", required=True)
 
     serve_cmd = edge_commands.add_parser("serve", help="serve pulls from cache, fill from origin")
+    _add_serve_flags(serve_cmd)
+    serve_cmd.add_argument(
+        "--workers", type=int, help="worker processes sharing the socket and cache (default 1)"
+    )
+    serve_cmd.set_defaults(handler=_run_serve)
+
+    # Internal (started by `serve --workers N`): no help, so it is not listed.
+    worker = edge_commands.add_parser("worker")
+    _add_serve_flags(worker)
+    worker.add_argument("--fd", type=int, required=True)
+    worker.set_defaults(handler=_run_serve)
+
+    cache = edge_commands.add_parser("cache", help="inspect or empty an edge's cache")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    for name, handler, text in (
+        ("stats", _run_stats, "size, entries, hits, misses, evictions"),
+        ("purge", _run_purge, "delete every cached object"),
+    ):
+        sub = cache_commands.add_parser(name, help=text)
+        sub.add_argument("--cache-dir", type=Path, required=True)
+        sub.add_argument("--json", action="store_true")
+        sub.set_defaults(handler=handler)
+
+
+def _add_serve_flags(serve_cmd: argparse.ArgumentParser) -> None:
     serve_cmd.add_argument("--listen", help="HOST:PORT (port 0 picks a free port)")
     serve_cmd.add_argument("--upstream", help="the origin's URL")
     serve_cmd.add_argument("--cache-dir", type=Path)
@@ -77,18 +108,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="CA bundle (PEM) origin's certificate must chain to, for an https --upstream "
         "(default: the system's trust store)",
     )
-    serve_cmd.set_defaults(handler=_run_serve)
-
-    cache = edge_commands.add_parser("cache", help="inspect or empty an edge's cache")
-    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
-    for name, handler, text in (
-        ("stats", _run_stats, "size, entries, hits, misses, evictions"),
-        ("purge", _run_purge, "delete every cached object"),
-    ):
-        sub = cache_commands.add_parser(name, help=text)
-        sub.add_argument("--cache-dir", type=Path, required=True)
-        sub.add_argument("--json", action="store_true")
-        sub.set_defaults(handler=handler)
 
 
 def _settings(args: argparse.Namespace) -> EdgeSettings:
@@ -107,6 +126,7 @@ def _settings(args: argparse.Namespace) -> EdgeSettings:
         "tls_cert_file": args.tls_cert,
         "tls_key_file": args.tls_key,
         "upstream_ca_file": args.upstream_ca,
+        "workers": getattr(args, "workers", None),
     }
     settings = load(
         EdgeSettings, file=args.config, environ=os.environ, prefix=ENV_PREFIX, overrides=overrides
@@ -125,17 +145,80 @@ def _run_serve(args: argparse.Namespace) -> int:
         site_specs(settings)  # mirrors checked (and their password files read) before binding
         server_tls_context(settings.tls_cert_file, settings.tls_key_file)
         verifying_context(settings.upstream_ca_file)
-        sock = bind_socket(settings.listen)
+        if args.command == "worker":
+            sock = socket.socket(fileno=args.fd)
+        else:
+            sock = bind_socket(settings.listen)
     except (ConfigError, OSError, ValueError) as exc:
         print(f"depot-registry: {exc}", file=sys.stderr)
         return 2
+    url = bound_url(sock, tls=settings.tls_cert_file is not None)
 
     def announce() -> None:
-        url = bound_url(sock, tls=settings.tls_cert_file is not None)
         print(f"depot-registry edge listening on {url}", flush=True)
 
+    if args.command == "worker":
+        trio.run(partial(serve_until_signal, partial(serve, settings, sock, recover=False)))
+        return 0
+    if settings.workers > 1:
+        return _serve_many(settings, sock, args, announce)
     trio.run(partial(serve_until_signal, partial(serve, settings, sock), announce=announce))
     return 0
+
+
+def _serve_many(
+    settings: EdgeSettings,
+    sock: socket.socket,
+    args: argparse.Namespace,
+    announce: Callable[[], None],
+) -> int:
+    """The parent of ``edge serve --workers N``: recovers the cache once (a worker's recovery
+    would delete a sibling's files in flight), then starts and watches N workers on its
+    socket, as ``origin serve --workers N`` does."""
+    EdgeCache.open(settings.cache_dir, settings.cache_size_bytes).close()
+    command = [sys.executable, "-m", "edge.cli", "edge", "worker", "--fd", str(sock.fileno())]
+    command += _flags(args)
+    children = [
+        subprocess.Popen(command, pass_fds=[sock.fileno()]) for _ in range(settings.workers)
+    ]
+    announce()
+    received: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda s, _frame: received.append(s))
+    try:
+        while not received and all(child.poll() is None for child in children):
+            time.sleep(0.2)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        codes = [child.wait() for child in children]
+    return 0 if received and all(code == 0 for code in codes) else 1
+
+
+def _flags(args: argparse.Namespace) -> list[str]:
+    """``serve``'s flags as given (all but --listen and --workers), for the workers."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_serve_flags(parser)
+    flags: list[str] = []
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest == "listen" or value is None or value is False or value == []:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            flags.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            for item in value:
+                flags += [flag, str(item)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The edge's commands alone (``python -m edge.cli``, used to start workers)."""
+    return cli_main(argv, registrars=[register])
 
 
 def _holds_cache(directory: Path) -> bool:
@@ -180,3 +263,7 @@ def _run_purge(args: argparse.Namespace) -> int:
         cache.close()
     print(json.dumps({"removed": removed}) if args.json else f"removed {removed} entries")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

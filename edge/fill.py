@@ -24,7 +24,7 @@ import logging
 import os
 import weakref
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -38,6 +38,7 @@ from core.reference import RepositoryName
 from core.web.file_body import FileChunks
 from edge.cache.spool import SpoolFile
 from edge.cache.store import EdgeCache
+from edge.coord.host_lock import HostLocks
 from edge.upstream_types import Upstream, UpstreamBlob
 
 log = logging.getLogger("depot.edge.fill")
@@ -188,8 +189,13 @@ class Fills:
         clock: Callable[[], float],
         progress_timeout_seconds: float = PROGRESS_TIMEOUT_SECONDS,
         threads: int = 16,
+        host_locks: HostLocks | None = None,
     ) -> None:
-        """``nursery`` must be the process's root nursery; ``clock`` gives POSIX seconds."""
+        """``nursery`` must be the process's root nursery; ``clock`` gives POSIX seconds.
+
+        ``host_locks``: fills of the host's other edge processes (sharing the cache
+        directory) are waited for, then served from the cache, instead of fetched again."""
+        self._host_locks = host_locks
         self._cache = cache
         self._upstream = upstream
         self._nursery = nursery
@@ -271,24 +277,25 @@ class Fills:
     async def _run(self, fill: _Fill) -> None:
         adopted = False
         try:
-            cached = await self._cache.open_blob(fill.digest)
-            if cached is not None:  # a flight of one cache lookup
-                try:
-                    fill.read_fd = os.dup(cached.file.fileno())
-                finally:
-                    cached.close()
-                fill.size = fill.durable = cached.size
-                fill.from_cache = fill.verified = True
+            if await self._from_cache(fill):  # a flight of one cache lookup
                 return
-            try:
-                with trio.fail_after(self._deadline):
-                    await self._fetch(fill)
-            except trio.TooSlowError:
-                raise Unavailable(f"blob fill exceeded {self._deadline:g} s") from None
-            fill.verified = True  # readers may take the last bytes now
-            fill.publish()
-            self._completed += 1
-            adopted = await self._adopt(fill)
+            async with AsyncExitStack() as host_lock:
+                try:
+                    with trio.fail_after(self._deadline):
+                        if self._host_locks is not None:
+                            # Held until the blob is adopted; another process that filled
+                            # it while we waited has committed it to the shared cache.
+                            hold = self._host_locks.hold(fill.digest)
+                            if await host_lock.enter_async_context(hold):
+                                if await self._from_cache(fill):
+                                    return
+                        await self._fetch(fill)
+                except trio.TooSlowError:
+                    raise Unavailable(f"blob fill exceeded {self._deadline:g} s") from None
+                fill.verified = True  # readers may take the last bytes now
+                fill.publish()
+                self._completed += 1
+                adopted = await self._adopt(fill)
         except Exception as exc:
             fill.failure = exc
             if isinstance(exc, RegistryError):
@@ -313,6 +320,18 @@ class Fills:
                 self._running -= 1
                 self._ended.set()
                 self._ended = trio.Event()
+
+    async def _from_cache(self, fill: _Fill) -> bool:
+        cached = await self._cache.open_blob(fill.digest)
+        if cached is None:
+            return False
+        try:
+            fill.read_fd = os.dup(cached.file.fileno())
+        finally:
+            cached.close()
+        fill.size = fill.durable = cached.size
+        fill.from_cache = fill.verified = True
+        return True
 
     async def _adopt(self, fill: _Fill) -> bool:
         """Move the verified spool into the cache; a failure here only costs the caching."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -31,6 +32,11 @@ class EdgeMetrics:
         self.passthrough = Counter(
             "depot_edge_passthrough", "Requests passed through to origin", ["method"], registry=r
         )
+        # Each worker process of ``edge serve --workers N`` has its own registry: a scrape
+        # answers for the one worker that took the connection, and says which.
+        Gauge(
+            "depot_edge_worker", "1, labelled with the answering process's pid", ["pid"], registry=r
+        ).labels(pid=str(os.getpid())).set(1)
 
     def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time (fills in flight, cache size, ...)."""

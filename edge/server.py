@@ -22,6 +22,7 @@ from edge.app import EdgeServices, create_edge_app
 from edge.auth import EdgeGate
 from edge.breaker import CircuitBreaker, State
 from edge.cache.store import CacheStats, EdgeCache
+from edge.coord.host_lock import HostLocks
 from edge.events.actions import EventActions
 from edge.events.feed_client import FeedClient
 from edge.events.follower import Follower
@@ -136,16 +137,21 @@ async def serve(
     *,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     clock: Callable[[], float] = time.time,
+    recover: bool = True,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the edge on a bound, listening socket until shutdown."""
+    """Serve the edge on a bound, listening socket until shutdown.
+
+    ``recover`` False: another process (``edge serve --workers N``'s parent) recovered the
+    cache before this one started, and sibling processes are filling it now."""
     token = read_upstream_token(settings)
     tls = server_tls_context(settings.tls_cert_file, settings.tls_key_file)
     # Origin's certificate is checked against --upstream-ca, else the system's trust store.
     trust = verifying_context(settings.upstream_ca_file)
     specs = site_specs(settings)
     log_access(specs)
-    cache = EdgeCache.open(settings.cache_dir, settings.cache_size_bytes)
+    cache = EdgeCache.open(settings.cache_dir, settings.cache_size_bytes, recover=recover)
+    host_locks = HostLocks(settings.cache_dir)
     metrics = EdgeMetrics()
     closing: list[Callable[[], Awaitable[None]]] = []  # the mirrors' clients, after the fills
     # One breaker per upstream: pulls, pass-through reads and the control plane all learn
@@ -204,6 +210,12 @@ async def serve(
                 root,
                 fill_deadline_seconds=settings.fill_deadline_seconds,
                 clock=clock,
+                host_locks=host_locks,
+            )
+            metrics.gauge(
+                "depot_edge_fill_host_waits",
+                "Fills that waited for another process of this host filling the same blob",
+                lambda: float(host_locks.waits),
             )
             gauges = _CacheGauges()
             root.start_soon(_refresh_stats, cache, gauges)
