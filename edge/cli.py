@@ -37,6 +37,8 @@ from edge.server import read_upstream_token, serve
 
 ENV_PREFIX = "DEPOT_EDGE_"
 
+log = logging.getLogger("depot.edge.cli")
+
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     edge = commands.add_parser("edge", help="a cache-filling edge node in front of the origin")
@@ -174,19 +176,33 @@ def _serve_many(
 ) -> int:
     """The parent of ``edge serve --workers N``: recovers the cache once (a worker's recovery
     would delete a sibling's files in flight), then starts and watches N workers on its
-    socket, as ``origin serve --workers N`` does."""
+    socket, as ``origin serve --workers N`` does; a worker killed by a signal is replaced."""
     EdgeCache.open(settings.cache_dir, settings.cache_size_bytes).close()
     command = [sys.executable, "-m", "edge.cli", "edge", "worker", "--fd", str(sock.fileno())]
     command += _flags(args)
-    children = [
-        subprocess.Popen(command, pass_fds=[sock.fileno()]) for _ in range(settings.workers)
-    ]
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, pass_fds=[sock.fileno()])
+
+    children = [start() for _ in range(settings.workers)]
     announce()
     received: list[int] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, _frame: received.append(s))
+    failed = False
     try:
-        while not received and all(child.poll() is None for child in children):
+        while not received and not failed:
+            for index, child in enumerate(children):
+                code = child.poll()
+                if code is None:
+                    continue
+                if code >= 0:  # the worker chose to exit (an error it logged): so does the edge
+                    failed = True
+                    break
+                # Killed by a signal (the OOM killer, an operator): its siblings go on, its
+                # fills are taken over by them (the kernel released its locks); replace it.
+                log.warning("edge worker %d killed by signal %d: replaced", child.pid, -code)
+                children[index] = start()
             time.sleep(0.2)
     finally:
         for child in children:
