@@ -42,7 +42,7 @@ log = logging.getLogger("depot.edge.cli")
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     edge = commands.add_parser("edge", help="a cache-filling edge node in front of the origin")
-    edge_commands = edge.add_subparsers(dest="command", required=True)
+    edge_commands = edge.add_subparsers(dest="command", required=True, metavar="{serve,cache}")
 
     serve_cmd = edge_commands.add_parser("serve", help="serve pulls from cache, fill from origin")
     _add_serve_flags(serve_cmd)

@@ -3,6 +3,7 @@ the edge in-process; this is its command line)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,16 @@ def test_cache_stats_reads_an_edges_cache(
         == 0
     )
     assert '"entries": 0' in capsys.readouterr().out
+
+
+def test_workers_get_the_serve_flags_they_were_started_with(tmp_path: Path) -> None:
+    flags = ("--workers", "3", "--mirror", "docker.io=https://registry-1.docker.io")
+    flags += ("--mirror", "ghcr.io=https://ghcr.io", "--insecure-registry", "10.0.0.1:5000")
+    flags += ("--cache-size", "2GiB", "--region", "eu-1")
+    parser = build_parser([cli.register])
+    served = parser.parse_args(serve_args(tmp_path, *flags))
+    worker = parser.parse_args(["edge", "worker", "--fd", "3", *cli._flags(served)])
+    settings = cli._settings(served)
+    assert settings.workers == 3 and len(settings.mirrors) == 2
+    # All but the socket (a worker is given it) and the count (a worker starts none).
+    assert cli._settings(worker) == replace(settings, workers=1, listen="127.0.0.1:5001")

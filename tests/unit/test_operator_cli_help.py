@@ -33,6 +33,10 @@ def test_internal_commands_are_not_listed() -> None:
     # ... and still parse: `origin serve --workers N` starts them.
     args = build_parser().parse_args(["origin", "worker", "--fd", "3"])
     assert args.command == "worker" and args.fd == 3
+    edge = subparser(build_parser(), "edge").format_help()
+    assert "worker" not in edge and "serve" in edge and "cache" in edge
+    args = build_parser().parse_args(["edge", "worker", "--fd", "3", "--upstream", "http://o"])
+    assert args.command == "worker" and args.fd == 3
 
 
 def test_token_kinds_are_explained() -> None:
