@@ -31,6 +31,7 @@ from core.cli import main as cli_main
 from core.client.trust import verifying_context
 from core.web.serving import bind_socket, bound_url, serve_until_signal
 from core.web.tls import add_tls_flags, server_tls_context
+from edge.cache.spool import remove_stale_spools
 from edge.cache.store import EdgeCache
 from edge.mirror.config import site_specs, with_flags
 from edge.server import read_upstream_token, serve
@@ -178,6 +179,7 @@ def _serve_many(
     would delete a sibling's files in flight), then starts and watches N workers on its
     socket, as ``origin serve --workers N`` does; a worker killed by a signal is replaced."""
     EdgeCache.open(settings.cache_dir, settings.cache_size_bytes).close()
+    spool_dir = settings.cache_dir / "spool"
     command = [sys.executable, "-m", "edge.cli", "edge", "worker", "--fd", str(sock.fileno())]
     command += _flags(args)
 
@@ -202,6 +204,7 @@ def _serve_many(
                 # Killed by a signal (the OOM killer, an operator): its siblings go on, its
                 # fills are taken over by them (the kernel released its locks); replace it.
                 log.warning("edge worker %d killed by signal %d: replaced", child.pid, -code)
+                remove_stale_spools(spool_dir)  # its spools (live fills' are locked, kept)
                 children[index] = start()
             time.sleep(0.2)
     finally:

@@ -176,3 +176,6 @@ async def _takeover(
         got = await fetch(http, f"/v2/acme/app/blobs/{blob.digest}")
     assert (got.status, got.digest) == (200, blob.digest)
     assert edge.process.returncode is None
+    # ... and deleted the spool the killed worker left (the takeover's was adopted).
+    while any((cache_dir / "spool").iterdir()):  # noqa: ASYNC110 (another process's work)
+        await trio.sleep(0.05)
