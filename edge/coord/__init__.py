@@ -1,0 +1,1 @@
+"""Coordination between the edge processes of one host (``edge serve --workers N``)."""
