@@ -221,8 +221,18 @@ async def run_distribution(tmp: Path, label: str) -> AsyncIterator[Target]:
     addr = f"{LOOPBACK}:{free_port()}"
     config = tmp / f"{label}.yml"
     config.write_text(DISTRIBUTION_CONFIG.format(root=root, addr=addr))
+    async with serve_distribution(program, config, addr, tmp, label) as target:
+        yield target
+
+
+@asynccontextmanager
+async def serve_distribution(
+    program: str, config: Path, addr: str, tmp: Path, label: str
+) -> AsyncIterator[Target]:
+    """CNCF Distribution on ``config`` (listening on ``addr``), stopped on exit. No
+    ``REGISTRY_*`` or ``AWS_*`` variable of ours reaches it: its config file says it all."""
     log = tmp / f"{label}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "AWS_"))}
     with log.open("wb") as output:
         process = await trio.lowlevel.open_process(
             [program, "serve", str(config)],

@@ -50,7 +50,6 @@ from registry_bench import (  # noqa: E402
     START_SECONDS,
     Blob,
     Target,
-    _answers_v2,
     _discard,
     free_port,
     human_size,
@@ -58,6 +57,7 @@ from registry_bench import (  # noqa: E402
     measure_push,
     origin_command,
     parse_size,
+    serve_distribution,
     stop,
     tail,
     write_random_blob,
@@ -168,23 +168,8 @@ async def run_distribution_s3(
             no_redirect="false" if redirect else "true",
         )
     )
-    log = tmp / f"{label}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "AWS_"))}
-    with log.open("wb") as output:
-        process = await trio.lowlevel.open_process(
-            [program, "serve", str(config)],
-            stdout=output,
-            stderr=output,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    try:
-        if not await _answers_v2(process, f"http://{addr}/v2/"):
-            raise SystemExit(f"{label} did not start:\n{tail(log)}")
-        yield Target(label, f"http://{addr}", process, log)
-    finally:
-        with trio.CancelScope(shield=True):
-            await stop(process)
+    async with serve_distribution(program, config, addr, tmp, label) as target:
+        yield target
 
 
 async def measure_redirected_pull(target: Target, blob: Blob) -> float:
