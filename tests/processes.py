@@ -22,6 +22,21 @@ START_SECONDS = 30
 STOP_SECONDS = 20
 
 
+def process_family(pid: int) -> list[int]:
+    """``pid`` and its descendants (a server may fork workers), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    todo.extend(int(child) for child in children.read().split())
+        except FileNotFoundError:
+            continue
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -18,7 +18,13 @@ from typing import Any
 import httpx
 import trio
 
-from tests.processes import OriginProcess, edge_process, origin_command, origin_process
+from tests.processes import (
+    OriginProcess,
+    edge_process,
+    origin_command,
+    origin_process,
+    process_family,
+)
 
 CLI_SECONDS = 60
 MIB = 1 << 20
@@ -100,26 +106,11 @@ async def push_blob(deployed: Deployment, repository: str, data: bytes) -> str:
 # --- what the process holds -----------------------------------------------------------------
 
 
-def _family(pid: int) -> list[int]:
-    """``pid`` and its descendants (a server may fork workers)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        try:
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as children:
-                    todo.extend(int(child) for child in children.read().split())
-        except FileNotFoundError:
-            continue
-    return found
-
-
 def open_descriptors(pid: int, prefix: str = "") -> int:
     """Descriptors of ``pid`` and its children whose target starts with ``prefix``
     (``"socket:"``: connections and listeners)."""
     total = 0
-    for member in _family(pid):
+    for member in process_family(pid):
         directory = f"/proc/{member}/fd"
         try:
             names = os.listdir(directory)
@@ -135,7 +126,7 @@ def open_descriptors(pid: int, prefix: str = "") -> int:
 
 def rss_bytes(pid: int) -> int:
     total = 0
-    for member in _family(pid):
+    for member in process_family(pid):
         try:
             with open(f"/proc/{member}/status") as status:
                 for line in status:

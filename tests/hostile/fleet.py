@@ -28,7 +28,7 @@ import trio
 
 from config.settings import OriginSettings
 from tests.integration.tenants import OwnTenancyStore
-from tests.processes import origin_command, tail
+from tests.processes import origin_command, process_family, tail
 
 START_SECONDS = 30
 STOP_SECONDS = 20
@@ -54,12 +54,12 @@ class Server:
 
     def descriptors(self) -> int:
         """Open file descriptors of the process and its children."""
-        return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in _family(self.process.pid))
+        return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in process_family(self.process.pid))
 
     def rss(self) -> int:
         """Resident bytes of the process and its children."""
         total = 0
-        for pid in _family(self.process.pid):
+        for pid in process_family(self.process.pid):
             with open(f"/proc/{pid}/status") as status:
                 for line in status:
                     if line.startswith("VmRSS:"):
@@ -81,21 +81,6 @@ class Fleet:
 
     def servers(self) -> tuple[Server, Server]:
         return self.origin, self.edge
-
-
-def _family(pid: int) -> list[int]:
-    """``pid`` and its descendants (hypercorn may fork workers)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        try:
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as children:
-                    todo.extend(int(child) for child in children.read().split())
-        except FileNotFoundError:
-            continue
-    return found
 
 
 async def _tenancy(data_dir: Path) -> tuple[str, str]:
